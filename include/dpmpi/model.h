@@ -1,0 +1,95 @@
+/* dpmpi model: a sequence of layers described by text, its parameters in one slab, forward and
+ * backward over a micro-batch, exact per-example gradient norms, and clipped gradient sums.
+ *
+ * Usage (one DP-SGD micro-batch):
+ *   dpm_layer_spec *specs; int n;
+ *   dpm_model_parse("conv out=16 kernel=8 stride=2 pad=3; tanh; flatten; dense out=10", &specs, &n, err);
+ *   dpm_model *m = dpm_model_create(specs, n, C, H, W, n_classes, max_batch, err);
+ *   dpm_model_init_params(m, &key);
+ *   double loss_sum = dpm_model_forward(m, x, y, B, &correct);   // x: B x (C*H*W), NCHW
+ *   dpm_model_backward(m, sqnorms);                               // sqnorms[g*B + i]
+ *   ... compute clip coefficients coef[g*B + i] from sqnorms ...
+ *   dpm_model_accumulate(m, coef);                                // grads += sum_i coef_gi * grad_gi
+ *
+ * Conventions: images are NCHW per example; a dense layer flattens whatever it receives. The loss is
+ * softmax cross-entropy summed over examples: example i's gradient is the gradient of its own loss,
+ * never divided by B. Parameters of group g (one group per layer with parameters: weight then bias) are
+ * the contiguous range [group_offset(g), group_offset(g) + group_size(g)) of the params and grads slabs.
+ * Kernels are pure functions of their arguments (no MPI, no globals).
+ */
+#ifndef DPMPI_MODEL_H
+#define DPMPI_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dpmpi/common.h"
+#include "dpmpi/rng.h"
+
+typedef enum {
+  DPM_LAYER_DENSE,
+  DPM_LAYER_CONV2D,
+  DPM_LAYER_MAXPOOL,
+  DPM_LAYER_AVGPOOL,
+  DPM_LAYER_RELU,
+  DPM_LAYER_TANH,
+  DPM_LAYER_GROUPNORM,
+  DPM_LAYER_FLATTEN
+} dpm_layer_kind;
+
+typedef struct {
+  dpm_layer_kind kind;
+  int out;                  /* dense: output features; conv: output channels */
+  int kernel, stride, pad;  /* conv, maxpool, avgpool (pool stride defaults to kernel) */
+  int groups;               /* groupnorm: number of channel groups */
+  int bias;                 /* dense, conv: 1 = with bias (default) */
+} dpm_layer_spec;
+
+typedef struct dpm_model dpm_model;
+
+/* Parse a layer list: layers separated by ';' or newlines, each "NAME key=value ...". Names: dense
+ * (out), conv (out, kernel, stride=1, pad=0, bias=1), maxpool and avgpool (kernel, stride=kernel),
+ * relu, tanh, groupnorm (groups), flatten. On success *specs is allocated (dpm_free) and 0 returned;
+ * on error returns -1 with a message naming the layer number, the word and what was expected. */
+int dpm_model_parse(const char *text, dpm_layer_spec **specs, int *n, char err[DPM_ERRLEN]);
+
+/* Build a model for inputs C x H x W whose last layer outputs n_classes logits, for micro-batches of
+ * at most max_batch examples. Returns NULL with err set when shapes do not fit (kernel larger than the
+ * input, last layer's size != n_classes, groups not dividing channels, ...). */
+dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, int W, int n_classes,
+                            int max_batch, char err[DPM_ERRLEN]);
+void dpm_model_free(dpm_model *m);
+
+/* A one-line-per-layer summary with output shapes and parameter counts, into buf. */
+void dpm_model_describe(const dpm_model *m, char *buf, size_t len);
+
+size_t dpm_model_num_params(const dpm_model *m);
+float *dpm_model_params(dpm_model *m);
+float *dpm_model_grads(dpm_model *m);
+/* Clipping groups: one per layer with parameters, in layer order. */
+int dpm_model_num_groups(const dpm_model *m);
+size_t dpm_model_group_offset(const dpm_model *m, int g);
+size_t dpm_model_group_size(const dpm_model *m, int g);
+int dpm_model_max_batch(const dpm_model *m);
+
+/* PyTorch-style default initialization (uniform +-1/sqrt(fan_in) for weights and biases; GroupNorm
+ * gamma 1, beta 0), deterministic in key. */
+void dpm_model_init_params(dpm_model *m, const dpm_key *key);
+
+/* Forward B <= max_batch examples. y may be NULL (no loss: returns 0). Returns the summed loss;
+ * n_correct (may be NULL) receives the number of argmax hits. Keeps what backward needs. */
+double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, int *n_correct);
+
+/* Backward through the micro-batch last forwarded with labels. If sqnorms is not NULL it receives,
+ * for every group g and example i, sqnorms[g*B + i] = ||d loss_i / d params_g||^2, exactly (ghost norms
+ * or explicit, whichever is cheaper). Does not change the grads slab. */
+void dpm_model_backward(dpm_model *m, float *sqnorms);
+
+/* grads += sum_i coef[g*B + i] * (d loss_i / d params_g) for every group g, as one weighted GEMM per
+ * layer. coef == NULL means coefficient 1 for all (the non-private sum). */
+void dpm_model_accumulate(dpm_model *m, const float *coef);
+
+/* Zero the grads slab. */
+void dpm_model_zero_grads(dpm_model *m);
+
+#endif
