@@ -1,7 +1,5 @@
 /* Philox4x64-10 counter-based generator, secret keys from getrandom, Gaussian and Bernoulli draws
  * addressed by (key, step, stream, index): see dpmpi/rng.h. */
-#include <stddef.h>
-
 #include "dpmpi/rng.h"
 
 #include <errno.h>

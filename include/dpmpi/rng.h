@@ -10,6 +10,7 @@
 #ifndef DPMPI_RNG_H
 #define DPMPI_RNG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {

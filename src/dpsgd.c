@@ -1,0 +1,92 @@
+/* Poisson sampling, clipping coefficients, noise and the optimizer: see dpmpi/dpsgd.h. */
+#include "dpmpi/dpsgd.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "dpmpi/common.h"
+
+int64_t dpm_sample_shard(const dpm_key *key, uint64_t step, double q, int64_t begin, int64_t end, int64_t *idx) {
+  int64_t n = 0;
+  if (q >= 1.0) {
+    for (int64_t i = begin; i < end; i++) idx[n++] = i;
+    return n;
+  }
+  /* floor(q * 2^64): the realized rate is q rounded down by < 2^-64, never above the accounted q */
+  const uint64_t threshold = (uint64_t)ldexp(q, 64);
+  int64_t i = begin;
+  while (i < end) {
+    uint64_t block = (uint64_t)i / 4, ctr[4] = {block, step, DPM_STREAM_SAMPLE, 0}, r[4];
+    dpm_philox(key, ctr, r);
+    for (uint64_t e = (uint64_t)i % 4; e < 4 && i < end; e++, i++)
+      if (r[e] < threshold) idx[n++] = i;
+  }
+  return n;
+}
+
+double dpm_clip_group_threshold(dpm_clipping mode, double clip, int G) {
+  return mode == DPM_CLIP_FLAT ? clip : clip / sqrt((double)G);
+}
+
+static float clip_coef(double sqnorm, double threshold) {
+  if (!(sqnorm > threshold * threshold)) return 1.0f;
+  /* round the coefficient down so that coef * norm never exceeds the threshold in float */
+  double c = threshold / sqrt(sqnorm);
+  return nextafterf((float)c, 0.0f);
+}
+
+void dpm_clip_coefs(const float *sqnorms, int G, int B, dpm_clipping mode, double clip, float *coef) {
+  if (mode == DPM_CLIP_FLAT) {
+    for (int i = 0; i < B; i++) {
+      double s = 0;
+      for (int g = 0; g < G; g++) s += sqnorms[(size_t)g * B + i];
+      float c = clip_coef(s, clip);
+      for (int g = 0; g < G; g++) coef[(size_t)g * B + i] = c;
+    }
+  } else {
+    double cg = dpm_clip_group_threshold(mode, clip, G);
+    for (size_t k = 0; k < (size_t)G * B; k++) coef[k] = clip_coef(sqnorms[k], cg);
+  }
+}
+
+void dpm_add_noise(const dpm_key *key, uint64_t step, double std, uint64_t j0, size_t n, float *grad) {
+  dpm_gauss_add(key, step, DPM_STREAM_NOISE, j0, n, std, grad);
+}
+
+void dpm_sgd_init(dpm_sgd *o, size_t n, double momentum, double weight_decay) {
+  o->n = n;
+  o->velocity = dpm_calloc(n, sizeof(float));
+  o->momentum = momentum;
+  o->weight_decay = weight_decay;
+}
+
+void dpm_sgd_free(dpm_sgd *o) {
+  dpm_free(o->velocity);
+  o->velocity = NULL;
+}
+
+void dpm_sgd_step(dpm_sgd *o, float *params, const float *grad, double scale, double lr) {
+  const float mu = (float)o->momentum, wd = (float)o->weight_decay, s = (float)scale, eta = (float)lr;
+  float *v = o->velocity;
+  for (size_t k = 0; k < o->n; k++) {
+    float g = s * grad[k] + wd * params[k];
+    v[k] = mu * v[k] + g;
+    params[k] -= eta * v[k];
+  }
+}
+
+double dpm_lr_at(const dpm_config *cfg, double e, double total_epochs) {
+  double lr = cfg->lr;
+  if (cfg->warmup_epochs > 0 && e < cfg->warmup_epochs) return lr * (e + 1e-12) / cfg->warmup_epochs;
+  switch (cfg->lr_schedule) {
+    case DPM_SCHED_CONSTANT: break;
+    case DPM_SCHED_COSINE: {
+      double span = total_epochs - cfg->warmup_epochs, x = span > 0 ? (e - cfg->warmup_epochs) / span : 0;
+      if (x > 1) x = 1;
+      lr *= 0.5 * (1 + cos(M_PI * x));
+      break;
+    }
+    case DPM_SCHED_STEP: lr *= pow(cfg->lr_step_gamma, floor(e / cfg->lr_step_every)); break;
+  }
+  return lr;
+}

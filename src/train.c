@@ -1,0 +1,431 @@
+/* The training command: job file -> data shards -> model -> privacy parameters -> DP-SGD loop with
+ * progress lines, evaluations, a JSON-lines metrics file and the privacy ledger. See dpmpi/train.h.
+ *
+ * Data parallelism: every rank of MPI_COMM_WORLD is a replica holding a contiguous shard of the
+ * training set. Per logical step t each rank samples its shard (Poisson, keyed by (t, global index)),
+ * walks its sample in micro-batches, clips per example and accumulates the clipped sum; the noise
+ * N(0, sigma^2 C^2) for global parameter j is drawn once, by exactly one rank (the parameters are split
+ * into D contiguous slices, rank r draws slice r: the same draws a single root would add, in 1/D of the
+ * time); one sum-allreduce combines everything; every rank applies the same update.
+ */
+#include "dpmpi/train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dpmpi/accountant.h"
+#include "dpmpi/common.h"
+#include "dpmpi/config.h"
+#include "dpmpi/data.h"
+#include "dpmpi/dpsgd.h"
+#include "dpmpi/model.h"
+#include "dpmpi/rng.h"
+
+#define ALLREDUCE_BUCKET_FLOATS (1 << 20) /* 4 MiB buckets: the sweet spot of MPI_Allreduce here */
+
+static const char *USAGE =
+    "usage: dpmpi train JOBFILE [--section.key=value ...]\n"
+    "       dpmpi train --help-keys      (every job-file key with its default and meaning)\n"
+    "\n"
+    "Trains the model of JOBFILE with DP-SGD (or non-privately with privacy.enabled=false), on every rank\n"
+    "of the MPI job (launch with mpirun or srun). Prints progress, test accuracy and the epsilon spent\n"
+    "after each evaluation; output.metrics names a JSON-lines file with the same figures.\n"
+    "Overrides replace job-file values, e.g. --train.epochs=5 --privacy.epsilon=3.\n";
+
+typedef struct {
+  MPI_Comm comm;
+  int rank, size;
+  dpm_config cfg;
+  dpm_model *model;
+  dpm_dataset train, test;
+  int64_t N;
+  double q, sigma, steps_per_epoch;
+  int64_t steps;          /* steps the run will take (after the budget) */
+  int dp;
+  dpm_accountant_kind acct;
+  dpm_ledger *ledger;
+  dpm_key init_key, sample_key, noise_key;
+  FILE *metrics;
+} trainer;
+
+static void fmt_duration(double s, char *buf, size_t len) {
+  if (!(s >= 0) || s > 1e7) {
+    snprintf(buf, len, "?");
+  } else if (s < 60) {
+    snprintf(buf, len, "%.0fs", s);
+  } else if (s < 3600) {
+    snprintf(buf, len, "%dm%02ds", (int)(s / 60), (int)s % 60);
+  } else {
+    snprintf(buf, len, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+  }
+}
+
+/* Epsilon of the ledger as it stands (0 before the first step; +inf for a non-private run). */
+static double epsilon_now(trainer *tr) {
+  if (!tr->dp) return INFINITY;
+  double eps = 0;
+  char err[DPM_ERRLEN];
+  if (dpm_ledger_epsilon(tr->ledger, tr->cfg.delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
+  return eps;
+}
+
+/* Largest step count T' <= T whose epsilon at (q, sigma) stays within the target (binary search). */
+static int64_t steps_within_budget(double q, double sigma, double delta, double target, int64_t T,
+                                   dpm_accountant_kind acct) {
+  char err[DPM_ERRLEN];
+  double eps;
+  dpm_ledger *l = dpm_ledger_create();
+  dpm_ledger_add_sgm(l, q, sigma, T);
+  if (dpm_ledger_epsilon(l, delta, acct, &eps, err)) dpm_fatal("accountant: %s", err);
+  dpm_ledger_free(l);
+  if (eps <= target) return T;
+  int64_t lo = 0, hi = T; /* eps(lo) <= target < eps(hi) */
+  while (hi - lo > 1) {
+    int64_t mid = lo + (hi - lo) / 2;
+    l = dpm_ledger_create();
+    dpm_ledger_add_sgm(l, q, sigma, mid);
+    if (dpm_ledger_epsilon(l, delta, acct, &eps, err)) dpm_fatal("accountant: %s", err);
+    dpm_ledger_free(l);
+    if (eps <= target) lo = mid; else hi = mid;
+  }
+  return lo;
+}
+
+static void setup_privacy(trainer *tr) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "";
+  int failed = 0;
+  tr->dp = cfg->privacy_enabled;
+  tr->acct = cfg->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
+  tr->ledger = dpm_ledger_create();
+  if (!tr->dp) return;
+  if (cfg->noise_multiplier > 0) {
+    tr->sigma = cfg->noise_multiplier;
+    if (cfg->epsilon > 0) {
+      int64_t allowed = steps_within_budget(tr->q, tr->sigma, cfg->delta, cfg->epsilon, tr->steps, tr->acct);
+      if (allowed < 1) {
+        failed = 1;
+        dpm_err(err, "%s: one step at noise_multiplier %g and sampling rate %g already exceeds epsilon %g",
+                cfg->path, tr->sigma, tr->q, cfg->epsilon);
+      } else if (allowed < tr->steps) {
+        if (tr->rank == 0)
+          printf("note: the budget epsilon = %g allows %lld of the %lld steps; training stops there\n",
+                 cfg->epsilon, (long long)allowed, (long long)tr->steps);
+        tr->steps = allowed;
+      }
+    }
+  } else {
+    if (dpm_calibrate_sigma(cfg->epsilon, cfg->delta, tr->q, tr->steps, tr->acct, &tr->sigma, err)) {
+      failed = 1;
+      char inner[DPM_ERRLEN];
+      snprintf(inner, sizeof inner, "%s", err);
+      dpm_err(err, "%s: cannot calibrate the noise to epsilon %g: %s", cfg->path, cfg->epsilon, inner);
+    }
+  }
+  dpm_exit_if_error(tr->comm, failed, err);
+}
+
+static void setup_keys(trainer *tr) {
+  if (tr->cfg.has_seed) {
+    tr->init_key = dpm_key_from_seed(tr->cfg.seed, DPM_STREAM_INIT);
+    tr->sample_key = dpm_key_from_seed(tr->cfg.seed, DPM_STREAM_SAMPLE);
+    tr->noise_key = dpm_key_from_seed(tr->cfg.seed, DPM_STREAM_NOISE);
+    return;
+  }
+  /* secure mode: keys from rank 0's CSPRNG, shared in memory only, never written */
+  dpm_key keys[3];
+  if (tr->rank == 0)
+    for (int k = 0; k < 3; k++) keys[k] = dpm_key_secure();
+  DPM_MPI_CHECK(MPI_Bcast(keys, (int)sizeof keys, MPI_BYTE, 0, tr->comm));
+  tr->init_key = keys[0];
+  tr->sample_key = keys[1];
+  tr->noise_key = keys[2];
+  memset(keys, 0, sizeof keys);
+}
+
+/* Test accuracy and mean loss over the whole test split (each rank its shard). */
+static void evaluate(trainer *tr, double *accuracy, double *loss) {
+  const dpm_dataset *d = &tr->test;
+  int64_t n = d->end - d->begin, D = (int64_t)d->C * d->H * d->W;
+  int mb = dpm_model_max_batch(tr->model);
+  double sums[3] = {0, 0, (double)n};
+  for (int64_t off = 0; off < n; off += mb) {
+    int B = (int)(n - off < mb ? n - off : mb), correct = 0;
+    sums[0] += dpm_model_forward(tr->model, d->x + off * D, d->y + off, B, &correct);
+    sums[1] += correct;
+  }
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, tr->comm));
+  *loss = sums[0] / sums[2];
+  *accuracy = sums[1] / sums[2];
+}
+
+static void allreduce_grads(trainer *tr, float *g, size_t n) {
+  for (size_t off = 0; off < n; off += ALLREDUCE_BUCKET_FLOATS) {
+    size_t len = n - off < ALLREDUCE_BUCKET_FLOATS ? n - off : ALLREDUCE_BUCKET_FLOATS;
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, g + off, (int)len, MPI_FLOAT, MPI_SUM, tr->comm));
+  }
+}
+
+static void print_header(trainer *tr) {
+  if (tr->rank != 0) return;
+  dpm_config *cfg = &tr->cfg;
+  char desc[4096];
+  dpm_model_describe(tr->model, desc, sizeof desc);
+  printf("dpmpi %s: %s on %d rank%s\n", DPM_VERSION, cfg->path, tr->size, tr->size > 1 ? "s" : "");
+  printf("data: %s (%lld training examples, %lld test, %d classes)\n", cfg->data_train, (long long)tr->N,
+         (long long)tr->test.n_total, tr->train.num_classes);
+  printf("model (%zu parameters):\n%s", dpm_model_num_params(tr->model), desc);
+  printf("training: %lld steps (%.2f epochs), expected batch %lld (q = %.6g, Poisson), micro-batches of <= %lld, "
+         "lr %g, momentum %g\n",
+         (long long)tr->steps, tr->steps / tr->steps_per_epoch, (long long)cfg->batch_size, tr->q,
+         (long long)cfg->physical_batch_size, cfg->lr, cfg->momentum);
+  if (tr->dp) {
+    dpm_ledger *l = dpm_ledger_create();
+    dpm_ledger_add_sgm(l, tr->q, tr->sigma, tr->steps);
+    double eps = 0;
+    char err[DPM_ERRLEN];
+    if (dpm_ledger_epsilon(l, cfg->delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
+    dpm_ledger_free(l);
+    printf("privacy: DP-SGD, %s clipping C = %g, noise multiplier %.6g%s, delta %g, %s accountant: epsilon %.4f "
+           "after the run\n",
+           dpm_clipping_name(cfg->clipping), cfg->clip, tr->sigma,
+           cfg->noise_multiplier > 0 ? "" : " (calibrated)", cfg->delta,
+           tr->acct == DPM_ACCT_RDP ? "rdp" : "tight", eps);
+    if (cfg->delta > 1.0 / (double)tr->N)
+      printf("warning: delta = %g is not below 1/N = %g: the guarantee is weak\n", cfg->delta, 1.0 / (double)tr->N);
+  } else {
+    printf("privacy: DISABLED (non-private baseline: no clipping, no noise, no guarantee)\n");
+  }
+  if (cfg->has_seed)
+    printf("randomness: SEEDED with run.seed = %llu: reproducible, the noise is predictable — not for a private "
+           "release\n",
+           (unsigned long long)cfg->seed);
+  else
+    printf("randomness: secure (keys from the operating system's CSPRNG, never stored)\n");
+  fflush(stdout);
+}
+
+static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s) {
+  double acc, loss;
+  evaluate(tr, &acc, &loss);
+  double eps = epsilon_now(tr);
+  if (tr->rank != 0) return;
+  const char *acct = tr->acct == DPM_ACCT_RDP ? "rdp" : "tight";
+  if (tr->dp)
+    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  epsilon %.4f (delta %g, %s)%s\n",
+           (long long)step, epoch, 100 * acc, loss, eps, tr->cfg.delta, acct, tr->cfg.has_seed ? "  [seeded]" : "");
+  else
+    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  (non-private)\n", (long long)step,
+           epoch, 100 * acc, loss);
+  fflush(stdout);
+  if (tr->metrics) {
+    char epsbuf[32];
+    if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "%.6f", eps); else snprintf(epsbuf, sizeof epsbuf, "null");
+    fprintf(tr->metrics,
+            "{\"step\": %lld, \"epoch\": %.4f, \"epsilon\": %s, \"delta\": %g, \"accountant\": \"%s\", "
+            "\"test_accuracy\": %.6f, \"test_loss\": %.6f, \"examples_per_second\": %.1f, \"private\": %s, "
+            "\"noise_multiplier\": %.6g, \"sampling_rate\": %.8g, \"clip\": %g, \"clipping\": \"%s\", "
+            "\"reproducible\": %s}\n",
+            (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, loss, ex_per_s,
+            tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
+            tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->cfg.has_seed ? "true" : "false");
+    fflush(tr->metrics);
+  }
+}
+
+static void train_loop(trainer *tr) {
+  dpm_config *cfg = &tr->cfg;
+  dpm_model *m = tr->model;
+  const int PB = (int)cfg->physical_batch_size, G = dpm_model_num_groups(m);
+  const int64_t D = (int64_t)tr->train.C * tr->train.H * tr->train.W;
+  const int64_t begin = tr->train.begin, end = tr->train.end;
+  const size_t P = dpm_model_num_params(m);
+  const size_t noise_lo = P * (size_t)tr->rank / (size_t)tr->size, noise_hi = P * (size_t)(tr->rank + 1) / (size_t)tr->size;
+  const double noise_std = tr->sigma * cfg->clip, total_epochs = tr->steps / tr->steps_per_epoch;
+  int64_t *sel = dpm_malloc(sizeof(int64_t) * (size_t)(end - begin + 1));
+  float *xb = dpm_malloc_aligned(sizeof(float) * (size_t)PB * (size_t)D);
+  int32_t *yb = dpm_malloc(sizeof(int32_t) * (size_t)PB);
+  float *sq = dpm_malloc(sizeof(float) * (size_t)G * PB), *coef = dpm_malloc(sizeof(float) * (size_t)G * PB);
+  dpm_sgd opt;
+  dpm_sgd_init(&opt, P, cfg->momentum, cfg->weight_decay);
+
+  int64_t log_every = cfg->log_every > 0 ? cfg->log_every : (int64_t)ceil(tr->steps_per_epoch / 10);
+  if (log_every < 1) log_every = 1;
+  int64_t eval_every = (int64_t)llround(cfg->eval_every_epochs * tr->steps_per_epoch);
+  if (eval_every < 1) eval_every = 1;
+
+  double t_start = dpm_time(), t_train = 0, win[4] = {0, 0, 0, 0}; /* loss, examples, correct, clipped */
+  double examples_total = 0;
+  for (int64_t t = 0; t < tr->steps; t++) {
+    double t0 = dpm_time();
+    double epoch = (double)t / tr->steps_per_epoch;
+    double lr = dpm_lr_at(cfg, epoch, total_epochs);
+    int64_t nsel = dpm_sample_shard(&tr->sample_key, (uint64_t)t, tr->q, begin, end, sel);
+    double stats[4] = {0, (double)nsel, 0, 0}; /* loss sum, examples, correct, clipped */
+    dpm_model_zero_grads(m);
+    for (int64_t off = 0; off < nsel; off += PB) {
+      int B = (int)(nsel - off < PB ? nsel - off : PB), correct = 0;
+      for (int i = 0; i < B; i++) {
+        int64_t row = sel[off + i] - begin;
+        memcpy(xb + (size_t)i * D, tr->train.x + row * D, sizeof(float) * (size_t)D);
+        yb[i] = tr->train.y[row];
+      }
+      stats[0] += dpm_model_forward(m, xb, yb, B, &correct);
+      stats[2] += correct;
+      if (tr->dp) {
+        dpm_model_backward(m, sq);
+        dpm_clip_coefs(sq, G, B, cfg->clipping, cfg->clip, coef);
+        for (int k = 0; k < G * B; k++) stats[3] += coef[k] < 1.0f;
+        dpm_model_accumulate(m, coef);
+      } else {
+        dpm_model_backward(m, NULL);
+        dpm_model_accumulate(m, NULL);
+      }
+    }
+    float *grads = dpm_model_grads(m);
+    if (tr->dp) dpm_add_noise(&tr->noise_key, (uint64_t)t, noise_std, noise_lo, noise_hi - noise_lo, grads + noise_lo);
+    allreduce_grads(tr, grads, P);
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, stats, 4, MPI_DOUBLE, MPI_SUM, tr->comm));
+    /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
+    double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats[1] > 0 ? stats[1] : 1.0);
+    dpm_sgd_step(&opt, dpm_model_params(m), grads, scale, lr);
+    if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
+    t_train += dpm_time() - t0;
+    examples_total += stats[1];
+    for (int k = 0; k < 4; k++) win[k] += stats[k];
+
+    int64_t done = t + 1;
+    if (done % log_every == 0 || done == tr->steps) {
+      double eps = epsilon_now(tr);
+      if (tr->rank == 0) {
+        char eta[32], epsbuf[32];
+        fmt_duration((dpm_time() - t_start) / (double)done * (double)(tr->steps - done), eta, sizeof eta);
+        if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "eps %.4f", eps); else snprintf(epsbuf, sizeof epsbuf, "non-private");
+        double n = win[1] > 0 ? win[1] : 1;
+        printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
+               (int)log10((double)tr->steps) + 1, (long long)done, (long long)tr->steps,
+               (double)done / tr->steps_per_epoch, win[0] / n, win[2] / n, 100 * win[3] / (n * (G > 0 ? G : 1)), lr,
+               examples_total / t_train, epsbuf, eta, cfg->has_seed ? "  [seeded]" : "");
+        fflush(stdout);
+      }
+      memset(win, 0, sizeof win);
+    }
+    if (done % eval_every == 0 || done == tr->steps)
+      report_eval(tr, done, (double)done / tr->steps_per_epoch, examples_total / t_train);
+  }
+  if (tr->rank == 0) {
+    char wall[32];
+    fmt_duration(dpm_time() - t_start, wall, sizeof wall);
+    printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)tr->steps, wall,
+           examples_total / (t_train > 0 ? t_train : 1));
+    if (tr->dp) printf(", epsilon %.4f at delta %g", epsilon_now(tr), cfg->delta);
+    printf("\n");
+  }
+  dpm_sgd_free(&opt);
+  dpm_free(sel);
+  dpm_free(xb);
+  dpm_free(yb);
+  dpm_free(sq);
+  dpm_free(coef);
+}
+
+int dpm_cmd_train(int argc, char **argv) {
+  trainer tr;
+  memset(&tr, 0, sizeof tr);
+  tr.comm = MPI_COMM_WORLD;
+  MPI_Comm_rank(tr.comm, &tr.rank);
+  MPI_Comm_size(tr.comm, &tr.size);
+  char err[DPM_ERRLEN] = "";
+  int failed = 0;
+
+  const char *job = NULL;
+  int n_over = 0;
+  char **over = dpm_malloc(sizeof(char *) * (size_t)(argc + 1));
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      if (tr.rank == 0) fputs(USAGE, stdout);
+      dpm_free(over);
+      return 0;
+    }
+    if (!strcmp(argv[i], "--help-keys")) {
+      if (tr.rank == 0) dpm_config_print_keys(stdout);
+      dpm_free(over);
+      return 0;
+    }
+    if (!strncmp(argv[i], "--", 2)) over[n_over++] = argv[i];
+    else if (!job) job = argv[i];
+    else if (!failed) failed = 1, dpm_err(err, "train: unexpected argument '%s' (one job file, then --section.key=value)", argv[i]);
+  }
+  if (!job && !failed) failed = 1, dpm_err(err, "train: no job file given (usage: dpmpi train JOBFILE [--section.key=value ...])");
+  dpm_exit_if_error(tr.comm, failed, err);
+
+  failed = dpm_config_load(job, n_over, over, &tr.cfg, err) != 0;
+  dpm_free(over);
+  dpm_exit_if_error(tr.comm, failed, err);
+  dpm_config *cfg = &tr.cfg;
+
+  /* shapes and sizes, identical on every rank */
+  dpm_dataset hdr, thdr;
+  failed = dpm_dataset_probe(cfg->data_train, "train", &hdr, err) != 0;
+  if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", &thdr, err) != 0;
+  if (!failed && (thdr.C != hdr.C || thdr.H != hdr.H || thdr.W != hdr.W || thdr.num_classes != hdr.num_classes))
+    failed = 1, dpm_err(err, "%s: /test has shape %dx%dx%d with %d classes but %s /train has %dx%dx%d with %d",
+                        cfg->data_test, thdr.C, thdr.H, thdr.W, thdr.num_classes, cfg->data_train, hdr.C, hdr.H,
+                        hdr.W, hdr.num_classes);
+  dpm_exit_if_error(tr.comm, failed, err);
+  tr.N = hdr.n_total;
+  if (cfg->batch_size > tr.N)
+    failed = 1, dpm_err(err, "%s: [train] batch_size = %lld exceeds the %lld training examples", cfg->path,
+                        (long long)cfg->batch_size, (long long)tr.N);
+  dpm_exit_if_error(tr.comm, failed, err);
+  tr.q = (double)cfg->batch_size / (double)tr.N;
+  tr.steps_per_epoch = (double)tr.N / (double)cfg->batch_size;
+  tr.steps = cfg->steps > 0 ? cfg->steps : (int64_t)llround(cfg->epochs * tr.steps_per_epoch);
+  if (tr.steps < 1) tr.steps = 1;
+
+  dpm_layer_spec *specs = NULL;
+  int n_layers = 0;
+  char inner[DPM_ERRLEN];
+  if (dpm_model_parse(cfg->model_layers, &specs, &n_layers, inner)) {
+    failed = 1;
+    dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
+  } else {
+    tr.model = dpm_model_create(specs, n_layers, hdr.C, hdr.H, hdr.W, hdr.num_classes,
+                                (int)cfg->physical_batch_size, inner);
+    if (!tr.model) failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
+  }
+  dpm_free(specs);
+  dpm_exit_if_error(tr.comm, failed, err);
+
+  setup_privacy(&tr);
+  setup_keys(&tr);
+  dpm_model_init_params(tr.model, &tr.init_key);
+
+  /* the metrics file, opened by rank 0 before the long work starts */
+  if (cfg->metrics && tr.rank == 0) {
+    tr.metrics = fopen(cfg->metrics, "w");
+    if (!tr.metrics) failed = 1, dpm_err(err, "%s: [output] metrics = %s: cannot open for writing", cfg->path, cfg->metrics);
+  }
+  dpm_exit_if_error(tr.comm, failed, err);
+
+  int64_t b = tr.N * tr.rank / tr.size, e = tr.N * (tr.rank + 1) / tr.size;
+  failed = dpm_dataset_load(tr.comm, cfg->data_train, "train", b, e, &tr.train, err) != 0;
+  dpm_exit_if_error(tr.comm, failed, err);
+  int64_t tb = thdr.n_total * tr.rank / tr.size, te = thdr.n_total * (tr.rank + 1) / tr.size;
+  failed = dpm_dataset_load(tr.comm, cfg->data_test, "test", tb, te, &tr.test, err) != 0;
+  dpm_exit_if_error(tr.comm, failed, err);
+
+  print_header(&tr);
+  train_loop(&tr);
+
+  if (tr.metrics) fclose(tr.metrics);
+  dpm_dataset_free(&tr.train);
+  dpm_dataset_free(&tr.test);
+  dpm_model_free(tr.model);
+  dpm_ledger_free(tr.ledger);
+  dpm_config_free(cfg);
+  memset(&tr.noise_key, 0, sizeof tr.noise_key);
+  return 0;
+}
