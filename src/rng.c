@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <sys/random.h>
 
 #include "dpmpi/common.h"
@@ -64,15 +65,110 @@ dpm_key dpm_key_secure(void) {
   return key;
 }
 
+/* Gaussian draws: the ziggurat method with 128 layers (Marsaglia and Tsang 2000, in Doornik's 2005
+ * ZIGNOR form, which takes the layer index and the uniform from independent bits). It is exact given
+ * exact uniforms and about 5x faster than Box-Muller here, which matters because every parameter gets
+ * a fresh draw every step. Draw number e (0..3) of counter block b first uses word e of
+ * philox(b, step, tag, 0): its top 53 bits are the uniform, its low 7 bits the layer. The rare draws
+ * that fall outside the rectangle core (about 1.3%) take further uniforms from
+ * philox(b, step, tag, (e + 1) << 32 | k), k = 0, 1, ..., so every draw is still a pure function of
+ * (key, step, tag, index). */
+#define ZIG_C 128
+#define ZIG_R 3.442619855899
+#define ZIG_V 9.91256303526217e-3
+
+static double zig_x[ZIG_C + 1], zig_ratio[ZIG_C];
+static pthread_once_t zig_once = PTHREAD_ONCE_INIT;
+
+static void zig_init(void) {
+  double f = exp(-0.5 * ZIG_R * ZIG_R);
+  zig_x[0] = ZIG_V / f;
+  zig_x[1] = ZIG_R;
+  zig_x[ZIG_C] = 0;
+  for (int i = 2; i < ZIG_C; i++) {
+    zig_x[i] = sqrt(-2 * log(ZIG_V / zig_x[i - 1] + f));
+    f = exp(-0.5 * zig_x[i] * zig_x[i]);
+  }
+  for (int i = 0; i < ZIG_C; i++) zig_ratio[i] = zig_x[i + 1] / zig_x[i];
+}
+
+/* A source of further uniforms for draw e of block ctr[0]. */
+typedef struct {
+  const dpm_key *key;
+  uint64_t ctr[4], words[4];
+  int used;
+} zig_extra;
+
+static double extra_u01_open0(zig_extra *z) {
+  if (z->used == 4) {
+    dpm_philox(z->key, z->ctr, z->words);
+    z->ctr[3]++;
+    z->used = 0;
+  }
+  return dpm_u01_open0(z->words[z->used++]);
+}
+
+/* One standard normal from the 64-bit word w, with extra uniforms from z when w alone cannot decide. */
+static double zig_draw(uint64_t w, zig_extra *z) {
+  for (;;) {
+    double u = 2.0 * dpm_u01(w) - 1.0; /* top 53 bits */
+    int i = (int)(w & (ZIG_C - 1));    /* low 7 bits */
+    if (fabs(u) < zig_ratio[i]) return u * zig_x[i];
+    if (i == 0) { /* the tail beyond R (Marsaglia 1964) */
+      double a, b;
+      do {
+        a = log(extra_u01_open0(z)) / ZIG_R;
+        b = log(extra_u01_open0(z));
+      } while (-2 * b < a * a);
+      return u < 0 ? a - ZIG_R : ZIG_R - a;
+    }
+    double x = u * zig_x[i];
+    double f0 = exp(-0.5 * (zig_x[i] * zig_x[i] - x * x)), f1 = exp(-0.5 * (zig_x[i + 1] * zig_x[i + 1] - x * x));
+    if (f1 + extra_u01_open0(z) * (f0 - f1) < 1.0) return x;
+    /* rejected: a fresh word for the next try */
+    if (z->used == 4) {
+      dpm_philox(z->key, z->ctr, z->words);
+      z->ctr[3]++;
+      z->used = 0;
+    }
+    w = z->words[z->used++];
+  }
+}
+
+/* Philox on L independent counters in lockstep, so their multiplies overlap (about 3x the throughput
+ * of one at a time). */
+#define LANES 2
+static void philox_lanes(const dpm_key *key, uint64_t ctr[LANES][4], uint64_t out[LANES][4]) {
+  uint64_t c0[LANES], c1[LANES], c2[LANES], c3[LANES];
+  for (int l = 0; l < LANES; l++) c0[l] = ctr[l][0], c1[l] = ctr[l][1], c2[l] = ctr[l][2], c3[l] = ctr[l][3];
+  uint64_t k0 = key->k[0], k1 = key->k[1];
+  for (int round = 0; round < 10; round++) {
+    for (int l = 0; l < LANES; l++) {
+      uint64_t hi0, lo0, hi1, lo1;
+      mulhilo(PHILOX_M0, c0[l], &hi0, &lo0);
+      mulhilo(PHILOX_M1, c2[l], &hi1, &lo1);
+      uint64_t n0 = hi1 ^ c1[l] ^ k0, n2 = hi0 ^ c3[l] ^ k1;
+      c0[l] = n0; c1[l] = lo1; c2[l] = n2; c3[l] = lo0;
+    }
+    k0 += PHILOX_W0;
+    k1 += PHILOX_W1;
+  }
+  for (int l = 0; l < LANES; l++) out[l][0] = c0[l], out[l][1] = c1[l], out[l][2] = c2[l], out[l][3] = c3[l];
+}
+
+static inline double gauss_from_word(const dpm_key *key, const uint64_t ctr[4], int e, uint64_t w) {
+  int i = (int)(w & (ZIG_C - 1));
+  double u = 2.0 * dpm_u01(w) - 1.0;
+  if (fabs(u) < zig_ratio[i]) return u * zig_x[i];
+  zig_extra z = {key, {ctr[0], ctr[1], ctr[2], ((uint64_t)(e + 1) << 32)}, {0, 0, 0, 0}, 4};
+  return zig_draw(w, &z);
+}
+
 void dpm_gauss4(const dpm_key *key, const uint64_t ctr[4], double out[4]) {
+  pthread_once(&zig_once, zig_init);
   uint64_t r[4];
   dpm_philox(key, ctr, r);
-  for (int p = 0; p < 2; p++) {
-    double u1 = dpm_u01_open0(r[2 * p]), u2 = dpm_u01(r[2 * p + 1]);
-    double rad = sqrt(-2.0 * log(u1)), ang = 2.0 * M_PI * u2;
-    out[2 * p] = rad * cos(ang);
-    out[2 * p + 1] = rad * sin(ang);
-  }
+  for (int e = 0; e < 4; e++) out[e] = gauss_from_word(key, ctr, e, r[e]);
 }
 
 double dpm_gauss_at(const dpm_key *key, uint64_t step, uint64_t tag, uint64_t j) {
@@ -84,14 +180,29 @@ double dpm_gauss_at(const dpm_key *key, uint64_t step, uint64_t tag, uint64_t j)
 
 void dpm_gauss_add(const dpm_key *key, uint64_t step, uint64_t tag, uint64_t j0, size_t n, double scale,
                    float *out) {
+  pthread_once(&zig_once, zig_init);
   size_t k = 0;
-  while (k < n) {
-    uint64_t j = j0 + k, block = j / 4;
-    uint64_t ctr[4] = {block, step, tag, 0};
-    double z[4];
-    dpm_gauss4(key, ctr, z);
-    for (uint64_t e = j % 4; e < 4 && k < n; e++, k++) out[k] += (float)(scale * z[e]);
+  /* head: up to the first block boundary */
+  while (k < n && (j0 + k) % 4 != 0) {
+    out[k] += (float)(scale * dpm_gauss_at(key, step, tag, j0 + k));
+    k++;
   }
+  /* body: LANES whole blocks at a time */
+  while (n - k >= 4 * LANES) {
+    uint64_t ctr[LANES][4], r[LANES][4];
+    for (int l = 0; l < LANES; l++) {
+      ctr[l][0] = (j0 + k) / 4 + (uint64_t)l;
+      ctr[l][1] = step;
+      ctr[l][2] = tag;
+      ctr[l][3] = 0;
+    }
+    philox_lanes(key, ctr, r);
+    for (int l = 0; l < LANES; l++)
+      for (int e = 0; e < 4; e++) out[k + 4 * l + e] += (float)(scale * gauss_from_word(key, ctr[l], e, r[l][e]));
+    k += 4 * LANES;
+  }
+  /* tail */
+  for (; k < n; k++) out[k] += (float)(scale * dpm_gauss_at(key, step, tag, j0 + k));
 }
 
 int dpm_bernoulli_at(const dpm_key *key, uint64_t step, uint64_t tag, uint64_t i, double q) {

@@ -22,8 +22,7 @@
 #include "dpmpi/dpsgd.h"
 #include "dpmpi/model.h"
 #include "dpmpi/rng.h"
-
-#define ALLREDUCE_BUCKET_FLOATS (1 << 20) /* 4 MiB buckets: the sweet spot of MPI_Allreduce here */
+#include "dpmpi/step.h"
 
 static const char *USAGE =
     "usage: dpmpi train JOBFILE [--section.key=value ...]\n"
@@ -161,13 +160,6 @@ static void evaluate(trainer *tr, double *accuracy, double *loss) {
   *accuracy = sums[1] / sums[2];
 }
 
-static void allreduce_grads(trainer *tr, float *g, size_t n) {
-  for (size_t off = 0; off < n; off += ALLREDUCE_BUCKET_FLOATS) {
-    size_t len = n - off < ALLREDUCE_BUCKET_FLOATS ? n - off : ALLREDUCE_BUCKET_FLOATS;
-    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, g + off, (int)len, MPI_FLOAT, MPI_SUM, tr->comm));
-  }
-}
-
 static void print_header(trainer *tr) {
   if (tr->rank != 0) return;
   dpm_config *cfg = &tr->cfg;
@@ -238,18 +230,14 @@ static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s
 static void train_loop(trainer *tr) {
   dpm_config *cfg = &tr->cfg;
   dpm_model *m = tr->model;
-  const int PB = (int)cfg->physical_batch_size, G = dpm_model_num_groups(m);
-  const int64_t D = (int64_t)tr->train.C * tr->train.H * tr->train.W;
-  const int64_t begin = tr->train.begin, end = tr->train.end;
-  const size_t P = dpm_model_num_params(m);
-  const size_t noise_lo = P * (size_t)tr->rank / (size_t)tr->size, noise_hi = P * (size_t)(tr->rank + 1) / (size_t)tr->size;
-  const double noise_std = tr->sigma * cfg->clip, total_epochs = tr->steps / tr->steps_per_epoch;
-  int64_t *sel = dpm_malloc(sizeof(int64_t) * (size_t)(end - begin + 1));
-  float *xb = dpm_malloc_aligned(sizeof(float) * (size_t)PB * (size_t)D);
-  int32_t *yb = dpm_malloc(sizeof(int32_t) * (size_t)PB);
-  float *sq = dpm_malloc(sizeof(float) * (size_t)G * PB), *coef = dpm_malloc(sizeof(float) * (size_t)G * PB);
+  const int G = dpm_model_num_groups(m);
+  const double total_epochs = tr->steps / tr->steps_per_epoch;
+  dpm_step st = {.comm = tr->comm, .model = m, .data = &tr->train, .q = tr->q, .dp = tr->dp, .clip = cfg->clip,
+                 .sigma = tr->sigma, .clipping = cfg->clipping, .physical_batch = (int)cfg->physical_batch_size,
+                 .sample_key = tr->sample_key, .noise_key = tr->noise_key};
+  dpm_step_init(&st);
   dpm_sgd opt;
-  dpm_sgd_init(&opt, P, cfg->momentum, cfg->weight_decay);
+  dpm_sgd_init(&opt, dpm_model_num_params(m), cfg->momentum, cfg->weight_decay);
 
   int64_t log_every = cfg->log_every > 0 ? cfg->log_every : (int64_t)ceil(tr->steps_per_epoch / 10);
   if (log_every < 1) log_every = 1;
@@ -259,38 +247,12 @@ static void train_loop(trainer *tr) {
   double t_start = dpm_time(), t_train = 0, win[4] = {0, 0, 0, 0}; /* loss, examples, correct, clipped */
   double examples_total = 0;
   for (int64_t t = 0; t < tr->steps; t++) {
-    double t0 = dpm_time();
-    double epoch = (double)t / tr->steps_per_epoch;
-    double lr = dpm_lr_at(cfg, epoch, total_epochs);
-    int64_t nsel = dpm_sample_shard(&tr->sample_key, (uint64_t)t, tr->q, begin, end, sel);
-    double stats[4] = {0, (double)nsel, 0, 0}; /* loss sum, examples, correct, clipped */
-    dpm_model_zero_grads(m);
-    for (int64_t off = 0; off < nsel; off += PB) {
-      int B = (int)(nsel - off < PB ? nsel - off : PB), correct = 0;
-      for (int i = 0; i < B; i++) {
-        int64_t row = sel[off + i] - begin;
-        memcpy(xb + (size_t)i * D, tr->train.x + row * D, sizeof(float) * (size_t)D);
-        yb[i] = tr->train.y[row];
-      }
-      stats[0] += dpm_model_forward(m, xb, yb, B, &correct);
-      stats[2] += correct;
-      if (tr->dp) {
-        dpm_model_backward(m, sq);
-        dpm_clip_coefs(sq, G, B, cfg->clipping, cfg->clip, coef);
-        for (int k = 0; k < G * B; k++) stats[3] += coef[k] < 1.0f;
-        dpm_model_accumulate(m, coef);
-      } else {
-        dpm_model_backward(m, NULL);
-        dpm_model_accumulate(m, NULL);
-      }
-    }
-    float *grads = dpm_model_grads(m);
-    if (tr->dp) dpm_add_noise(&tr->noise_key, (uint64_t)t, noise_std, noise_lo, noise_hi - noise_lo, grads + noise_lo);
-    allreduce_grads(tr, grads, P);
-    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, stats, 4, MPI_DOUBLE, MPI_SUM, tr->comm));
+    double t0 = dpm_time(), stats[4];
+    double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, total_epochs);
+    dpm_step_run(&st, (uint64_t)t, stats);
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
     double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats[1] > 0 ? stats[1] : 1.0);
-    dpm_sgd_step(&opt, dpm_model_params(m), grads, scale, lr);
+    dpm_sgd_step(&opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     t_train += dpm_time() - t0;
     examples_total += stats[1];
@@ -324,11 +286,7 @@ static void train_loop(trainer *tr) {
     printf("\n");
   }
   dpm_sgd_free(&opt);
-  dpm_free(sel);
-  dpm_free(xb);
-  dpm_free(yb);
-  dpm_free(sq);
-  dpm_free(coef);
+  dpm_step_free(&st);
 }
 
 int dpm_cmd_train(int argc, char **argv) {

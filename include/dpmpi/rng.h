@@ -39,7 +39,7 @@ dpm_key dpm_key_secure(void);
 static inline double dpm_u01(uint64_t x) { return (double)(x >> 11) * 0x1.0p-53; }
 static inline double dpm_u01_open0(uint64_t x) { return ((double)(x >> 11) + 1.0) * 0x1.0p-53; }
 
-/* Four standard normal draws (Box-Muller on two pairs of 53-bit uniforms) for counter ctr. */
+/* Four standard normal draws (ziggurat, one 64-bit word each, rare extra words) for counter ctr. */
 void dpm_gauss4(const dpm_key *key, const uint64_t ctr[4], double out[4]);
 
 /* Standard normal number j of the stream (key, step, tag): element j % 4 of block j / 4. */
