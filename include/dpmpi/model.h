@@ -92,4 +92,20 @@ void dpm_model_accumulate(dpm_model *m, const float *coef);
 /* Zero the grads slab. */
 void dpm_model_zero_grads(dpm_model *m);
 
+/* How a group's per-example norms are computed. AUTO (the default) picks, per conv layer, the cheaper
+ * of the ghost form (Gram matrices, no per-example gradient) and explicit per-example gradients (kept
+ * for accumulate, which then needs no second GEMM), by a flop-and-memory cost model. Dense layers are
+ * always ghost (||a_i||^2 ||g_i||^2), groupnorm always explicit. Forcing is meant for tests and
+ * benchmarks; it may allocate (call it outside the training loop). */
+typedef enum { DPM_NORM_AUTO = 0, DPM_NORM_GHOST = 1, DPM_NORM_EXPLICIT = 2 } dpm_norm_method;
+/* Set group g's method (ignored for dense and groupnorm layers). */
+void dpm_model_set_norm_method(dpm_model *m, int g, dpm_norm_method method);
+/* The method group g uses now (GHOST or EXPLICIT, never AUTO). */
+dpm_norm_method dpm_model_norm_method(const dpm_model *m, int g);
+
+/* Input gradient (for pipeline stages and tests): when on, backward also computes d loss / d x, which
+ * dpm_model_input_grad returns (B x C*H*W, valid until the next forward). Off by default. */
+void dpm_model_set_input_grad(dpm_model *m, int on);
+const float *dpm_model_input_grad(const dpm_model *m);
+
 #endif

@@ -1,0 +1,102 @@
+/* dpmpi layer kernels (internal): forward and backward of every layer kind, per-example squared
+ * gradient norms (ghost and explicit) and clipped gradient sums, as pure functions of their arguments.
+ *
+ * Shape letters: B examples, C input channels (dense: input features), H x W input image, O output
+ * channels/features, K kernel side, S stride, T = OH*OW output positions, CK = C*K*K patch length.
+ * Layouts: activations are NCHW per example, contiguous over the batch (B x C*H*W). Dense weights are
+ * O x C (row-major), conv weights O x CK with CK ordered (c, kh, kw). Conv keeps "patches" P as a
+ * (B*T) x CK row-major matrix (row i*T + t is output position t of example i) and the output
+ * gradient G as (B*T) x O, so that weight gradients are one GEMM over all B*T rows.
+ * Per-example gradient rows ("E") have the parameter group's layout: weights then bias.
+ * No MPI, no globals, no allocation: callers pass every scratch buffer. float32, cblas_sgemm.
+ */
+#ifndef DPMPI_LAYERS_H
+#define DPMPI_LAYERS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- dense: out = inp W^T + b ---------------------------------------------------------------- */
+/* out: B x O; inp: B x C; w: O x C; b: O or NULL. */
+void dpm_dense_forward(float *out, const float *inp, const float *w, const float *b, int B, int C, int O);
+/* dinp = dout W (B x C). */
+void dpm_dense_backward_input(float *dinp, const float *dout, const float *w, int B, int C, int O);
+/* sq[i] = ||inp_i||^2 ||dout_i||^2 + has_bias ||dout_i||^2: exact squared norm of example i's (W, b)
+ * gradient, never materialized. */
+void dpm_dense_sqnorms(float *sq, const float *inp, const float *dout, int has_bias, int B, int C, int O);
+/* dw += dout^T diag(coef) inp, db += dout^T coef (db may be NULL). coef NULL means all ones.
+ * scratch: B x O floats (used only when coef != NULL). */
+void dpm_dense_accumulate(float *dw, float *db, const float *inp, const float *dout, const float *coef,
+                          float *scratch, int B, int C, int O);
+
+/* ---- conv2d via im2col ---------------------------------------------------------------------- */
+/* P ((B*T) x CK) = patches of x (B x C x H x W) for kernel K, stride S, zero padding pad. */
+void dpm_im2col(float *P, const float *x, int B, int C, int H, int W, int K, int S, int pad, int OH, int OW);
+/* dx (B x C x H x W) = sum of dP's patch rows scattered back (dx is overwritten). */
+void dpm_col2im(float *dx, const float *dP, int B, int C, int H, int W, int K, int S, int pad, int OH, int OW);
+/* Forward: P = im2col(x) (kept by the caller for backward), Y = P W^T (scratch, (B*T) x O), out
+ * (B x O x OH x OW) = Y transposed per example + b. b may be NULL. */
+void dpm_conv_forward(float *out, float *P, float *Y, const float *x, const float *w, const float *b, int B,
+                      int C, int H, int W, int O, int K, int S, int pad, int OH, int OW);
+/* Backward: G ((B*T) x O) = dout (B x O x T) transposed per example (kept by the caller). If dx is not
+ * NULL, dP = G W (scratch, (B*T) x CK) and dx = col2im(dP). */
+void dpm_conv_backward(float *dx, float *G, float *dP, const float *dout, const float *w, int B, int C, int H,
+                       int W, int O, int K, int S, int pad, int OH, int OW);
+/* Ghost norms: sq[i] = sum_{s,t} (P_i P_i^T)_st (G_i G_i^T)_st (+ sum_{s,t} (G_i G_i^T)_st for the bias),
+ * with P_i, G_i example i's T rows. scratch: 2*T*T floats. Cost ~ B T^2 (CK + O). */
+void dpm_conv_sqnorms_ghost(float *sq, const float *P, const float *G, int has_bias, float *scratch, int B,
+                            int T, int CK, int O);
+/* Explicit per-example gradients: E_i = [G_i^T P_i (O x CK), has_bias ? colsum(G_i) (O) : nothing],
+ * rows of length O*CK + has_bias*O; sq[i] = ||E_i||^2 when sq is not NULL. Cost ~ B T O CK. */
+void dpm_conv_grads_explicit(float *E, float *sq, const float *P, const float *G, int has_bias, int B, int T,
+                             int CK, int O);
+/* dw (O x CK) += G^T diag(coef per example, repeated over its T rows) P, db += the same of G's column
+ * sums (db may be NULL). One GEMM over all B*T rows. coef NULL means all ones. scratch: B*T*O floats
+ * (used only when coef != NULL). */
+void dpm_conv_accumulate(float *dw, float *db, const float *P, const float *G, const float *coef,
+                         float *scratch, int B, int T, int CK, int O);
+
+/* ---- per-example gradient rows ---------------------------------------------------------------- */
+/* sq[i] = ||E_i||^2 for rows E_i of length N. */
+void dpm_rows_sqnorm(float *sq, const float *E, int B, size_t N);
+/* grad (N) += sum_i coef_i E_i (coef NULL: all ones). */
+void dpm_rows_accumulate(float *grad, const float *E, const float *coef, int B, size_t N);
+
+/* ---- pooling (no padding) --------------------------------------------------------------------- */
+/* out: B x C x OH x OW; argmax (same size) keeps the index within the example's C*H*W input. */
+void dpm_maxpool_forward(float *out, int32_t *argmax, const float *x, int B, int C, int H, int W, int K, int S,
+                         int OH, int OW);
+/* dx (B x C x H x W, overwritten) = dout routed to each window's argmax. */
+void dpm_maxpool_backward(float *dx, const float *dout, const int32_t *argmax, int B, int C, int H, int W,
+                          int OH, int OW);
+void dpm_avgpool_forward(float *out, const float *x, int B, int C, int H, int W, int K, int S, int OH, int OW);
+void dpm_avgpool_backward(float *dx, const float *dout, int B, int C, int H, int W, int K, int S, int OH,
+                          int OW);
+
+/* ---- elementwise (n = B * features) ----------------------------------------------------------- */
+void dpm_relu_forward(float *out, const float *x, size_t n);
+/* dx = dout where out > 0, else 0 (out is the forward output). */
+void dpm_relu_backward(float *dx, const float *dout, const float *out, size_t n);
+void dpm_tanh_forward(float *out, const float *x, size_t n);
+/* dx = dout (1 - out^2). */
+void dpm_tanh_backward(float *dx, const float *dout, const float *out, size_t n);
+
+/* ---- group normalization ---------------------------------------------------------------------- */
+/* x: B x C x HW, G groups of C/G channels; out = gamma_c xhat + beta_c with xhat = (x - mean) rstd over
+ * each (example, group), rstd = 1/sqrt(var + eps) (biased variance). Keeps xhat (B x C x HW) and
+ * rstd (B x G). */
+void dpm_groupnorm_forward(float *out, float *xhat, float *rstd, const float *x, const float *gamma,
+                           const float *beta, int B, int C, int HW, int G, float eps);
+/* E (B x 2C): example i's [dgamma (C), dbeta (C)]; dx (may be NULL) the input gradient. */
+void dpm_groupnorm_backward(float *dx, float *E, const float *dout, const float *xhat, const float *rstd,
+                            const float *gamma, int B, int C, int HW, int G);
+
+/* ---- softmax cross-entropy -------------------------------------------------------------------- */
+/* probs (B x O) = softmax(logits); returns sum_i -log probs[i, y_i] computed stably (log-sum-exp).
+ * n_correct (may be NULL) receives the number of i with argmax logits_i == y_i. */
+double dpm_softmax_xent_forward(float *probs, const float *logits, const int32_t *y, int B, int O,
+                                int *n_correct);
+/* dlogits = probs - onehot(y): each example's gradient of its own loss (not divided by B). */
+void dpm_softmax_xent_backward(float *dlogits, const float *probs, const int32_t *y, int B, int O);
+
+#endif
