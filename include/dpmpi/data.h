@@ -22,7 +22,9 @@ typedef struct {
   int64_t begin, end;  /* this rank's shard [begin, end) */
   int C, H, W;         /* example shape (NCHW); dense data: C = d, H = W = 1 */
   int num_classes;
-  float *x;            /* (end - begin) x C*H*W, normalized */
+  int images;          /* 1: x stored as uint8 N x H x W x C, normalized with mean/std; 0: float32 N x d */
+  float mean, std;     /* normalization of uint8 images (0 and 1 for float32 data, used as stored) */
+  float *x;            /* (end - begin) x C*H*W, normalized (64-byte aligned) */
   int32_t *y;          /* end - begin labels */
 } dpm_dataset;
 
@@ -39,13 +41,27 @@ int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t
                      dpm_dataset *out, char err[DPM_ERRLEN]);
 void dpm_dataset_free(dpm_dataset *d);
 
-/* Conversion (serial, one process). IDX files may be gzipped (detected by magic). Returns 0 or -1. */
+/* Serial (one process): count the labels of split `group`: counts[k] for k in [0, num_classes), where
+ * counts has room for the num_classes that dpm_dataset_probe reports. Fails on a label out of range. */
+int dpm_dataset_label_counts(const char *path, const char *group, int64_t *counts, char err[DPM_ERRLEN]);
+
+/* Conversion (serial, one process). Output is written to a temporary name next to `out` and renamed
+ * only when complete, so `out` is either the previous file or the whole new one.
+ * IDX files may be gzipped (detected by magic). Returns 0 or -1. */
 int dpm_convert_idx(const char *train_images, const char *train_labels, const char *test_images,
                     const char *test_labels, const char *out, char err[DPM_ERRLEN]);
 /* CSV: header line with column names; all columns numeric; label_column names the integer label column
  * (labels must be 0..K-1); the other columns become float32 features. */
 int dpm_convert_csv(const char *train_csv, const char *test_csv, const char *label_column, const char *out,
                     char err[DPM_ERRLEN]);
+
+/* Conversion progress lines ("dpmpi: ...") on stdout, keeping stderr for the one error line: 1 on, 0 off
+ * (the default). */
+void dpm_data_set_verbose(int on);
+/* Normalization stored by IDX conversion: value = (pixel / 255 - mean) / std. Default mean 0.5, std 0.5,
+ * independent of the data (so it costs no privacy). from_data = 1 stores the training pixels' own mean
+ * and std instead, which the DP guarantee does not cover. */
+void dpm_data_set_normalization(double mean, double std, int from_data);
 
 /* `dpmpi data ...` subcommand (convert, info). Returns the process exit status. */
 int dpm_cmd_data(int argc, char **argv);
