@@ -3,54 +3,8 @@
 # and check that bad invocations exit 2 with exactly one "dpmpi: error:" line, on 1 and 2 ranks.
 # Usage: bash tests/cli_data.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=300
-set -u
-build=${1:?usage: cli_data.sh BUILD_DIR SOURCE_DIR}
-dpmpi=$build/dpmpi
-mpiexec=${DPM_MPIEXEC:-mpirun}
 fm=${DPM_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dpm_cli_data_XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-check() { # check DESCRIPTION COMMAND...: the command must succeed
-  local what=$1; shift
-  if "$@"; then ok; else bad "$what"; fi
-}
-has() { grep -qF -- "$2" "$1" || { echo "  missing '$2' in:" >&2; sed 's/^/    /' "$1" >&2; return 1; }; }
-
-# run NP ARGS...: dpmpi on NP ranks (1 = no mpirun); stdout, stderr and status in $tmp/out, err, rc.
-run() {
-  local np=$1; shift
-  if [ "$np" = 1 ]; then
-    "$dpmpi" "$@" >"$tmp/out" 2>"$tmp/err"
-  else
-    "$mpiexec" -q --allow-run-as-root --oversubscribe -np "$np" "$dpmpi" "$@" >"$tmp/out" 2>"$tmp/err"
-  fi
-  echo $? >"$tmp/rc"
-}
-rc() { cat "$tmp/rc"; }
-
-# A user error: status 2 and exactly one line on stderr, "dpmpi: error: ..." naming `want`.
-expect_usage_error() {
-  local np=$1 want=$2; shift 2
-  run "$np" "$@"
-  local lines
-  lines=$(grep -c . "$tmp/err")
-  if [ "$(rc)" = 2 ] && [ "$lines" = 1 ] && grep -q '^dpmpi: error: ' "$tmp/err" && grep -qF -- "$want" "$tmp/err"; then
-    ok
-  else
-    bad "np=$np dpmpi $*: status $(rc), $lines stderr lines, expected 2 and one error line with '$want':"
-    sed 's/^/    /' "$tmp/err" >&2
-  fi
-}
-
-if [ ! -x "$dpmpi" ]; then
-  echo "FAIL: $dpmpi not built" >&2
-  echo "0 passed, 1 failed"
-  exit 1
-fi
+source "$(dirname "$0")/cli_lib.sh"
 
 idx_args=(--from idx --train-images "$fm/train-images-idx3-ubyte.gz" --train-labels "$fm/train-labels-idx1-ubyte.gz"
           --test-images "$fm/t10k-images-idx3-ubyte.gz" --test-labels "$fm/t10k-labels-idx1-ubyte.gz")

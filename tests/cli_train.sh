@@ -5,30 +5,7 @@
 # at the same accuracy as the 1-rank run; user errors exit 2 on every rank with one message, never hang.
 # Usage: bash tests/cli_train.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=300
-set -u
-build=${1:?usage: cli_train.sh BUILD_DIR SOURCE_DIR}
-dpmpi=$build/dpmpi
-mpiexec=${DPM_MPIEXEC:-mpirun}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/dpm_cli_train_XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
-passed=0 failed=0
-ok() { passed=$((passed + 1)); }
-bad() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
-has() { grep -qE -- "$2" "$1" || { echo "  missing /$2/ in $1:" >&2; sed 's/^/    /' "$1" | tail -20 >&2; return 1; }; }
-run() { # run NP ARGS...: stdout, stderr, status in $tmp/out, err, rc; 120 s limit (a hang is a failure)
-  local np=$1; shift
-  timeout 120 "$mpiexec" -q --allow-run-as-root --oversubscribe -np "$np" "$dpmpi" "$@" >"$tmp/out" 2>"$tmp/err"
-  echo $? >"$tmp/rc"
-}
-rc() { cat "$tmp/rc"; }
-expect_usage_error() { # NP WANT ARGS...: status 2, exactly one stderr line "dpmpi: error: ...WANT..."
-  local np=$1 want=$2; shift 2
-  run "$np" "$@"
-  local n
-  n=$(grep -c . "$tmp/err")
-  if [ "$(rc)" = 2 ] && [ "$n" = 1 ] && grep -q "^dpmpi: error: .*$want" "$tmp/err"; then ok; else
-    bad "np=$np $*: rc=$(rc), $n stderr lines, want '$want':"; sed 's/^/    /' "$tmp/err" >&2; fi
-}
+source "$(dirname "$0")/cli_lib.sh"
 
 # 4 Gaussian blobs in 6 dimensions, 2000 training and 500 test rows
 gen() { awk -v n="$1" -v seed="$2" 'BEGIN { srand(seed); print "f1,f2,f3,f4,f5,f6,label";
@@ -61,9 +38,9 @@ INI
 # DP run on 2 ranks: learns, reports epsilon <= target, writes the metrics file
 run 2 train "$tmp/job.ini"
 if [ "$(rc)" = 0 ]; then ok; else bad "DP run failed (rc $(rc))"; cat "$tmp/err" >&2; fi
-has "$tmp/out" "noise multiplier [0-9.]+ \(calibrated\)" && ok || bad "calibration line"
-has "$tmp/out" "^step +[0-9]+/60 .*loss .*ex/s .*eps .*ETA" && ok || bad "progress line"
-has "$tmp/out" "randomness: secure" && ok || bad "secure mode announced"
+has_re "$tmp/out" "noise multiplier [0-9.]+ \(calibrated\)" && ok || bad "calibration line"
+has_re "$tmp/out" "^step +[0-9]+/60 .*loss .*ex/s .*eps .*ETA" && ok || bad "progress line"
+has_re "$tmp/out" "randomness: secure" && ok || bad "secure mode announced"
 acc=$(grep '^eval' "$tmp/out" | tail -1 | sed -E 's/.*test accuracy ([0-9.]+)%.*/\1/')
 awk -v a="$acc" 'BEGIN { exit !(a >= 85) }' && ok || bad "DP test accuracy $acc% < 85%"
 eps=$(grep '^done' "$tmp/out" | sed -E 's/.*epsilon ([0-9.]+).*/\1/')
@@ -71,33 +48,33 @@ awk -v e="$eps" 'BEGIN { exit !(e <= 4 && e >= 3.99) }' && ok || bad "final epsi
 n=$(grep -c . "$tmp/m.jsonl")
 [ "$n" = 3 ] && ok || bad "metrics lines: $n, expected 3 (one per epoch)"
 for k in step epoch epsilon delta test_accuracy test_loss examples_per_second; do
-  has "$tmp/m.jsonl" "\"$k\": " && ok || bad "metrics key $k"
+  has_re "$tmp/m.jsonl" "\"$k\": " && ok || bad "metrics key $k"
 done
-has "$tmp/m.jsonl" '"reproducible": false' && ok || bad "metrics: reproducible false"
+has_re "$tmp/m.jsonl" '"reproducible": false' && ok || bad "metrics: reproducible false"
 
 # seeded: 1 and 2 ranks agree on the final test loss (grid invariance, to print precision)
 run 1 train "$tmp/job.ini" --run.seed=7 --output.metrics="$tmp/s1.jsonl"
-has "$tmp/out" "SEEDED" && ok || bad "seeded run announced"
-has "$tmp/out" "\[seeded\]" && ok || bad "seeded tag on progress lines"
+has_re "$tmp/out" "SEEDED" && ok || bad "seeded run announced"
+has_re "$tmp/out" "\[seeded\]" && ok || bad "seeded tag on progress lines"
 l1=$(grep '^eval' "$tmp/out" | tail -1 | sed -E 's/.*test loss ([0-9.]+).*/\1/')
 run 2 train "$tmp/job.ini" --run.seed=7 --output.metrics="$tmp/s2.jsonl"
 l2=$(grep '^eval' "$tmp/out" | tail -1 | sed -E 's/.*test loss ([0-9.]+).*/\1/')
 [ -n "$l1" ] && [ "$l1" = "$l2" ] && ok || bad "seeded test loss 1 rank $l1 != 2 ranks $l2"
-has "$tmp/s2.jsonl" '"reproducible": true' && ok || bad "metrics: reproducible true"
+has_re "$tmp/s2.jsonl" '"reproducible": true' && ok || bad "metrics: reproducible true"
 
 # non-private baseline on the same path
 run 2 train "$tmp/job.ini" --privacy.enabled=false --output.metrics="$tmp/np.jsonl" 2>/dev/null
 grep -q "enabled = false but epsilon" "$tmp/err" && ok || bad "non-private with epsilon must be rejected"
 sed -i '/^epsilon = 4$/d' "$tmp/job.ini"
 run 2 train "$tmp/job.ini" --privacy.enabled=false --output.metrics="$tmp/np.jsonl"
-has "$tmp/out" "privacy: DISABLED" && ok || bad "non-private announced"
+has_re "$tmp/out" "privacy: DISABLED" && ok || bad "non-private announced"
 acc=$(grep '^eval' "$tmp/out" | tail -1 | sed -E 's/.*test accuracy ([0-9.]+)%.*/\1/')
 awk -v a="$acc" 'BEGIN { exit !(a >= 90) }' && ok || bad "non-private test accuracy $acc% < 90%"
-has "$tmp/np.jsonl" '"epsilon": null' && ok || bad "non-private metrics epsilon null"
+has_re "$tmp/np.jsonl" '"epsilon": null' && ok || bad "non-private metrics epsilon null"
 
 # given sigma and a budget: stops before the budget
 run 1 train "$tmp/job.ini" --privacy.noise_multiplier=0.6 --privacy.epsilon=2 --train.epochs=10
-has "$tmp/out" "allows [0-9]+ of the 200 steps" && ok || bad "budget note"
+has_re "$tmp/out" "allows [0-9]+ of the 200 steps" && ok || bad "budget note"
 eps=$(grep '^done' "$tmp/out" | sed -E 's/.*epsilon ([0-9.]+).*/\1/')
 awk -v e="$eps" 'BEGIN { exit !(e <= 2) }' && ok || bad "budgeted run spent $eps > 2"
 
@@ -115,8 +92,6 @@ for np in 1 2; do
   expect_usage_error $np "no job file" train
 done
 run 1 train --help
-[ "$(rc)" = 0 ] && has "$tmp/out" "usage: dpmpi train" && ok || bad "train --help"
+[ "$(rc)" = 0 ] && has_re "$tmp/out" "usage: dpmpi train" && ok || bad "train --help"
 
-echo "cli_train: $passed passed, $failed failed"
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish cli_train

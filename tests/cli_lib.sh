@@ -1,0 +1,59 @@
+# Shared by tests/cli_*.sh (sourced, not run): counters, checks, and running dpmpi on N ranks with a
+# time limit (a hang is a failure). The sourcing script sets nothing; it gets $build, $dpmpi, $tmp.
+set -u
+build=${1:?usage: $0 BUILD_DIR SOURCE_DIR}
+dpmpi=$build/dpmpi
+mpiexec=${DPM_MPIEXEC:-mpirun}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/dpm_cli_XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+passed=0 failed=0
+
+ok() { passed=$((passed + 1)); }
+bad() { failed=$((failed + 1)); echo "FAIL: $*" >&2; }
+check() { # check DESCRIPTION COMMAND...: the command must succeed
+  local what=$1; shift
+  if "$@"; then ok; else bad "$what"; fi
+}
+# has FILE STRING (fixed string); has_re FILE REGEX (extended regex)
+has() { grep -qF -- "$2" "$1" || { echo "  missing '$2' in:" >&2; sed 's/^/    /' "$1" | tail -20 >&2; return 1; }; }
+has_re() { grep -qE -- "$2" "$1" || { echo "  missing /$2/ in:" >&2; sed 's/^/    /' "$1" | tail -20 >&2; return 1; }; }
+
+# run NP ARGS...: dpmpi on NP ranks (1 = no mpirun), at most 120 s; stdout, stderr, status in
+# $tmp/out, $tmp/err, $tmp/rc. mpirun -q keeps its own banner off stderr on a non-zero exit.
+run() {
+  local np=$1; shift
+  if [ "$np" = 1 ]; then
+    timeout 120 "$dpmpi" "$@" >"$tmp/out" 2>"$tmp/err"
+  else
+    timeout 120 "$mpiexec" -q --allow-run-as-root --oversubscribe -np "$np" "$dpmpi" "$@" >"$tmp/out" 2>"$tmp/err"
+  fi
+  echo $? >"$tmp/rc"
+}
+rc() { cat "$tmp/rc"; }
+
+# expect_usage_error NP WANT ARGS...: status 2 and exactly one stderr line, "dpmpi: error: ..." containing WANT.
+expect_usage_error() {
+  local np=$1 want=$2; shift 2
+  run "$np" "$@"
+  local lines
+  lines=$(grep -c . "$tmp/err")
+  if [ "$(rc)" = 2 ] && [ "$lines" = 1 ] && grep -q '^dpmpi: error: ' "$tmp/err" && grep -qF -- "$want" "$tmp/err"; then
+    ok
+  else
+    bad "np=$np dpmpi $*: status $(rc), $lines stderr lines, expected 2 and one error line with '$want':"
+    sed 's/^/    /' "$tmp/err" >&2
+  fi
+}
+
+# finish NAME: the closing line and the exit status
+finish() {
+  echo "$1: $passed passed, $failed failed"
+  echo "$passed passed, $failed failed"
+  [ "$failed" = 0 ]
+}
+
+if [ ! -x "$dpmpi" ]; then
+  echo "FAIL: $dpmpi not built" >&2
+  echo "0 passed, 1 failed"
+  exit 1
+fi
