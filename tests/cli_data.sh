@@ -4,7 +4,7 @@
 # Usage: bash tests/cli_data.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=300
 fm=${DPM_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
-source "$(dirname "$0")/cli_lib.sh"
+source "$(dirname "$0")/lib_cli.sh"
 
 idx_args=(--from idx --train-images "$fm/train-images-idx3-ubyte.gz" --train-labels "$fm/train-labels-idx1-ubyte.gz"
           --test-images "$fm/t10k-images-idx3-ubyte.gz" --test-labels "$fm/t10k-labels-idx1-ubyte.gz")

@@ -5,7 +5,7 @@
 # at the same accuracy as the 1-rank run; user errors exit 2 on every rank with one message, never hang.
 # Usage: bash tests/cli_train.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=300
-source "$(dirname "$0")/cli_lib.sh"
+source "$(dirname "$0")/lib_cli.sh"
 
 # 4 Gaussian blobs in 6 dimensions, 2000 training and 500 test rows
 gen() { awk -v n="$1" -v seed="$2" 'BEGIN { srand(seed); print "f1,f2,f3,f4,f5,f6,label";

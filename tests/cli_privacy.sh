@@ -1,0 +1,56 @@
+#!/bin/bash
+# CLI test of `dpmpi privacy`: epsilon and calibration, text and JSON, and exit status 2 on bad input.
+# ctest: timeout=300
+set -u
+BUILD=$1
+BIN="$BUILD/dpmpi"
+fail=0
+check() { if eval "$2"; then echo "ok   $1"; else echo "FAIL $1"; fail=1; fi; }
+run() { "$BIN" privacy "$@"; }
+
+out=$(run --sampling-rate 0.01 --noise-multiplier 4 --steps 10000 --delta 1e-5 --json)
+check "rdp json has the keys" '[[ $out == *"\"accountant\": \"rdp\""* && $out == *"\"epsilon\":"* && $out == *"\"order\":"* && $out == *"\"delta\":"* && $out == *"\"sampling_rate\":"* && $out == *"\"noise_multiplier\":"* && $out == *"\"steps\": 10000"* ]]'
+eps=$(sed -E 's/.*"epsilon": ([0-9.e+-]+).*/\1/' <<<"$out")
+check "rdp epsilon 1.0355 (Balle et al. conversion)" 'awk -v e="$eps" "BEGIN{exit !(e > 1.0354 && e < 1.0356)}"'
+
+out=$(run -q 0.01 -s 4 -T 10000 -d 1e-5 --accountant all --json)
+check "all: two JSON lines" '[[ $(wc -l <<<"$out") -eq 2 ]]'
+check "tight json has epsilon_upper" '[[ $out == *"\"accountant\": \"tight\""* && $out == *"\"epsilon_upper\":"* ]]'
+eps=$(grep tight <<<"$out" | sed -E 's/.*"epsilon": ([0-9.e+-]+).*/\1/')
+check "tight epsilon 0.9470 within 1%" 'awk -v e="$eps" "BEGIN{exit !(e > 0.9375 && e < 0.9565)}"'
+
+out=$(run --target-epsilon 1 -q 0.004266666666666667 -T 3515 -d 1e-5 --json)
+sig=$(sed -E 's/.*"noise_multiplier": ([0-9.e+-]+).*/\1/' <<<"$out")
+check "calibrated sigma within 1% of 1.2695 (sigma_rdp)" 'awk -v s="$sig" "BEGIN{exit !(s > 1.2568 && s <= 1.26953125)}"'
+out=$(run --target-epsilon 1 -q 0.004266666666666667 -T 3515 -d 1e-5)
+check "text output names the noise multiplier" '[[ $out == *"noise multiplier"* ]]'
+out=$(run -q 0.01 -s 4 -T 10000 -d 1e-5)
+check "text output names epsilon and the order" '[[ $out == *"epsilon 1.035"* && $out == *"order"* ]]'
+check "--help" 'run --help | grep -q "sampling-rate"'
+
+bad() { # expect exit status 2 and a one-line error
+  err=$(run "$@" 2>&1 >/dev/null); rc=$?
+  check "bad input ($*) -> status 2, one line" '[[ $rc -eq 2 && $(wc -l <<<"$err") -eq 1 && $err == dpmpi:\ error:* ]]'
+}
+bad -q 0 -s 1 -T 10 -d 1e-5
+bad -q 1.5 -s 1 -T 10 -d 1e-5
+bad -q 0.1 -s 0 -T 10 -d 1e-5
+bad -q 0.1 -s -1 -T 10 -d 1e-5
+bad -q 0.1 -s 1 -T 10 -d 0
+bad -q 0.1 -s 1 -T 10 -d 1
+bad -q 0.1 -s 1 -T 0 -d 1e-5
+bad -q 0.1 -s 1 -T 2.5 -d 1e-5
+bad -q abc -s 1 -T 10 -d 1e-5
+bad -q 0.1 -T 10 -d 1e-5
+bad -q 0.1 -s 1 -T 10 -d 1e-5 --accountant foo
+bad --target-epsilon 0.0001 -q 0.1 -T 100 -d 1e-5
+bad --target-epsilon -1 -q 0.1 -T 100 -d 1e-5
+bad --bogus
+
+if [[ -n "${DPM_MPIEXEC:-}" ]]; then
+  out=$("$DPM_MPIEXEC" -n 2 --oversubscribe "$BIN" privacy -q 0.01 -s 4 -T 10000 -d 1e-5 --json 2>/dev/null)
+  check "2 ranks print once" '[[ $(wc -l <<<"$out") -eq 1 ]]'
+  "$DPM_MPIEXEC" -n 2 --oversubscribe "$BIN" privacy -q 0 -s 4 -T 10 -d 1e-5 >/dev/null 2>&1; rc=$?
+  check "2 ranks: bad input exits non-zero" '[[ $rc -ne 0 ]]'
+fi
+exit $fail

@@ -1,0 +1,131 @@
+/* Tests of the tight (PLD) accountant against ../shared/refs/accountant_eps.csv (Google dp_accounting's
+ * PLD, and the exact Gaussian for q = 1), the published figures, calibration, and properties. */
+// ctest: timeout=300
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "dpmpi/accountant.h"
+#include "testing.h"
+
+static double tight(double q, double s, long long T, double d, dpm_pld_result *r) {
+  char err[DPM_ERRLEN];
+  dpm_pld_event ev = {q, s, T};
+  dpm_pld_result rr;
+  if (!r) r = &rr;
+  int rc = dpm_pld_epsilon(&ev, 1, d, r, err);
+  CHECK(rc == 0, "pld: %s", err);
+  return r->epsilon_upper;
+}
+
+static void test_eps_table(void) {
+  const char *dir = getenv("DPM_SHARED_DIR");
+  char path[1024], line[512];
+  snprintf(path, sizeof path, "%s/refs/accountant_eps.csv", dir ? dir : "/work/shared");
+  FILE *f = fopen(path, "r");
+  CHECK(f != NULL, "cannot open %s", path);
+  if (!f || !fgets(line, sizeof line, f)) return;
+  int rows = 0;
+  double worst = 0, worst_q1 = 0, tmax = 0;
+  while (fgets(line, sizeof line, f)) {
+    double q, s, d, erdp, et, eq1 = NAN;
+    long long T;
+    int k = sscanf(line, "%lf,%lf,%lld,%lf,%lf,%lf,%lf", &q, &s, &T, &d, &erdp, &et, &eq1);
+    if (k < 6) continue;
+    rows++;
+    dpm_pld_result r;
+    double t0 = dpm_time();
+    tight(q, s, T, d, &r);
+    tmax = fmax(tmax, dpm_time() - t0);
+    double tol = fmax(0.01 * et, 0.01);
+    CHECK(fabs(r.epsilon - et) <= tol, "estimate %g vs dp_accounting %g (q %g s %g T %lld d %g)", r.epsilon, et, q, s, T, d);
+    CHECK(fabs(r.epsilon_upper - et) <= tol, "upper %g vs dp_accounting %g (q %g s %g T %lld)", r.epsilon_upper, et, q, s, T);
+    CHECK(r.epsilon_upper >= r.epsilon && r.error >= 0, "upper %g < estimate %g", r.epsilon_upper, r.epsilon);
+    CHECK(r.epsilon_upper <= erdp * (1 + 1e-9), "tight %g above RDP %g", r.epsilon_upper, erdp);
+    worst = fmax(worst, fabs(r.epsilon - et) / et);
+    if (k == 7) {
+      CHECK(fabs(r.epsilon - eq1) <= fmax(0.01 * eq1, 0.01), "q=1: %g vs exact %g", r.epsilon, eq1);
+      CHECK(r.epsilon_upper >= eq1 * (1 - 1e-9), "q=1: upper bound %g below exact %g", r.epsilon_upper, eq1);
+      worst_q1 = fmax(worst_q1, fabs(r.epsilon - eq1) / eq1);
+    }
+  }
+  fclose(f);
+  CHECK(rows == 77, "rows %d", rows);
+  printf("accountant_eps.csv: %d rows, tight estimate worst relative difference %.2e vs dp_accounting, "
+         "%.2e vs exact (q = 1); slowest query %.0f ms\n", rows, worst, worst_q1, tmax * 1e3);
+}
+
+static void test_published_and_sigma(void) {
+  double q = 256.0 / 60000;
+  dpm_pld_result r;
+  tight(q, 1.1, 14062, 1e-5, &r);
+  CHECK(fabs(r.epsilon - 2.3817) <= 0.01 * 2.3817, "published tight 2.3817: %g", r.epsilon);
+  tight(0.01, 4.0, 10000, 1e-5, &r);
+  CHECK(fabs(r.epsilon - 0.9470) <= 0.01 * 0.9470, "published tight 0.9470: %g", r.epsilon);
+  /* calibration (two rows of accountant_sigma.csv, sigma_tight) */
+  char err[DPM_ERRLEN];
+  double s;
+  CHECK(dpm_calibrate_sigma(1, 1e-5, 0.004266666666666667, 3515, DPM_ACCT_TIGHT, &s, err) == 0, "%s", err);
+  CHECK_CLOSE(s, 1.1850295494633338, 0.01, 0, "sigma_tight (1, 15 epochs)");
+  double e = tight(0.004266666666666667, s, 3515, 1e-5, NULL);
+  CHECK(e <= 1 && e >= 0.99, "calibrated tight eps %g", e);
+  CHECK(dpm_calibrate_sigma(2, 1e-5, 0.034133333333333335, 29, DPM_ACCT_TIGHT, &s, err) == 0, "%s", err);
+  CHECK_CLOSE(s, 0.9145745135649639, 0.01, 0, "sigma_tight (2, 1 epoch)");
+}
+
+static void test_properties(void) {
+  /* monotone in steps, q (up) and sigma, delta (down); finite and non-negative over a wide range */
+  double qs[] = {1e-4, 0.01, 0.3, 1}, ss[] = {0.5, 1, 4};
+  long long Ts[] = {1, 100, 10000};
+  int bad = 0;
+  double E[2][4][3][3];
+  for (int d = 0; d < 2; d++)
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 3; j++)
+        for (int t = 0; t < 3; t++) E[d][i][j][t] = tight(qs[i], ss[j], Ts[t], d ? 1e-7 : 1e-5, NULL);
+  for (int d = 0; d < 2; d++)
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 3; j++)
+        for (int t = 0; t < 3; t++) {
+          double e = E[d][i][j][t], slack = e * 1e-6 + 1e-9;
+          if (!(e >= 0 && isfinite(e))) bad++, fprintf(stderr, "bad eps %g\n", e);
+          if (t > 0 && E[d][i][j][t - 1] > e + slack) bad++, fprintf(stderr, "steps %d %d %d\n", i, j, t);
+          if (i > 0 && E[d][i - 1][j][t] > e + slack) bad++, fprintf(stderr, "q %d %d %d\n", i, j, t);
+          if (j > 0 && E[d][i][j - 1][t] < e - slack) bad++, fprintf(stderr, "sigma %d %d %d\n", i, j, t);
+          if (d == 1 && E[0][i][j][t] > e + slack) bad++, fprintf(stderr, "delta %d %d %d\n", i, j, t);
+        }
+  CHECK(bad == 0, "%d monotonicity / finiteness violations", bad);
+  /* extremes named by the issue: eps from ~0.01 to ~1000, q down to 1e-4, up to 1e6 steps */
+  double e = tight(1e-4, 5, 1000000, 1e-5, NULL);
+  CHECK(e > 0 && isfinite(e) && e <= dpm_rdp_epsilon(1e-4, 5, 1000000, 1e-5, NULL), "1e6 steps: %g", e);
+  e = tight(1e-4, 10, 1, 1e-5, NULL);
+  CHECK(e >= 0 && e < 0.01, "tiny eps: %g", e);
+  e = tight(0.5, 0.5, 1000, 1e-5, NULL);
+  CHECK(e > 100 && isfinite(e) && e <= dpm_rdp_epsilon(0.5, 0.5, 1000, 1e-5, NULL), "large eps: %g", e);
+  /* heterogeneous composition: order independence, Gaussian release = q = 1 event */
+  char err[DPM_ERRLEN];
+  dpm_pld_event a[3] = {{0.01, 1.0, 500}, {1.0, 5.0, 2}, {0.02, 2.0, 300}};
+  dpm_pld_event b[3] = {{0.02, 2.0, 300}, {0.01, 1.0, 500}, {1.0, 5.0, 2}};
+  dpm_pld_result ra, rb;
+  dpm_pld_epsilon(a, 3, 1e-5, &ra, err);
+  dpm_pld_epsilon(b, 3, 1e-5, &rb, err);
+  CHECK_CLOSE(ra.epsilon_upper, rb.epsilon_upper, 1e-9, 1e-12, "order independence");
+  dpm_ledger *L = dpm_ledger_create();
+  dpm_ledger_add_sgm(L, 0.01, 1.0, 500);
+  dpm_ledger_add_gaussian(L, 5.0, 2);
+  dpm_ledger_add_sgm(L, 0.02, 2.0, 300);
+  double el, er;
+  CHECK(dpm_ledger_epsilon(L, 1e-5, DPM_ACCT_TIGHT, &el, err) == 0, "%s", err);
+  dpm_ledger_epsilon(L, 1e-5, DPM_ACCT_RDP, &er, err);
+  CHECK_CLOSE(el, ra.epsilon_upper, 1e-12, 0, "ledger tight");
+  CHECK(el <= er, "ledger tight %g above RDP %g", el, er);
+  dpm_ledger_free(L);
+}
+
+int main(int argc, char **argv) {
+  dpm_test_init(&argc, &argv);
+  test_eps_table();
+  test_published_and_sigma();
+  test_properties();
+  return dpm_test_finish();
+}
