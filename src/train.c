@@ -70,28 +70,6 @@ static double epsilon_now(trainer *tr) {
   return eps;
 }
 
-/* Largest step count T' <= T whose epsilon at (q, sigma) stays within the target (binary search). */
-static int64_t steps_within_budget(double q, double sigma, double delta, double target, int64_t T,
-                                   dpm_accountant_kind acct) {
-  char err[DPM_ERRLEN];
-  double eps;
-  dpm_ledger *l = dpm_ledger_create();
-  dpm_ledger_add_sgm(l, q, sigma, T);
-  if (dpm_ledger_epsilon(l, delta, acct, &eps, err)) dpm_fatal("accountant: %s", err);
-  dpm_ledger_free(l);
-  if (eps <= target) return T;
-  int64_t lo = 0, hi = T; /* eps(lo) <= target < eps(hi) */
-  while (hi - lo > 1) {
-    int64_t mid = lo + (hi - lo) / 2;
-    l = dpm_ledger_create();
-    dpm_ledger_add_sgm(l, q, sigma, mid);
-    if (dpm_ledger_epsilon(l, delta, acct, &eps, err)) dpm_fatal("accountant: %s", err);
-    dpm_ledger_free(l);
-    if (eps <= target) lo = mid; else hi = mid;
-  }
-  return lo;
-}
-
 static void setup_privacy(trainer *tr) {
   dpm_config *cfg = &tr->cfg;
   char err[DPM_ERRLEN] = "";
@@ -103,7 +81,9 @@ static void setup_privacy(trainer *tr) {
   if (cfg->noise_multiplier > 0) {
     tr->sigma = cfg->noise_multiplier;
     if (cfg->epsilon > 0) {
-      int64_t allowed = steps_within_budget(tr->q, tr->sigma, cfg->delta, cfg->epsilon, tr->steps, tr->acct);
+      int64_t allowed = 0;
+      if (dpm_ledger_max_steps(tr->ledger, tr->q, tr->sigma, cfg->epsilon, cfg->delta, tr->acct, &allowed, err))
+        dpm_fatal("accountant: %s", err);
       if (allowed < 1) {
         failed = 1;
         dpm_err(err, "%s: one step at noise_multiplier %g and sampling rate %g already exceeds epsilon %g",

@@ -73,10 +73,19 @@ awk -v a="$acc" 'BEGIN { exit !(a >= 90) }' && ok || bad "non-private test accur
 has_re "$tmp/np.jsonl" '"epsilon": null' && ok || bad "non-private metrics epsilon null"
 
 # given sigma and a budget: stops before the budget
-run 1 train "$tmp/job.ini" --privacy.noise_multiplier=0.6 --privacy.epsilon=2 --train.epochs=10
+run 1 train "$tmp/job.ini" --privacy.noise_multiplier=1.5 --privacy.epsilon=2 --train.epochs=10
 has_re "$tmp/out" "allows [0-9]+ of the 200 steps" && ok || bad "budget note"
 eps=$(grep '^done' "$tmp/out" | sed -E 's/.*epsilon ([0-9.]+).*/\1/')
 awk -v e="$eps" 'BEGIN { exit !(e <= 2) }' && ok || bad "budgeted run spent $eps > 2"
+
+# the tight accountant: calibrated sigma is smaller than RDP's for the same target, the spend stays within it
+run 1 train "$tmp/job.ini" --privacy.epsilon=2 --privacy.accountant=tight
+s_tight=$(grep -oE 'noise multiplier [0-9.]+' "$tmp/out" | awk '{print $3}')
+eps=$(grep '^done' "$tmp/out" | sed -E 's/.*epsilon ([0-9.]+).*/\1/')
+run 1 train "$tmp/job.ini" --privacy.epsilon=2 --privacy.accountant=rdp
+s_rdp=$(grep -oE 'noise multiplier [0-9.]+' "$tmp/out" | awk '{print $3}')
+awk -v t="$s_tight" -v r="$s_rdp" 'BEGIN { exit !(t > 0 && t < r) }' && ok || bad "tight sigma $s_tight not below rdp sigma $s_rdp"
+awk -v e="$eps" 'BEGIN { exit !(e <= 2 && e >= 1.99) }' && ok || bad "tight-accounted run spent $eps, not within 0.01 below 2"
 
 # user errors: status 2 on every rank, one message, no hang
 printf '[data]\ntrain = %s\n[model]\nlayers = dense out=4\n[train]\nepochs = 1\nlearning_rate = 1\n[privacy]\nepsilon = 1\n' \

@@ -26,7 +26,7 @@ static void test_eps_table(void) {
   CHECK(f != NULL, "cannot open %s", path);
   if (!f || !fgets(line, sizeof line, f)) return;
   int rows = 0;
-  double worst = 0, worst_q1 = 0, tmax = 0;
+  double worst = 0, worst_big = 0, worst_q1 = 0, tmax = 0;
   while (fgets(line, sizeof line, f)) {
     double q, s, d, erdp, et, eq1 = NAN;
     long long T;
@@ -42,7 +42,8 @@ static void test_eps_table(void) {
     CHECK(fabs(r.epsilon_upper - et) <= tol, "upper %g vs dp_accounting %g (q %g s %g T %lld)", r.epsilon_upper, et, q, s, T);
     CHECK(r.epsilon_upper >= r.epsilon && r.error >= 0, "upper %g < estimate %g", r.epsilon_upper, r.epsilon);
     CHECK(r.epsilon_upper <= erdp * (1 + 1e-9), "tight %g above RDP %g", r.epsilon_upper, erdp);
-    worst = fmax(worst, fabs(r.epsilon - et) / et);
+    worst = fmax(worst, fabs(r.epsilon - et) / tol);
+    if (et >= 1) worst_big = fmax(worst_big, fabs(r.epsilon - et) / et);
     if (k == 7) {
       CHECK(fabs(r.epsilon - eq1) <= fmax(0.01 * eq1, 0.01), "q=1: %g vs exact %g", r.epsilon, eq1);
       CHECK(r.epsilon_upper >= eq1 * (1 - 1e-9), "q=1: upper bound %g below exact %g", r.epsilon_upper, eq1);
@@ -51,8 +52,9 @@ static void test_eps_table(void) {
   }
   fclose(f);
   CHECK(rows == 77, "rows %d", rows);
-  printf("accountant_eps.csv: %d rows, tight estimate worst relative difference %.2e vs dp_accounting, "
-         "%.2e vs exact (q = 1); slowest query %.0f ms\n", rows, worst, worst_q1, tmax * 1e3);
+  printf("accountant_eps.csv: %d rows, tight estimate: worst |diff| / max(1%%, 0.01) = %.2f vs dp_accounting; "
+         "worst relative diff for eps >= 1: %.2e; vs exact (q = 1): %.2e; slowest query %.0f ms\n", rows, worst,
+         worst_big, worst_q1, tmax * 1e3);
 }
 
 static void test_published_and_sigma(void) {
@@ -109,7 +111,7 @@ static void test_properties(void) {
   dpm_pld_result ra, rb;
   dpm_pld_epsilon(a, 3, 1e-5, &ra, err);
   dpm_pld_epsilon(b, 3, 1e-5, &rb, err);
-  CHECK_CLOSE(ra.epsilon_upper, rb.epsilon_upper, 1e-9, 1e-12, "order independence");
+  CHECK_CLOSE(ra.epsilon_upper, rb.epsilon_upper, 1e-5, 1e-9, "order independence (to the truncation budget)");
   dpm_ledger *L = dpm_ledger_create();
   dpm_ledger_add_sgm(L, 0.01, 1.0, 500);
   dpm_ledger_add_gaussian(L, 5.0, 2);
@@ -124,8 +126,12 @@ static void test_properties(void) {
 
 int main(int argc, char **argv) {
   dpm_test_init(&argc, &argv);
+  double t0 = dpm_time();
   test_eps_table();
+  double t1 = dpm_time();
   test_published_and_sigma();
+  double t2 = dpm_time();
   test_properties();
+  printf("time: table %.1f s, published + calibration %.1f s, properties %.1f s\n", t1 - t0, t2 - t1, dpm_time() - t2);
   return dpm_test_finish();
 }

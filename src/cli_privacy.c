@@ -1,0 +1,165 @@
+/* `dpmpi privacy`: epsilon for (q, sigma, steps, delta), or sigma for a target epsilon, with the RDP
+ * and/or tight accountant; text or one JSON object per accountant per line. Runs identically on every
+ * rank (pure computation), only rank 0 prints; a user error exits with status 2 on every rank. */
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dpmpi/accountant.h"
+
+static const char *usage =
+    "usage: dpmpi privacy --sampling-rate Q --noise-multiplier S --steps T --delta D [options]\n"
+    "       dpmpi privacy --target-epsilon E --sampling-rate Q --steps T --delta D [options]\n"
+    "Epsilon of T steps of DP-SGD (Poisson sampling with rate Q, Gaussian noise multiplier S, add/remove-one\n"
+    "adjacency), or the smallest noise multiplier whose epsilon is at most E.\n"
+    "  -q, --sampling-rate Q      in (0, 1] (expected batch size / dataset size)\n"
+    "  -s, --noise-multiplier S   > 0 (noise std / clipping norm)\n"
+    "  -T, --steps T              >= 1\n"
+    "  -d, --delta D              in (0, 1)\n"
+    "  -e, --target-epsilon E     calibrate: print the noise multiplier instead of epsilon\n"
+    "  -a, --accountant A         rdp (default), tight, or all\n"
+    "      --json                 one JSON object per accountant per line\n"
+    "  -h, --help                 this text\n"
+    "RDP prints the optimal order; tight prints a certified upper bound and the discretization error.\n";
+
+static int parse_double(const char *s, const char *name, double *out, char *err) {
+  char *end;
+  double v = strtod(s, &end);
+  if (end == s || *end != '\0' || isnan(v)) return dpm_err(err, "--%s: '%s' is not a number", name, s);
+  *out = v;
+  return 0;
+}
+
+static int parse_steps(const char *s, int64_t *out, char *err) {
+  double v = 0;
+  if (parse_double(s, "steps", &v, err)) return -1;
+  if (v != floor(v) || v < -9e18 || v > 9e18) return dpm_err(err, "--steps: '%s' is not an integer", s);
+  *out = (int64_t)v;
+  return 0;
+}
+
+typedef struct {
+  double q, sigma, delta, target;
+  int64_t steps;
+  int has_q, has_sigma, has_delta, has_target, has_steps, json, help, acct_mask;
+} privacy_args;
+
+static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
+  static const struct option opts[] = {{"sampling-rate", required_argument, 0, 'q'},
+                                       {"noise-multiplier", required_argument, 0, 's'},
+                                       {"steps", required_argument, 0, 'T'},
+                                       {"delta", required_argument, 0, 'd'},
+                                       {"target-epsilon", required_argument, 0, 'e'},
+                                       {"accountant", required_argument, 0, 'a'},
+                                       {"json", no_argument, 0, 'j'},
+                                       {"help", no_argument, 0, 'h'},
+                                       {0, 0, 0, 0}};
+  memset(a, 0, sizeof *a);
+  a->acct_mask = 1;
+  optind = 0; /* full reset of getopt's state (glibc), argv[0] is "privacy" */
+  opterr = 0;
+  int c;
+  while ((c = getopt_long(argc, argv, "q:s:T:d:e:a:h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'q': if (parse_double(optarg, "sampling-rate", &a->q, err)) return -1; a->has_q = 1; break;
+    case 's': if (parse_double(optarg, "noise-multiplier", &a->sigma, err)) return -1; a->has_sigma = 1; break;
+    case 'd': if (parse_double(optarg, "delta", &a->delta, err)) return -1; a->has_delta = 1; break;
+    case 'e': if (parse_double(optarg, "target-epsilon", &a->target, err)) return -1; a->has_target = 1; break;
+    case 'T': if (parse_steps(optarg, &a->steps, err)) return -1; a->has_steps = 1; break;
+    case 'a':
+      if (!strcmp(optarg, "rdp")) a->acct_mask = 1;
+      else if (!strcmp(optarg, "tight")) a->acct_mask = 2;
+      else if (!strcmp(optarg, "all")) a->acct_mask = 3;
+      else return dpm_err(err, "--accountant: '%s' is not one of rdp, tight, all", optarg);
+      break;
+    case 'j': a->json = 1; break;
+    case 'h': a->help = 1; return 0;
+    default:
+      if (optopt) return dpm_err(err, "privacy: option -%c is unknown or lacks its value (see --help)", optopt);
+      return dpm_err(err, "privacy: option '%s' is unknown or lacks its value (see --help)", argv[optind - 1]);
+    }
+  }
+  if (optind < argc) return dpm_err(err, "privacy: unexpected argument '%s' (see --help)", argv[optind]);
+  if (!a->has_q) return dpm_err(err, "privacy: --sampling-rate is required");
+  if (!a->has_steps) return dpm_err(err, "privacy: --steps is required");
+  if (!a->has_delta) return dpm_err(err, "privacy: --delta is required");
+  if (a->has_target && a->has_sigma)
+    return dpm_err(err, "privacy: give either --noise-multiplier or --target-epsilon, not both");
+  if (!a->has_target && !a->has_sigma) return dpm_err(err, "privacy: --noise-multiplier or --target-epsilon is required");
+  if (dpm_accountant_check_args(a->q, a->has_sigma ? a->sigma : 1.0, a->delta, a->steps, err)) return -1;
+  if (a->has_target && !(a->target > 0 && isfinite(a->target)))
+    return dpm_err(err, "--target-epsilon %g must be positive and finite", a->target);
+  return 0;
+}
+
+typedef struct {
+  dpm_accountant_kind kind;
+  double eps, sigma, order, upper, error, grid;
+} privacy_line;
+
+static void print_line(const privacy_args *a, const privacy_line *l) {
+  const char *name = dpm_accountant_name(l->kind);
+  if (a->json) {
+    printf("{\"accountant\": \"%s\", \"epsilon\": %.17g, \"delta\": %.15g, \"sampling_rate\": %.17g, "
+           "\"noise_multiplier\": %.17g, \"steps\": %lld",
+           name, l->eps, a->delta, a->q, l->sigma, (long long)a->steps);
+    if (a->has_target) printf(", \"target_epsilon\": %.17g", a->target);
+    if (l->kind == DPM_ACCT_RDP) printf(", \"order\": %.17g", l->order);
+    else printf(", \"epsilon_upper\": %.17g, \"epsilon_error\": %.3g, \"loss_grid\": %.3g", l->upper, l->error, l->grid);
+    printf("}\n");
+    return;
+  }
+  if (a->has_target)
+    printf("%-5s noise multiplier %.6g  (epsilon %.6g <= target %.6g, delta %g", name, l->sigma, l->eps, a->target,
+           a->delta);
+  else
+    printf("%-5s epsilon %.6g  (delta %g", name, l->eps, a->delta);
+  if (l->kind == DPM_ACCT_RDP) printf(", optimal order %g)\n", l->order);
+  else printf(", upper bound %.6g, discretization error %.2g, loss grid %.2g)\n", l->upper, l->error, l->grid);
+}
+
+static int compute(const privacy_args *a, dpm_accountant_kind kind, privacy_line *l, char *err) {
+  memset(l, 0, sizeof *l);
+  l->kind = kind;
+  l->sigma = a->sigma;
+  if (a->has_target && dpm_calibrate_sigma(a->target, a->delta, a->q, a->steps, kind, &l->sigma, err)) return -1;
+  if (kind == DPM_ACCT_RDP) {
+    l->eps = dpm_rdp_epsilon(a->q, l->sigma, a->steps, a->delta, &l->order);
+    return 0;
+  }
+  dpm_pld_event ev = {a->q, l->sigma, a->steps};
+  dpm_pld_result r;
+  if (dpm_pld_epsilon(&ev, 1, a->delta, &r, err)) return -1;
+  l->eps = r.epsilon;
+  l->upper = r.epsilon_upper;
+  l->error = r.error;
+  l->grid = r.grid;
+  return 0;
+}
+
+int dpm_cmd_privacy(int argc, char **argv) {
+  char err[DPM_ERRLEN] = "";
+  privacy_args a;
+  int rank = dpm_world_rank();
+  int failed = parse_args(argc, argv, &a, err) != 0;
+  dpm_exit_if_error(MPI_COMM_WORLD, failed, err);
+  if (a.help) {
+    if (rank == 0) fputs(usage, stdout);
+    return 0;
+  }
+  privacy_line lines[2];
+  int n = 0;
+  for (int k = 0; k < 2 && !failed; k++) {
+    if (!(a.acct_mask & (1 << k))) continue;
+    failed = compute(&a, k == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT, &lines[n], err) != 0;
+    n++;
+  }
+  dpm_exit_if_error(MPI_COMM_WORLD, failed, err);
+  if (rank == 0) {
+    for (int i = 0; i < n; i++) print_line(&a, &lines[i]);
+    fflush(stdout);
+  }
+  return 0;
+}
