@@ -9,15 +9,6 @@
 #include "dpmpi/accountant.h"
 #include "testing.h"
 
-static FILE *open_ref(const char *name) {
-  const char *dir = getenv("DPM_SHARED_DIR");
-  char path[1024];
-  snprintf(path, sizeof path, "%s/refs/%s", dir ? dir : "/work/shared", name);
-  FILE *f = fopen(path, "r");
-  CHECK(f != NULL, "cannot open %s", path);
-  return f;
-}
-
 /* Orders used by the reference (TF Privacy / Opacus): 1.1..10.9 and 12..63. */
 static int ref_orders(double *o) {
   int n = 0;
@@ -27,7 +18,7 @@ static int ref_orders(double *o) {
 }
 
 static void test_rdp_orders(void) {
-  FILE *f = open_ref("rdp_orders.csv");
+  FILE *f = dpm_test_open_ref("rdp_orders.csv");
   if (!f) return;
   char line[512];
   double worst = 0, worst_series = 0;
@@ -56,7 +47,7 @@ static void test_rdp_orders(void) {
 }
 
 static void test_eps_table(void) {
-  FILE *f = open_ref("accountant_eps.csv");
+  FILE *f = dpm_test_open_ref("accountant_eps.csv");
   if (!f) return;
   char line[512];
   double o[200];
@@ -104,7 +95,7 @@ static void test_published(void) {
 }
 
 static void test_sigma_table(void) {
-  FILE *f = open_ref("accountant_sigma.csv");
+  FILE *f = dpm_test_open_ref("accountant_sigma.csv");
   if (!f) return;
   char line[512], err[DPM_ERRLEN];
   int rows = 0;

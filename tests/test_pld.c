@@ -19,11 +19,8 @@ static double tight(double q, double s, long long T, double d, dpm_pld_result *r
 }
 
 static void test_eps_table(void) {
-  const char *dir = getenv("DPM_SHARED_DIR");
-  char path[1024], line[512];
-  snprintf(path, sizeof path, "%s/refs/accountant_eps.csv", dir ? dir : "/work/shared");
-  FILE *f = fopen(path, "r");
-  CHECK(f != NULL, "cannot open %s", path);
+  char line[512];
+  FILE *f = dpm_test_open_ref("accountant_eps.csv");
   if (!f || !fgets(line, sizeof line, f)) return;
   int rows = 0;
   double worst = 0, worst_big = 0, worst_q1 = 0, tmax = 0;
@@ -65,11 +62,8 @@ static void test_published_and_sigma(void) {
   tight(0.01, 4.0, 10000, 1e-5, &r);
   CHECK(fabs(r.epsilon - 0.9470) <= 0.01 * 0.9470, "published tight 0.9470: %g", r.epsilon);
   /* calibration: every row of accountant_sigma.csv, sigma_tight within 1%, spend within 0.01 below the target */
-  const char *dir = getenv("DPM_SHARED_DIR");
-  char path[1024], line[512], err[DPM_ERRLEN];
-  snprintf(path, sizeof path, "%s/refs/accountant_sigma.csv", dir ? dir : "/work/shared");
-  FILE *f = fopen(path, "r");
-  CHECK(f != NULL, "cannot open %s", path);
+  char line[512], err[DPM_ERRLEN];
+  FILE *f = dpm_test_open_ref("accountant_sigma.csv");
   if (!f || !fgets(line, sizeof line, f)) return;
   int rows = 0;
   double worst = 0;

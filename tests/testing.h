@@ -10,6 +10,8 @@
 extern int dpm_test_passed, dpm_test_failed;
 
 void dpm_test_init(int *argc, char ***argv);
+/* Opens ../shared/refs/NAME (directory from $DPM_SHARED_DIR); a missing file is a failed check and NULL. */
+FILE *dpm_test_open_ref(const char *name);
 /* Collects the counts over MPI_COMM_WORLD, prints the closing line, finalizes MPI, returns exit status. */
 int dpm_test_finish(void);
 
