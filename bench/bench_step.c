@@ -58,7 +58,7 @@ int main(int argc, char **argv) {
       dpm_key ik = dpm_key_from_seed(3, DPM_STREAM_INIT);
       dpm_model_init_params(m, &ik);
       dpm_step st = {.comm = MPI_COMM_WORLD, .model = m, .data = &d, .q = (double)batch / (double)N, .dp = dp,
-                     .clip = 1.0, .sigma = 1.0, .clipping = DPM_CLIP_FLAT, .physical_batch = batch,
+                     .clip = 1.0, .sigma = 1.0, .clipping = DPM_CLIP_FLAT, .pipe = MPI_COMM_SELF, .physical_batch = batch,
                      .sample_key = dpm_key_from_seed(4, 0), .noise_key = dpm_key_from_seed(4, 1)};
       dpm_step_init(&st);
       dpm_sgd opt;

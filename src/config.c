@@ -56,11 +56,22 @@ static const key_def KEYS[] = {
   {"privacy", "noise_multiplier", K_POS_NUM, OFF(noise_multiplier), NULL, NULL,
    "Noise standard deviation as a multiple of the total clipping norm (sigma). Give this, epsilon, or both."},
   {"privacy", "clip", K_POS_NUM, OFF(clip), "1.0", NULL, "Total per-example clipping norm C (L2 over the whole model)."},
-  {"privacy", "clipping", K_ENUM, OFF(clipping), "flat", "flat|per-layer",
-   "flat: one threshold C over the whole model. per-layer: each layer with parameters clipped to C/sqrt(L), "
-   "total sensitivity C."},
+  {"privacy", "clipping", K_ENUM, OFF(clipping), "flat", "flat|per-layer|per-device",
+   "flat: one threshold C over the whole model (pipeline stages exchange per-example squared norms). per-layer: "
+   "each layer with parameters clipped to C/sqrt(L). per-device: each pipeline stage clips its own piece to C_s "
+   "(He et al. 2022; no exchange between stages), sum of C_s^2 = C^2. Total sensitivity C in every mode."},
+  {"privacy", "device_split", K_ENUM, OFF(device_split), "even", "even|params",
+   "per-device clipping: thresholds C_s = C/sqrt(S) (even) or C*sqrt(P_s/P) by the stage's share of parameters."},
   {"privacy", "accountant", K_ENUM, OFF(accountant), "rdp", "rdp|tight",
    "Accountant for calibration, budget and reporting: rdp (Renyi DP) or tight (privacy loss distribution)."},
+  {"grid", "replicas", K_POS_INT, OFF(grid_replicas), NULL, NULL,
+   "Data-parallel replicas D. The world size must be D x S. Default: world size / grid.stages."},
+  {"grid", "stages", K_POS_INT, OFF(grid_stages), NULL, NULL,
+   "Pipeline stages S per replica (the model's layers split into S consecutive pieces, one per rank). "
+   "Default: world size / grid.replicas, or 1 when neither is given."},
+  {"grid", "stage_layers", K_STR, OFF(grid_stage_layers), NULL, NULL,
+   "Layers per stage, comma separated (e.g. 4,3), summing to the number of layers. Default: balanced by each "
+   "layer's multiply-adds per example."},
   {"run", "seed", K_U64, 0, NULL, NULL,
    "Makes the run reproducible: sampling, noise and initialization keys derive from it. Without it the keys come "
    "from the operating system's CSPRNG and are never stored (the secure mode for real releases)."},
@@ -326,6 +337,7 @@ void dpm_config_free(dpm_config *cfg) {
   dpm_free(cfg->data_test);
   dpm_free(cfg->model_layers);
   dpm_free(cfg->metrics);
+  dpm_free(cfg->grid_stage_layers);
   dpm_free(cfg->path);
   dpm_free(cfg->text);
   memset(cfg, 0, sizeof *cfg);
@@ -344,4 +356,6 @@ void dpm_config_print_keys(FILE *out) {
   }
 }
 
-const char *dpm_clipping_name(dpm_clipping c) { return c == DPM_CLIP_FLAT ? "flat" : "per-layer"; }
+const char *dpm_clipping_name(dpm_clipping c) {
+  return c == DPM_CLIP_FLAT ? "flat" : c == DPM_CLIP_PER_LAYER ? "per-layer" : "per-device";
+}

@@ -24,8 +24,16 @@ int64_t dpm_sample_shard(const dpm_key *key, uint64_t step, double q, int64_t be
   return n;
 }
 
-double dpm_clip_group_threshold(dpm_clipping mode, double clip, int G) {
-  return mode == DPM_CLIP_FLAT ? clip : clip / sqrt((double)G);
+double dpm_clip_threshold(dpm_clipping mode, double clip, int groups, int stages, size_t stage_params,
+                          size_t params, dpm_device_split split) {
+  switch (mode) {
+    case DPM_CLIP_FLAT: return clip;
+    case DPM_CLIP_PER_LAYER: return clip / sqrt((double)groups);
+    case DPM_CLIP_PER_DEVICE:
+      if (split == DPM_SPLIT_EVEN || params == 0) return clip / sqrt((double)stages);
+      return clip * sqrt((double)stage_params / (double)params);
+  }
+  return clip;
 }
 
 static float clip_coef(double sqnorm, double threshold) {
@@ -36,7 +44,7 @@ static float clip_coef(double sqnorm, double threshold) {
 }
 
 void dpm_clip_coefs(const float *sqnorms, int G, int B, dpm_clipping mode, double clip, float *coef) {
-  if (mode == DPM_CLIP_FLAT) {
+  if (mode != DPM_CLIP_PER_LAYER) {
     for (int i = 0; i < B; i++) {
       double s = 0;
       for (int g = 0; g < G; g++) s += sqnorms[(size_t)g * B + i];
@@ -44,8 +52,7 @@ void dpm_clip_coefs(const float *sqnorms, int G, int B, dpm_clipping mode, doubl
       for (int g = 0; g < G; g++) coef[(size_t)g * B + i] = c;
     }
   } else {
-    double cg = dpm_clip_group_threshold(mode, clip, G);
-    for (size_t k = 0; k < (size_t)G * B; k++) coef[k] = clip_coef(sqnorms[k], cg);
+    for (size_t k = 0; k < (size_t)G * B; k++) coef[k] = clip_coef(sqnorms[k], clip);
   }
 }
 

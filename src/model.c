@@ -53,6 +53,9 @@ struct dpm_model {
   float *x, *dx, *probs, *scratch, *ghost;
   int32_t *y;
   int B, have_labels, backward_done, input_grad;
+  int layer0;        /* global number of the first layer (pipeline stages): initialization and describe */
+  int has_loss;      /* 0: a pipeline stage before the last: no loss, the output gradient comes from outside */
+  int params_owned;  /* 0: params and grads are another model's (dpm_model_clone_shared) */
 };
 
 /* ---- parsing ---------------------------------------------------------------------------------- */
@@ -259,7 +262,7 @@ static size_t layout(dpm_model *m, char *base) {
     }
   }
   const layer *last = &m->L[m->n - 1];
-  m->probs = carve(base, &cur, B * last->out_n * F);
+  m->probs = carve(base, &cur, (m->has_loss ? B * last->out_n : 0) * F);
   m->scratch = carve(base, &cur, scratch * F);
   m->ghost = carve(base, &cur, ghost * F);
   return cur;
@@ -269,12 +272,14 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
                             int max_batch, char err[DPM_ERRLEN]) {
   if (n < 1) return dpm_err(err, "model has no layers"), NULL;
   if (C < 1 || H < 1 || W < 1) return dpm_err(err, "bad input shape %dx%dx%d", C, H, W), NULL;
-  if (n_classes < 2) return dpm_err(err, "need at least 2 classes, got %d", n_classes), NULL;
+  if (n_classes < 2 && n_classes != 0) return dpm_err(err, "need at least 2 classes, got %d", n_classes), NULL;
   if (max_batch < 1) return dpm_err(err, "max_batch must be positive, got %d", max_batch), NULL;
   dpm_model *m = dpm_calloc(1, sizeof *m);
   m->n = n;
   m->L = dpm_calloc((size_t)n, sizeof *m->L);
   m->C = C, m->H = H, m->W = W, m->n_classes = n_classes, m->max_batch = max_batch;
+  m->has_loss = n_classes > 0;
+  m->params_owned = 1;
   m->in_n = (size_t)C * H * W;
   m->group_layer = dpm_malloc(sizeof(int) * (size_t)n);
   m->first_param = -1;
@@ -362,7 +367,7 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
     dpm_err(err, "layer %d (%s): missing out=", i + 1, name);
     goto fail;
   }
-  if (m->L[n - 1].out_n != (size_t)n_classes) {
+  if (m->has_loss && m->L[n - 1].out_n != (size_t)n_classes) {
     dpm_err(err, "layer %d (%s): outputs %zu values but the data has %d classes", n,
             kind_name(m->L[n - 1].s.kind), m->L[n - 1].out_n, n_classes);
     goto fail;
@@ -397,8 +402,10 @@ void dpm_model_free(dpm_model *m) {
   for (int i = 0; i < m->n; i++)
     if (m->L[i].E_owned) dpm_free(m->L[i].E);
   dpm_free(m->arena);
-  dpm_free(m->params);
-  dpm_free(m->grads);
+  if (m->params_owned) {
+    dpm_free(m->params);
+    dpm_free(m->grads);
+  }
   dpm_free(m->group_layer);
   dpm_free(m->L);
   dpm_free(m);
@@ -424,7 +431,7 @@ void dpm_model_describe(const dpm_model *m, char *buf, size_t len) {
       case DPM_LAYER_GROUPNORM: snprintf(args, sizeof args, " groups=%d", s->groups); break;
       default: break;
     }
-    int k = snprintf(buf + used, len - used, "layer %d: %s%s -> %dx%dx%d, %zu params\n", i + 1, kind_name(s->kind),
+    int k = snprintf(buf + used, len - used, "layer %d: %s%s -> %dx%dx%d, %zu params\n", m->layer0 + i + 1, kind_name(s->kind),
                      args, l->OC, l->OH, l->OW, l->wsize + l->bsize);
     if (k < 0) break;
     used += (size_t)k;
@@ -473,6 +480,48 @@ dpm_norm_method dpm_model_norm_method(const dpm_model *m, int g) {
 }
 
 void dpm_model_set_input_grad(dpm_model *m, int on) { m->input_grad = on; }
+
+dpm_model *dpm_model_clone_shared(dpm_model *owner) {
+  DPM_ASSERT(owner->params_owned);
+  dpm_layer_spec *specs = dpm_malloc(sizeof *specs * (size_t)owner->n);
+  for (int i = 0; i < owner->n; i++) specs[i] = owner->L[i].s;
+  char err[DPM_ERRLEN];
+  dpm_model *m = dpm_model_create(specs, owner->n, owner->C, owner->H, owner->W, owner->n_classes, owner->max_batch, err);
+  if (!m) dpm_fatal("model clone: %s", err);
+  dpm_free(specs);
+  for (int g = 0; g < owner->ngroups; g++) {
+    const layer *l = &owner->L[owner->group_layer[g]];
+    if (l->s.kind == DPM_LAYER_CONV2D && l->explicit_ != m->L[owner->group_layer[g]].explicit_)
+      dpm_model_set_norm_method(m, g, l->explicit_ ? DPM_NORM_EXPLICIT : DPM_NORM_GHOST);
+  }
+  m->layer0 = owner->layer0;
+  m->input_grad = owner->input_grad;
+  dpm_free(m->params);
+  dpm_free(m->grads);
+  m->params = owner->params;
+  m->grads = owner->grads;
+  m->params_owned = 0;
+  return m;
+}
+
+void dpm_model_set_first_layer(dpm_model *m, int layer0) { m->layer0 = layer0; }
+size_t dpm_model_input_size(const dpm_model *m) { return m->in_n; }
+size_t dpm_model_output_size(const dpm_model *m) { return m->L[m->n - 1].out_n; }
+const float *dpm_model_output(const dpm_model *m) { return m->L[m->n - 1].out; }
+
+void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info) {
+  DPM_ASSERT(i >= 0 && i < m->n);
+  const layer *l = &m->L[i];
+  info->C = l->OC, info->H = l->OH, info->W = l->OW;
+  info->params = l->wsize + l->bsize;
+  /* multiply-adds per example of forward + backward + the clipped sum (the training step's work) */
+  switch (l->s.kind) {
+    case DPM_LAYER_DENSE: info->cost = 3.0 * (double)l->wsize; break;
+    case DPM_LAYER_CONV2D: info->cost = 3.0 * (double)l->T * l->CK * l->s.out; break;
+    case DPM_LAYER_FLATTEN: info->cost = 0; break;
+    default: info->cost = 4.0 * (double)(l->in_n > l->out_n ? l->in_n : l->out_n); break;
+  }
+}
 const float *dpm_model_input_grad(const dpm_model *m) { return m->dx; }
 
 /* ---- init ------------------------------------------------------------------------------------- */
@@ -498,8 +547,8 @@ void dpm_model_init_params(dpm_model *m, const dpm_key *key) {
     if (l->s.kind == DPM_LAYER_DENSE || l->s.kind == DPM_LAYER_CONV2D) {
       size_t fan_in = l->s.kind == DPM_LAYER_DENSE ? l->in_n : (size_t)l->CK;
       float bound = (float)(1.0 / sqrt((double)fan_in));
-      fill_uniform(p, l->wsize, 0, bound, key, i);
-      fill_uniform(p + l->wsize, l->bsize, l->wsize, bound, key, i);
+      fill_uniform(p, l->wsize, 0, bound, key, m->layer0 + i);
+      fill_uniform(p + l->wsize, l->bsize, l->wsize, bound, key, m->layer0 + i);
     } else if (l->s.kind == DPM_LAYER_GROUPNORM) {
       for (size_t k = 0; k < l->wsize; k++) p[k] = 1.0f;
       memset(p + l->wsize, 0, l->bsize * sizeof(float));
@@ -542,6 +591,11 @@ double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, 
   }
   const float *logits = m->L[m->n - 1].out;
   m->have_labels = y != NULL;
+  if (!m->has_loss) {
+    DPM_ASSERT(y == NULL);
+    if (n_correct) *n_correct = 0;
+    return 0.0;
+  }
   if (!y) {
     dpm_softmax_xent_forward(m->probs, logits, NULL, B, m->n_classes, NULL);
     if (n_correct) *n_correct = 0;
@@ -554,10 +608,22 @@ double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, 
   return dpm_softmax_xent_forward(m->probs, logits, m->y, B, m->n_classes, n_correct);
 }
 
+static void backward_layers(dpm_model *m, float *sqnorms);
+
 void dpm_model_backward(dpm_model *m, float *sqnorms) {
-  DPM_ASSERT(m->have_labels);
+  DPM_ASSERT(m->has_loss && m->have_labels);
+  dpm_softmax_xent_backward(m->L[m->n - 1].dout, m->probs, m->y, m->B, m->n_classes);
+  backward_layers(m, sqnorms);
+}
+
+void dpm_model_backward_output(dpm_model *m, const float *dout, float *sqnorms) {
+  DPM_ASSERT(!m->has_loss && m->B >= 1);
+  memcpy(m->L[m->n - 1].dout, dout, (size_t)m->B * m->L[m->n - 1].out_n * sizeof(float));
+  backward_layers(m, sqnorms);
+}
+
+static void backward_layers(dpm_model *m, float *sqnorms) {
   const int B = m->B;
-  dpm_softmax_xent_backward(m->L[m->n - 1].dout, m->probs, m->y, B, m->n_classes);
   for (int i = m->n - 1; i >= 0; i--) {
     layer *l = &m->L[i];
     const dpm_layer_spec *s = &l->s;

@@ -1,7 +1,14 @@
-/* One logical DP-SGD step over a data-parallel communicator: see dpmpi/step.h.
- * Noise: the parameters are split into `size` contiguous slices and rank r draws slice r, so every
- * parameter receives exactly one draw N(0, sigma^2 C^2) per step (invariant I2), the same draws a single
- * root would add (they are addressed by (key, t, global index)), in 1/size of the time. */
+/* One logical DP-SGD step on a process grid: see dpmpi/step.h.
+ *
+ * Noise: a stage's parameters are split into D contiguous slices and data-parallel rank r draws slice r,
+ * so every parameter receives exactly one draw N(0, sigma^2 C^2) per step (invariant I2), the same
+ * draws a single root would add (they are addressed by (key, t, global parameter index)), in 1/D of
+ * the time.
+ *
+ * Pipeline schedule (1F1B): stage s of S runs min(S-s-1, M) warm-up forwards, then alternates one
+ * forward and one backward, then drains the backwards; micro-batch k lives in context k mod (S-s), so
+ * a stage holds at most S-s micro-batches' activations. Sends are non-blocking (a context waits for its
+ * previous sends before it is reused), receives blocking: no cycle of waits can form. */
 #include "dpmpi/step.h"
 
 #include <string.h>
@@ -10,66 +17,198 @@
 #include "dpmpi/dpsgd.h"
 
 #define ALLREDUCE_BUCKET_FLOATS (1 << 20) /* 4 MiB buckets: the sweet spot of MPI_Allreduce here */
+#define TAG_ACT 11
+#define TAG_GRAD 12
 
 void dpm_step_init(dpm_step *s) {
-  DPM_ASSERT(s->physical_batch >= 1 && s->physical_batch <= dpm_model_max_batch(s->model));
+  dpm_model *m = s->model;
+  DPM_ASSERT(s->physical_batch >= 1 && s->physical_batch <= dpm_model_max_batch(m));
   MPI_Comm_rank(s->comm, &s->rank);
   MPI_Comm_size(s->comm, &s->size);
+  MPI_Comm_rank(s->pipe, &s->stage);
+  MPI_Comm_size(s->pipe, &s->stages);
+  const size_t PB = (size_t)s->physical_batch, P = dpm_model_num_params(m);
+  const int G = dpm_model_num_groups(m);
+  /* global layout of the parameters: stage s's slab follows the slabs of stages < s */
+  unsigned long long mine[2] = {P, (unsigned long long)G}, before[2] = {0, 0}, total[2];
+  DPM_MPI_CHECK(MPI_Exscan(mine, before, 2, MPI_UNSIGNED_LONG_LONG, MPI_SUM, s->pipe));
+  DPM_MPI_CHECK(MPI_Allreduce(mine, total, 2, MPI_UNSIGNED_LONG_LONG, MPI_SUM, s->pipe));
+  s->param_offset = s->stage ? (size_t)before[0] : 0;
+  s->total_params = (size_t)total[0];
+  s->total_groups = (int)total[1];
+  s->threshold = dpm_clip_threshold(s->clipping, s->clip, s->total_groups, s->stages, P, s->total_params,
+                                    s->device_split);
+  if (s->stage > 0) dpm_model_set_input_grad(m, 1);
+  s->nctx = s->stages - s->stage;
+  s->ctx = dpm_malloc(sizeof *s->ctx * (size_t)s->nctx);
+  s->ctx[0] = m;
+  for (int c = 1; c < s->nctx; c++) s->ctx[c] = dpm_model_clone_shared(m);
+  s->req = dpm_malloc(sizeof *s->req * 2 * (size_t)s->nctx);
+  for (int k = 0; k < 2 * s->nctx; k++) s->req[k] = MPI_REQUEST_NULL;
   const dpm_dataset *d = s->data;
-  size_t D = (size_t)d->C * d->H * d->W, PB = (size_t)s->physical_batch, G = (size_t)dpm_model_num_groups(s->model);
-  s->sel = dpm_malloc(sizeof(int64_t) * (size_t)(d->end - d->begin + 1));
-  s->xb = dpm_malloc_aligned(sizeof(float) * PB * D);
+  const size_t shard = (size_t)(d->end - d->begin);
+  s->sel = dpm_malloc(sizeof(int64_t) * (shard + 1));
+  s->norms = s->clipping == DPM_CLIP_FLAT && s->stages > 1 ? dpm_malloc(sizeof(double) * (shard + 1)) : NULL;
+  s->xb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_input_size(m));
+  s->inb = s->xb;
+  s->doutb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_output_size(m));
   s->yb = dpm_malloc(sizeof(int32_t) * PB);
-  s->sq = dpm_malloc(sizeof(float) * (G ? G : 1) * PB);
-  s->coef = dpm_malloc(sizeof(float) * (G ? G : 1) * PB);
+  s->sq = dpm_malloc(sizeof(float) * (size_t)(G ? G : 1) * PB);
+  s->coef = dpm_malloc(sizeof(float) * (size_t)(G ? G : 1) * PB);
 }
 
 void dpm_step_free(dpm_step *s) {
+  for (int c = 1; c < s->nctx; c++) dpm_model_free(s->ctx[c]);
+  dpm_free(s->ctx);
+  dpm_free(s->req);
   dpm_free(s->sel);
+  dpm_free(s->norms);
   dpm_free(s->xb);
+  dpm_free(s->doutb);
   dpm_free(s->yb);
   dpm_free(s->sq);
   dpm_free(s->coef);
 }
 
+/* ---- one micro-batch ------------------------------------------------------------------------------ */
+
+typedef struct {
+  const dpm_dataset *d;
+  const int64_t *rows;  /* global indices of the micro-batches' examples, NULL: contiguous from d->begin */
+  int64_t n;            /* examples */
+  int pass;             /* flat on S > 1: 0 = norms only, 1 = clipped accumulation; otherwise 1 */
+  int train;            /* 0: evaluation (forward only) */
+} walk;
+
+static int mb_size(const dpm_step *s, const walk *w, int64_t k) {
+  int64_t off = k * s->physical_batch;
+  return (int)(w->n - off < s->physical_batch ? w->n - off : s->physical_batch);
+}
+
+static int64_t mb_row(const walk *w, int64_t j) { return (w->rows ? w->rows[j] : w->d->begin + j) - w->d->begin; }
+
+static void forward_mb(dpm_step *s, const walk *w, int64_t k) {
+  const int c = (int)(k % s->nctx), B = mb_size(s, w, k);
+  dpm_model *m = s->ctx[c];
+  const int64_t off = k * s->physical_batch;
+  const size_t in_n = dpm_model_input_size(m);
+  DPM_MPI_CHECK(MPI_Waitall(2, s->req + 2 * c, MPI_STATUSES_IGNORE));
+  if (s->stage == 0) {
+    for (int i = 0; i < B; i++)
+      memcpy(s->xb + (size_t)i * in_n, w->d->x + (size_t)mb_row(w, off + i) * in_n, sizeof(float) * in_n);
+  } else {
+    DPM_MPI_CHECK(MPI_Recv(s->inb, (int)((size_t)B * in_n), MPI_FLOAT, s->stage - 1, TAG_ACT, s->pipe,
+                           MPI_STATUS_IGNORE));
+  }
+  if (s->stage == s->stages - 1) {
+    for (int i = 0; i < B; i++) s->yb[i] = w->d->y[mb_row(w, off + i)];
+    int correct = 0;
+    double loss = dpm_model_forward(m, s->inb, s->yb, B, &correct);
+    if (w->pass == 1) s->acc[0] += loss, s->acc[2] += correct;
+  } else {
+    dpm_model_forward(m, s->inb, NULL, B, NULL);
+    DPM_MPI_CHECK(MPI_Isend(dpm_model_output(m), (int)((size_t)B * dpm_model_output_size(m)), MPI_FLOAT,
+                            s->stage + 1, TAG_ACT, s->pipe, &s->req[2 * c]));
+  }
+}
+
+static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
+  const int c = (int)(k % s->nctx), B = mb_size(s, w, k), G = dpm_model_num_groups(s->model);
+  dpm_model *m = s->ctx[c];
+  const int64_t off = k * s->physical_batch;
+  const int flat_pipe = s->dp && s->norms != NULL;
+  float *sq = s->dp && !(flat_pipe && w->pass == 1) ? s->sq : NULL;
+  if (s->stage == s->stages - 1) {
+    dpm_model_backward(m, sq);
+  } else {
+    DPM_MPI_CHECK(MPI_Recv(s->doutb, (int)((size_t)B * dpm_model_output_size(m)), MPI_FLOAT, s->stage + 1, TAG_GRAD,
+                           s->pipe, MPI_STATUS_IGNORE));
+    dpm_model_backward_output(m, s->doutb, sq);
+  }
+  if (s->stage > 0)
+    DPM_MPI_CHECK(MPI_Isend(dpm_model_input_grad(m), (int)((size_t)B * dpm_model_input_size(m)), MPI_FLOAT,
+                            s->stage - 1, TAG_GRAD, s->pipe, &s->req[2 * c + 1]));
+  if (!s->dp) {
+    dpm_model_accumulate(m, NULL);
+    return;
+  }
+  if (flat_pipe && w->pass == 0) { /* this stage's part of each example's squared norm */
+    for (int i = 0; i < B; i++) {
+      double t = 0;
+      for (int g = 0; g < G; g++) t += s->sq[(size_t)g * B + i];
+      s->norms[off + i] = t;
+    }
+    return;
+  }
+  if (flat_pipe) { /* coefficients from the whole-model norms */
+    for (int i = 0; i < B; i++) s->sq[i] = (float)s->norms[off + i];
+    dpm_clip_coefs(s->sq, 1, B, DPM_CLIP_FLAT, s->threshold, s->coef);
+    for (int g = 1; g < G; g++) memcpy(s->coef + (size_t)g * B, s->coef, sizeof(float) * (size_t)B);
+  } else {
+    dpm_clip_coefs(s->sq, G, B, s->clipping, s->threshold, s->coef);
+  }
+  for (int k2 = 0; k2 < G * B; k2++) s->acc[3] += s->coef[k2] < 1.0f;
+  dpm_model_accumulate(m, s->coef);
+}
+
+/* All micro-batches of w through the pipeline, 1F1B. */
+static void run_pipeline(dpm_step *s, const walk *w) {
+  const int64_t M = (w->n + s->physical_batch - 1) / s->physical_batch;
+  if (!w->train) {
+    for (int64_t k = 0; k < M; k++) forward_mb(s, w, k);
+  } else {
+    int64_t warm = s->stages - s->stage - 1, f = 0, b = 0;
+    if (warm > M) warm = M;
+    while (f < warm) forward_mb(s, w, f++);
+    while (b < M) {
+      if (f < M) forward_mb(s, w, f++);
+      backward_mb(s, w, b++);
+    }
+  }
+  DPM_MPI_CHECK(MPI_Waitall(2 * s->nctx, s->req, MPI_STATUSES_IGNORE));
+}
+
+/* Sum doubles over the whole grid (the stage's data-parallel group, then the pipeline). */
+static void grid_sum(dpm_step *s, double *v, int n) {
+  if (s->size > 1) DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, s->comm));
+  if (s->stages > 1) DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, s->pipe));
+}
+
 void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]) {
   dpm_model *m = s->model;
   const dpm_dataset *d = s->data;
-  const int PB = s->physical_batch, G = dpm_model_num_groups(m);
-  const int64_t D = (int64_t)d->C * d->H * d->W;
   const size_t P = dpm_model_num_params(m);
-  int64_t nsel = dpm_sample_shard(&s->sample_key, t, s->q, d->begin, d->end, s->sel);
-  stats[0] = 0, stats[1] = (double)nsel, stats[2] = 0, stats[3] = 0;
+  const int64_t nsel = dpm_sample_shard(&s->sample_key, t, s->q, d->begin, d->end, s->sel);
+  memset(s->acc, 0, sizeof s->acc);
   dpm_model_zero_grads(m);
-  for (int64_t off = 0; off < nsel; off += PB) {
-    int B = (int)(nsel - off < PB ? nsel - off : PB), correct = 0;
-    for (int i = 0; i < B; i++) {
-      int64_t row = s->sel[off + i] - d->begin;
-      memcpy(s->xb + (size_t)i * D, d->x + row * D, sizeof(float) * (size_t)D);
-      s->yb[i] = d->y[row];
-    }
-    stats[0] += dpm_model_forward(m, s->xb, s->yb, B, &correct);
-    stats[2] += correct;
-    if (s->dp) {
-      dpm_model_backward(m, s->sq);
-      dpm_clip_coefs(s->sq, G, B, s->clipping, s->clip, s->coef);
-      for (int k = 0; k < G * B; k++) stats[3] += s->coef[k] < 1.0f;
-      dpm_model_accumulate(m, s->coef);
-    } else {
-      dpm_model_backward(m, NULL);
-      dpm_model_accumulate(m, NULL);
-    }
+  walk w = {.d = d, .rows = s->sel, .n = nsel, .pass = 1, .train = 1};
+  if (s->dp && s->norms) {
+    w.pass = 0;
+    run_pipeline(s, &w);
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->norms, (int)nsel, MPI_DOUBLE, MPI_SUM, s->pipe));
+    w.pass = 1;
   }
+  run_pipeline(s, &w);
   float *grads = dpm_model_grads(m);
   if (s->dp && s->sigma > 0) {
     size_t lo = P * (size_t)s->rank / (size_t)s->size, hi = P * (size_t)(s->rank + 1) / (size_t)s->size;
-    dpm_add_noise(&s->noise_key, t, s->sigma * s->clip, lo, hi - lo, grads + lo);
+    dpm_add_noise(&s->noise_key, t, s->sigma * s->clip, s->param_offset + lo, hi - lo, grads + lo);
   }
   if (s->size > 1) {
     for (size_t off = 0; off < P; off += ALLREDUCE_BUCKET_FLOATS) {
       size_t len = P - off < ALLREDUCE_BUCKET_FLOATS ? P - off : ALLREDUCE_BUCKET_FLOATS;
       DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads + off, (int)len, MPI_FLOAT, MPI_SUM, s->comm));
     }
-    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, stats, 4, MPI_DOUBLE, MPI_SUM, s->comm));
   }
+  s->acc[1] = s->stage == 0 ? (double)nsel : 0;
+  memcpy(stats, s->acc, sizeof s->acc);
+  grid_sum(s, stats, 4);
+}
+
+void dpm_step_eval(dpm_step *s, const dpm_dataset *d, double sums[3]) {
+  memset(s->acc, 0, sizeof s->acc);
+  walk w = {.d = d, .rows = NULL, .n = d->end - d->begin, .pass = 1, .train = 0};
+  run_pipeline(s, &w);
+  sums[0] = s->acc[0], sums[1] = s->acc[2], sums[2] = s->stage == 0 ? (double)w.n : 0;
+  grid_sum(s, sums, 3);
 }

@@ -1,12 +1,12 @@
 /* The training command: job file -> data shards -> model -> privacy parameters -> DP-SGD loop with
  * progress lines, evaluations, a JSON-lines metrics file and the privacy ledger. See dpmpi/train.h.
  *
- * Data parallelism: every rank of MPI_COMM_WORLD is a replica holding a contiguous shard of the
- * training set. Per logical step t each rank samples its shard (Poisson, keyed by (t, global index)),
- * walks its sample in micro-batches, clips per example and accumulates the clipped sum; the noise
- * N(0, sigma^2 C^2) for global parameter j is drawn once, by exactly one rank (the parameters are split
- * into D contiguous slices, rank r draws slice r: the same draws a single root would add, in 1/D of the
- * time); one sum-allreduce combines everything; every rank applies the same update.
+ * Process grid (dpmpi/grid.h): D replicas x S pipeline stages. Replica r holds the contiguous shard
+ * [N r / D, N (r+1) / D) of the training set; stage s holds a consecutive piece of the layers (balanced by
+ * cost or as grid.stage_layers says). Per logical step t every stage of a replica draws the same Poisson
+ * sample of the shard (keyed by (t, global index)) and the micro-batches flow through the pipeline
+ * (dpmpi/step.h); each stage clips, gets its noise once per parameter and allreduces over its
+ * data-parallel group; every replica applies the same update to its pieces.
  */
 #include "dpmpi/train.h"
 
@@ -20,6 +20,7 @@
 #include "dpmpi/config.h"
 #include "dpmpi/data.h"
 #include "dpmpi/dpsgd.h"
+#include "dpmpi/grid.h"
 #include "dpmpi/model.h"
 #include "dpmpi/rng.h"
 #include "dpmpi/step.h"
@@ -37,7 +38,11 @@ typedef struct {
   MPI_Comm comm;
   int rank, size;
   dpm_config cfg;
-  dpm_model *model;
+  dpm_grid grid;
+  dpm_model *model;       /* this rank's stage */
+  char *model_desc;       /* the whole model and its split, for the header */
+  size_t total_params;
+  dpm_step step;
   dpm_dataset train, test;
   int64_t N;
   double q, sigma, steps_per_epoch;
@@ -126,16 +131,8 @@ static void setup_keys(trainer *tr) {
 
 /* Test accuracy and mean loss over the whole test split (each rank its shard). */
 static void evaluate(trainer *tr, double *accuracy, double *loss) {
-  const dpm_dataset *d = &tr->test;
-  int64_t n = d->end - d->begin, D = (int64_t)d->C * d->H * d->W;
-  int mb = dpm_model_max_batch(tr->model);
-  double sums[3] = {0, 0, (double)n};
-  for (int64_t off = 0; off < n; off += mb) {
-    int B = (int)(n - off < mb ? n - off : mb), correct = 0;
-    sums[0] += dpm_model_forward(tr->model, d->x + off * D, d->y + off, B, &correct);
-    sums[1] += correct;
-  }
-  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_DOUBLE, MPI_SUM, tr->comm));
+  double sums[3];
+  dpm_step_eval(&tr->step, &tr->test, sums);
   *loss = sums[0] / sums[2];
   *accuracy = sums[1] / sums[2];
 }
@@ -143,12 +140,12 @@ static void evaluate(trainer *tr, double *accuracy, double *loss) {
 static void print_header(trainer *tr) {
   if (tr->rank != 0) return;
   dpm_config *cfg = &tr->cfg;
-  char desc[4096];
-  dpm_model_describe(tr->model, desc, sizeof desc);
-  printf("dpmpi %s: %s on %d rank%s\n", DPM_VERSION, cfg->path, tr->size, tr->size > 1 ? "s" : "");
+  printf("dpmpi %s: %s on %d rank%s: %d replica%s x %d pipeline stage%s\n", DPM_VERSION, cfg->path, tr->size,
+         tr->size > 1 ? "s" : "", tr->grid.replicas, tr->grid.replicas > 1 ? "s" : "", tr->grid.stages,
+         tr->grid.stages > 1 ? "s" : "");
   printf("data: %s (%lld training examples, %lld test, %d classes)\n", cfg->data_train, (long long)tr->N,
          (long long)tr->test.n_total, tr->train.num_classes);
-  printf("model (%zu parameters):\n%s", dpm_model_num_params(tr->model), desc);
+  printf("model (%zu parameters):\n%s", tr->total_params, tr->model_desc);
   printf("training: %lld steps (%.2f epochs), expected batch %lld (q = %.6g, Poisson), micro-batches of <= %lld, "
          "lr %g, momentum %g\n",
          (long long)tr->steps, tr->steps / tr->steps_per_epoch, (long long)cfg->batch_size, tr->q,
@@ -160,6 +157,9 @@ static void print_header(trainer *tr) {
     char err[DPM_ERRLEN];
     if (dpm_ledger_epsilon(l, cfg->delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
     dpm_ledger_free(l);
+    if (cfg->clipping == DPM_CLIP_PER_DEVICE)
+      printf("per-device clipping: each of the %d stages clips its piece to C_s (%s split), sqrt(sum C_s^2) = C\n",
+             tr->grid.stages, cfg->device_split == DPM_SPLIT_EVEN ? "even" : "by parameters");
     printf("privacy: DP-SGD, %s clipping C = %g, noise multiplier %.6g%s, delta %g, %s accountant: epsilon %.4f "
            "after the run\n",
            dpm_clipping_name(cfg->clipping), cfg->clip, tr->sigma,
@@ -210,12 +210,9 @@ static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s
 static void train_loop(trainer *tr) {
   dpm_config *cfg = &tr->cfg;
   dpm_model *m = tr->model;
-  const int G = dpm_model_num_groups(m);
+  dpm_step *st = &tr->step;
+  const int G = st->total_groups;
   const double total_epochs = tr->steps / tr->steps_per_epoch;
-  dpm_step st = {.comm = tr->comm, .model = m, .data = &tr->train, .q = tr->q, .dp = tr->dp, .clip = cfg->clip,
-                 .sigma = tr->sigma, .clipping = cfg->clipping, .physical_batch = (int)cfg->physical_batch_size,
-                 .sample_key = tr->sample_key, .noise_key = tr->noise_key};
-  dpm_step_init(&st);
   dpm_sgd opt;
   dpm_sgd_init(&opt, dpm_model_num_params(m), cfg->momentum, cfg->weight_decay);
 
@@ -229,7 +226,7 @@ static void train_loop(trainer *tr) {
   for (int64_t t = 0; t < tr->steps; t++) {
     double t0 = dpm_time(), stats[4];
     double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, total_epochs);
-    dpm_step_run(&st, (uint64_t)t, stats);
+    dpm_step_run(st, (uint64_t)t, stats);
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
     double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats[1] > 0 ? stats[1] : 1.0);
     dpm_sgd_step(&opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
@@ -266,7 +263,61 @@ static void train_loop(trainer *tr) {
     printf("\n");
   }
   dpm_sgd_free(&opt);
-  dpm_step_free(&st);
+}
+
+/* The whole model is built once (small batch) to check shapes and cost its layers; this rank keeps its
+ * stage's layers only. */
+static void build_model(trainer *tr, const dpm_dataset *hdr) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
+  int failed = 0, n = 0, S = tr->grid.stages, stage = tr->grid.stage;
+  dpm_layer_spec *specs = NULL;
+  dpm_model *full = NULL;
+  int *first = dpm_malloc(sizeof(int) * (size_t)(S + 1));
+  if (dpm_model_parse(cfg->model_layers, &specs, &n, inner)) {
+    failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
+  } else if (!(full = dpm_model_create(specs, n, hdr->C, hdr->H, hdr->W, hdr->num_classes, 1, inner))) {
+    failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
+  } else if (dpm_grid_split_layers(full, n, S, cfg->grid_stage_layers, first, inner)) {
+    failed = 1, dpm_err(err, "%s: %s", cfg->path, inner);
+  }
+  dpm_exit_if_error(tr->comm, failed, err);
+  /* header text: the whole model, then the stages */
+  size_t len = 4096 + (size_t)n * 128 + (size_t)S * 96, used = 0;
+  tr->model_desc = dpm_malloc(len);
+  dpm_model_describe(full, tr->model_desc, len);
+  tr->total_params = dpm_model_num_params(full);
+  dpm_layer_info info;
+  used = strlen(tr->model_desc);
+  for (int st = 0; st < S && S > 1; st++) {
+    size_t p = 0;
+    for (int i = first[st]; i < first[st + 1]; i++) dpm_model_layer_info(full, i, &info), p += info.params;
+    used += (size_t)snprintf(tr->model_desc + used, len - used, "stage %d: layers %d-%d, %zu params\n", st,
+                             first[st] + 1, first[st + 1], p);
+  }
+  int C = hdr->C, H = hdr->H, W = hdr->W;
+  if (first[stage] > 0) dpm_model_layer_info(full, first[stage] - 1, &info), C = info.C, H = info.H, W = info.W;
+  tr->model = dpm_model_create(specs + first[stage], first[stage + 1] - first[stage], C, H, W,
+                               stage == S - 1 ? hdr->num_classes : 0, (int)cfg->physical_batch_size, inner);
+  failed = tr->model == NULL;
+  if (failed) dpm_err(err, "%s: [model] layers (stage %d): %s", cfg->path, stage, inner);
+  dpm_exit_if_error(tr->comm, failed, err);
+  dpm_model_set_first_layer(tr->model, first[stage]);
+  dpm_model_free(full);
+  dpm_free(specs);
+  dpm_free(first);
+}
+
+/* Replica r's shard of a split; the first stage reads the inputs, the last the labels (both read both:
+ * one read, simpler files), the stages between read nothing and keep only the shard's range. */
+static void load_shard(trainer *tr, const char *path, const char *group, int64_t n, dpm_dataset *d) {
+  const dpm_grid *g = &tr->grid;
+  int64_t b = n * g->replica / g->replicas, e = n * (g->replica + 1) / g->replicas;
+  int reads = g->stage == 0 || g->stage == g->stages - 1;
+  char err[DPM_ERRLEN] = "";
+  int failed = dpm_dataset_load(tr->comm, path, group, reads ? b : 0, reads ? e : 0, d, err) != 0;
+  dpm_exit_if_error(tr->comm, failed, err);
+  d->begin = b, d->end = e;
 }
 
 int dpm_cmd_train(int argc, char **argv) {
@@ -323,19 +374,11 @@ int dpm_cmd_train(int argc, char **argv) {
   tr.steps = cfg->steps > 0 ? cfg->steps : (int64_t)llround(cfg->epochs * tr.steps_per_epoch);
   if (tr.steps < 1) tr.steps = 1;
 
-  dpm_layer_spec *specs = NULL;
-  int n_layers = 0;
   char inner[DPM_ERRLEN];
-  if (dpm_model_parse(cfg->model_layers, &specs, &n_layers, inner)) {
-    failed = 1;
-    dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
-  } else {
-    tr.model = dpm_model_create(specs, n_layers, hdr.C, hdr.H, hdr.W, hdr.num_classes,
-                                (int)cfg->physical_batch_size, inner);
-    if (!tr.model) failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
-  }
-  dpm_free(specs);
+  failed = dpm_grid_create(tr.comm, (int)cfg->grid_replicas, (int)cfg->grid_stages, &tr.grid, inner) != 0;
+  if (failed) dpm_err(err, "%s: %s", cfg->path, inner);
   dpm_exit_if_error(tr.comm, failed, err);
+  build_model(&tr, &hdr);
 
   setup_privacy(&tr);
   setup_keys(&tr);
@@ -348,20 +391,24 @@ int dpm_cmd_train(int argc, char **argv) {
   }
   dpm_exit_if_error(tr.comm, failed, err);
 
-  int64_t b = tr.N * tr.rank / tr.size, e = tr.N * (tr.rank + 1) / tr.size;
-  failed = dpm_dataset_load(tr.comm, cfg->data_train, "train", b, e, &tr.train, err) != 0;
-  dpm_exit_if_error(tr.comm, failed, err);
-  int64_t tb = thdr.n_total * tr.rank / tr.size, te = thdr.n_total * (tr.rank + 1) / tr.size;
-  failed = dpm_dataset_load(tr.comm, cfg->data_test, "test", tb, te, &tr.test, err) != 0;
-  dpm_exit_if_error(tr.comm, failed, err);
+  load_shard(&tr, cfg->data_train, "train", tr.N, &tr.train);
+  load_shard(&tr, cfg->data_test, "test", thdr.n_total, &tr.test);
 
+  tr.step = (dpm_step){.comm = tr.grid.dp, .pipe = tr.grid.pipe, .model = tr.model, .data = &tr.train, .q = tr.q,
+                       .dp = tr.dp, .clip = cfg->clip, .sigma = tr.sigma, .clipping = cfg->clipping,
+                       .device_split = cfg->device_split, .physical_batch = (int)cfg->physical_batch_size,
+                       .sample_key = tr.sample_key, .noise_key = tr.noise_key};
+  dpm_step_init(&tr.step);
   print_header(&tr);
   train_loop(&tr);
+  dpm_step_free(&tr.step);
 
   if (tr.metrics) fclose(tr.metrics);
   dpm_dataset_free(&tr.train);
   dpm_dataset_free(&tr.test);
   dpm_model_free(tr.model);
+  dpm_free(tr.model_desc);
+  dpm_grid_free(&tr.grid);
   dpm_ledger_free(tr.ledger);
   dpm_config_free(cfg);
   memset(&tr.noise_key, 0, sizeof tr.noise_key);

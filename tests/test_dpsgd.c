@@ -62,7 +62,8 @@ static void test_clipping(void) {
     }
   const double C = 1.5;
   for (int mode = 0; mode < 2; mode++) {
-    dpm_clip_coefs(sq, G, B, (dpm_clipping)mode, C, coef);
+    dpm_clip_coefs(sq, G, B, (dpm_clipping)mode, dpm_clip_threshold((dpm_clipping)mode, C, G, 1, 0, 0, DPM_SPLIT_EVEN),
+                   coef);
     for (int i = 0; i < B; i++) {
       double total = 0, unclipped = 0;
       for (int g = 0; g < G; g++) {
@@ -88,7 +89,26 @@ static void test_clipping(void) {
       }
     }
   }
-  CHECK_CLOSE(dpm_clip_group_threshold(DPM_CLIP_PER_LAYER, 2.0, 4), 1.0, 1e-12, 0, "per-layer threshold C/sqrt(G)");
+  CHECK_CLOSE(dpm_clip_threshold(DPM_CLIP_PER_LAYER, 2.0, 4, 1, 0, 0, DPM_SPLIT_EVEN), 1.0, 1e-12, 0,
+              "per-layer threshold C/sqrt(G)");
+  /* per-device: the stage thresholds' squares sum to C^2, for both splits */
+  const size_t Ps[3] = {10, 1000, 77};
+  for (int split = 0; split < 2; split++) {
+    double sum2 = 0;
+    for (int st = 0; st < 3; st++) {
+      double c = dpm_clip_threshold(DPM_CLIP_PER_DEVICE, 2.0, 9, 3, Ps[st], 1087, (dpm_device_split)split);
+      sum2 += c * c;
+      if (split == DPM_SPLIT_EVEN) CHECK_CLOSE(c, 2.0 / sqrt(3.0), 1e-12, 0, "per-device even threshold");
+      else CHECK_CLOSE(c, 2.0 * sqrt((double)Ps[st] / 1087.0), 1e-12, 0, "per-device threshold by parameters");
+    }
+    CHECK_CLOSE(sqrt(sum2), 2.0, 1e-12, 0, "per-device thresholds: sqrt(sum C_s^2) = C");
+  }
+  /* per-device on one stage is flat clipping */
+  float coef2[G * B];
+  dpm_clip_coefs(sq, G, B, DPM_CLIP_FLAT, C, coef);
+  dpm_clip_coefs(sq, G, B, DPM_CLIP_PER_DEVICE, dpm_clip_threshold(DPM_CLIP_PER_DEVICE, C, G, 1, 5, 5, DPM_SPLIT_EVEN),
+                 coef2);
+  CHECK(memcmp(coef, coef2, sizeof coef) == 0, "per-device on one stage equals flat");
 }
 
 static void test_noise(void) {

@@ -54,7 +54,7 @@ static float *train(MPI_Comm comm, const float *x, const int32_t *y, int64_t n, 
   dpm_dataset d = view(x, y, n, n * r / s, n * (r + 1) / s);
   dpm_model *m = new_model(pb);
   dpm_step st = {.comm = comm, .model = m, .data = &d, .q = q, .dp = 1, .clip = 0.5, .sigma = sigma,
-                 .clipping = mode, .physical_batch = pb, .sample_key = dpm_key_from_seed(2, DPM_STREAM_SAMPLE),
+                 .clipping = mode, .pipe = MPI_COMM_SELF, .physical_batch = pb, .sample_key = dpm_key_from_seed(2, DPM_STREAM_SAMPLE),
                  .noise_key = dpm_key_from_seed(2, DPM_STREAM_NOISE)};
   dpm_step_init(&st);
   dpm_sgd opt;
@@ -82,7 +82,7 @@ static float *clipped_sum(MPI_Comm comm, const float *x, const int32_t *y, int64
   dpm_dataset d = view(x, y, n, n * r / s, n * (r + 1) / s);
   dpm_model *m = new_model(8);
   dpm_step st = {.comm = comm, .model = m, .data = &d, .q = 1.0, .dp = 1, .clip = clip, .sigma = 0,
-                 .clipping = mode, .physical_batch = 8, .sample_key = dpm_key_from_seed(3, 0),
+                 .clipping = mode, .pipe = MPI_COMM_SELF, .physical_batch = 8, .sample_key = dpm_key_from_seed(3, 0),
                  .noise_key = dpm_key_from_seed(3, 1)};
   dpm_step_init(&st);
   double stats[4];
@@ -148,7 +148,7 @@ static void test_noise_once(void) {
   dpm_dataset d = view(X, Y, N, N * r / s, N * (r + 1) / s), whole = view(X, Y, N, 0, N);
   dpm_model *m = new_model(8), *m1 = new_model(8);
   dpm_step st = {.comm = MPI_COMM_WORLD, .model = m, .data = &d, .q = q, .dp = 1, .clip = C, .sigma = sigma,
-                 .clipping = DPM_CLIP_FLAT, .physical_batch = 8, .sample_key = dpm_key_from_seed(4, 0),
+                 .clipping = DPM_CLIP_FLAT, .pipe = MPI_COMM_SELF, .physical_batch = 8, .sample_key = dpm_key_from_seed(4, 0),
                  .noise_key = dpm_key_from_seed(4, 1)};
   dpm_step st1 = st;
   st1.comm = MPI_COMM_SELF, st1.model = m1, st1.data = &whole;

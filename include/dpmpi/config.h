@@ -11,7 +11,8 @@
 
 #include "dpmpi/common.h"
 
-typedef enum { DPM_CLIP_FLAT, DPM_CLIP_PER_LAYER } dpm_clipping;
+typedef enum { DPM_CLIP_FLAT, DPM_CLIP_PER_LAYER, DPM_CLIP_PER_DEVICE } dpm_clipping;
+typedef enum { DPM_SPLIT_EVEN, DPM_SPLIT_PARAMS } dpm_device_split;
 typedef enum { DPM_SCHED_CONSTANT, DPM_SCHED_COSINE, DPM_SCHED_STEP } dpm_schedule;
 
 typedef struct {
@@ -37,7 +38,11 @@ typedef struct {
   double noise_multiplier;    /* 0 = not given */
   double clip;
   dpm_clipping clipping;
+  dpm_device_split device_split; /* per-device thresholds */
   int accountant;             /* dpm_accountant_kind */
+  /* [grid] */
+  int64_t grid_replicas, grid_stages; /* 0 = not given */
+  char *grid_stage_layers;    /* NULL = balanced by cost */
   /* [run] */
   int has_seed;
   uint64_t seed;

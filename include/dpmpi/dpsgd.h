@@ -18,14 +18,20 @@
 int64_t dpm_sample_shard(const dpm_key *key, uint64_t step, double q, int64_t begin, int64_t end, int64_t *idx);
 
 /* Clipping coefficients for a micro-batch of B examples and G parameter groups, from the exact squared
- * per-example norms sqnorms[g*B + i]:
- *   flat:      c_gi = min(1, C / ||g_i||) with ||g_i||^2 = sum_g sqnorms[g*B + i], the same for every g;
- *   per-layer: c_gi = min(1, C_g / ||g_gi||) with C_g = C / sqrt(G), so the total sensitivity is C.
- * After scaling, every example's whole-model gradient has L2 norm <= C. coef has G*B entries. */
+ * per-example norms sqnorms[g*B + i], with `clip` the threshold from dpm_clip_threshold:
+ *   flat, per-device: c_gi = min(1, clip / ||g_i||) with ||g_i||^2 = sum_g sqnorms[g*B + i] (the G groups
+ *                     given: the whole model, or this stage's piece), the same for every g;
+ *   per-layer:        c_gi = min(1, clip / ||g_gi||).
+ * Coefficients are rounded down so that c * norm never exceeds the threshold. coef has G*B entries. */
 void dpm_clip_coefs(const float *sqnorms, int G, int B, dpm_clipping mode, double clip, float *coef);
 
-/* Threshold of group g: C (flat) or C / sqrt(G) (per-layer). */
-double dpm_clip_group_threshold(dpm_clipping mode, double clip, int G);
+/* The threshold dpm_clip_coefs applies, so that every example's whole-model clipped gradient has L2
+ * norm <= clip (the total sensitivity C):
+ *   flat: C;  per-layer: C / sqrt(groups) (groups of the whole model);
+ *   per-device: C / sqrt(stages) (even) or C * sqrt(stage_params / params) (by parameter count), so that
+ *   the squares of the S stage thresholds sum to C^2. */
+double dpm_clip_threshold(dpm_clipping mode, double clip, int groups, int stages, size_t stage_params,
+                          size_t params, dpm_device_split split);
 
 /* grad[k] += std * z_{j0+k} for k < n, z the noise stream (key, step, j): one N(0, std^2) draw per global
  * parameter index and step, whichever rank and partition computes it. */

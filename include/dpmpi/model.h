@@ -54,7 +54,8 @@ typedef struct dpm_model dpm_model;
 int dpm_model_parse(const char *text, dpm_layer_spec **specs, int *n, char err[DPM_ERRLEN]);
 
 /* Build a model for inputs C x H x W whose last layer outputs n_classes logits, for micro-batches of
- * at most max_batch examples. Returns NULL with err set when shapes do not fit (kernel larger than the
+ * at most max_batch examples. n_classes = 0 builds a pipeline stage without a loss: forward (y NULL)
+ * leaves its activations in dpm_model_output and backward starts from dpm_model_backward_output. Returns NULL with err set when shapes do not fit (kernel larger than the
  * input, last layer's size != n_classes, groups not dividing channels, ...). */
 dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, int W, int n_classes,
                             int max_batch, char err[DPM_ERRLEN]);
@@ -91,6 +92,32 @@ void dpm_model_accumulate(dpm_model *m, const float *coef);
 
 /* Zero the grads slab. */
 void dpm_model_zero_grads(dpm_model *m);
+
+/* Pipeline stages (models built with n_classes = 0). The output of the last forward: B x
+ * dpm_model_output_size values, valid until the next forward. */
+size_t dpm_model_output_size(const dpm_model *m);
+size_t dpm_model_input_size(const dpm_model *m);
+/* A stage holding layers [layer0, ...) of the whole model numbers its layers from layer0, so that
+ * initialization (keyed by the global layer number) and describe match the whole model's. */
+void dpm_model_set_first_layer(dpm_model *m, int layer0);
+const float *dpm_model_output(const dpm_model *m);
+/* Backward from dout = d loss / d output (B x output_size, B of the last forward); otherwise as
+ * dpm_model_backward. */
+void dpm_model_backward_output(dpm_model *m, const float *dout, float *sqnorms);
+
+/* A second model of the same layers, shapes and settings whose params and grads are owner's: several
+ * micro-batches in flight on one pipeline stage, each in its own activation buffers. owner must
+ * outlive it. */
+dpm_model *dpm_model_clone_shared(dpm_model *owner);
+
+/* Layer i's output shape, parameter count and cost (multiply-adds per example of one training step:
+ * forward, backward and clipped sum), for balancing pipeline stages. */
+typedef struct {
+  int C, H, W;
+  size_t params;
+  double cost;
+} dpm_layer_info;
+void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info);
 
 /* How a group's per-example norms are computed. AUTO (the default) picks, per conv layer, the cheaper
  * of the ghost form (Gram matrices, no per-example gradient) and explicit per-example gradients (kept

@@ -1,13 +1,21 @@
-/* dpmpi step: one logical DP-SGD step over a data-parallel communicator, up to the noisy gradient sum.
+/* dpmpi step: one logical DP-SGD step on a process grid (dpmpi/grid.h), up to the noisy gradient sum.
  *
- *   sample (Poisson, each rank its shard) -> micro-batches: forward, backward with exact per-example
- *   norms, clipping coefficients, weighted accumulation -> Gaussian noise, one draw per parameter, by
- *   exactly one rank -> bucketed sum-allreduce.
+ *   sample (Poisson, each replica its shard; every stage of a replica draws the same sample) ->
+ *   micro-batches through the pipeline (1F1B: stage s keeps at most S - s micro-batches in flight;
+ *   activations forward and their gradients backward with MPI point-to-point) -> exact per-example
+ *   norms, clipping coefficients, weighted accumulation -> Gaussian noise, one draw per parameter per
+ *   step, by exactly one rank of the stage's data-parallel group -> bucketed sum-allreduce over it.
  *
- * After dpm_step_run the model's grads slab holds, on every rank, the same vector
+ * Clipping: per-layer and per-device are local to a stage. Flat clipping on S > 1 stages needs each
+ * example's whole-model norm before any stage can accumulate: the step runs the pipeline twice (norms,
+ * one allreduce of the sample's squared norms over the pipeline, then the clipped accumulation), about
+ * twice the compute; per-device clipping avoids it (He et al. 2022).
+ *
+ * After dpm_step_run the model's grads slab holds, on every rank of the stage, this stage's slice of
  *   sum over sampled examples of clip(grad_i) + N(0, sigma^2 C^2 I)
- * (the plain sum when privacy is off). The caller divides by the expected batch size and updates.
- * This is the code path of `dpmpi train` and of the privacy-invariant tests (I1, I2).
+ * (the plain sum when privacy is off), identical to the same slice of a 1 x 1 run. The caller divides by
+ * the expected batch size and updates. This is the code path of `dpmpi train`, the privacy-invariant
+ * tests (I1, I2) and the benchmarks.
  */
 #ifndef DPMPI_STEP_H
 #define DPMPI_STEP_H
@@ -21,28 +29,45 @@
 
 typedef struct {
   /* set by the caller */
-  MPI_Comm comm;           /* data-parallel communicator: ranks holding replicas of the model */
-  dpm_model *model;
-  const dpm_dataset *data; /* this rank's shard [data->begin, data->end) of data->n_total examples */
+  MPI_Comm comm;           /* data-parallel communicator: the ranks holding this stage in every replica */
+  MPI_Comm pipe;           /* pipeline communicator of this replica, rank = stage (MPI_COMM_SELF: one stage) */
+  dpm_model *model;        /* this stage's layers; the last stage's end with the loss (n_classes > 0) */
+  const dpm_dataset *data; /* this replica's shard [begin, end) of n_total: x used on the first stage, y on the last */
   double q;                /* Poisson sampling rate */
   int dp;                  /* 1: clip and add noise; 0: plain sums (baseline) */
   double clip, sigma;      /* total clipping norm C and noise multiplier */
   dpm_clipping clipping;
-  int physical_batch;      /* <= dpm_model_max_batch(model) */
+  dpm_device_split device_split; /* per-device thresholds */
+  int physical_batch;      /* micro-batch size, <= dpm_model_max_batch(model) */
   dpm_key sample_key, noise_key;
-  /* owned, allocated by dpm_step_init */
-  int rank, size;
+  /* set by dpm_step_init */
+  int rank, size;          /* in comm */
+  int stage, stages;       /* in pipe */
+  size_t param_offset;     /* global index of this stage's first parameter */
+  size_t total_params;     /* of the whole model */
+  int total_groups;        /* parameter groups of the whole model */
+  double threshold;        /* the clipping threshold this stage applies (dpm_clip_threshold) */
+  /* owned */
+  int nctx;
+  dpm_model **ctx;         /* micro-batches in flight: ctx[0] = model, the others share its parameters */
+  MPI_Request *req;        /* per context: activation send, gradient send */
   int64_t *sel;
-  float *xb, *sq, *coef;
+  double *norms;           /* flat clipping on S > 1: per sampled example squared norm */
+  float *xb, *inb, *doutb, *sq, *coef;
   int32_t *yb;
+  double acc[4];
 } dpm_step;
 
-/* Allocate buffers; every field of the first block must be set. */
+/* Allocate buffers and contexts; collective over comm and pipe. */
 void dpm_step_init(dpm_step *s);
 void dpm_step_free(dpm_step *s);
 
-/* Run logical step t; stats (summed over ranks) receive {loss sum, examples, correct, clipped
- * examples x groups}. Collective over s->comm. */
+/* Run logical step t; stats (summed over the grid) receive {loss sum, examples, correct, clipped
+ * (examples x groups)}. Collective over comm and pipe. */
 void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]);
+
+/* Forward the rows [d->begin, d->end) of d (this replica's shard of an evaluation split) through the
+ * pipeline; sums (over the grid) receive {loss sum, correct, examples}. Collective over comm and pipe. */
+void dpm_step_eval(dpm_step *s, const dpm_dataset *d, double sums[3]);
 
 #endif
