@@ -194,12 +194,14 @@ void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]) {
     size_t lo = P * (size_t)s->rank / (size_t)s->size, hi = P * (size_t)(s->rank + 1) / (size_t)s->size;
     dpm_add_noise(&s->noise_key, t, s->sigma * s->clip, s->param_offset + lo, hi - lo, grads + lo);
   }
+  double t0 = dpm_time();
   if (s->size > 1) {
     for (size_t off = 0; off < P; off += ALLREDUCE_BUCKET_FLOATS) {
       size_t len = P - off < ALLREDUCE_BUCKET_FLOATS ? P - off : ALLREDUCE_BUCKET_FLOATS;
       DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads + off, (int)len, MPI_FLOAT, MPI_SUM, s->comm));
     }
   }
+  s->time_allreduce += dpm_time() - t0;
   s->acc[1] = s->stage == 0 ? (double)nsel : 0;
   memcpy(stats, s->acc, sizeof s->acc);
   grid_sum(s, stats, 4);

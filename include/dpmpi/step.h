@@ -47,6 +47,7 @@ typedef struct {
   size_t total_params;     /* of the whole model */
   int total_groups;        /* parameter groups of the whole model */
   double threshold;        /* the clipping threshold this stage applies (dpm_clip_threshold) */
+  double time_allreduce;   /* seconds spent in the gradient allreduce, summed over steps (for benchmarks) */
   /* owned */
   int nctx;
   dpm_model **ctx;         /* micro-batches in flight: ctx[0] = model, the others share its parameters */
