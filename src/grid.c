@@ -112,3 +112,17 @@ int dpm_grid_split_layers(const dpm_model *full, int n, int stages, const char *
   dpm_free(cost);
   return 0;
 }
+
+dpm_model *dpm_grid_stage_model(const dpm_model *full, const dpm_layer_spec *specs, const int *first, int stage,
+                                int stages, int C, int H, int W, int n_classes, int max_batch, char err[DPM_ERRLEN]) {
+  DPM_ASSERT(stage >= 0 && stage < stages);
+  if (first[stage] > 0) {
+    dpm_layer_info info;
+    dpm_model_layer_info(full, first[stage] - 1, &info);
+    C = info.C, H = info.H, W = info.W;
+  }
+  dpm_model *m = dpm_model_create(specs + first[stage], first[stage + 1] - first[stage], C, H, W,
+                                  stage == stages - 1 ? n_classes : 0, max_batch, err);
+  if (m) dpm_model_set_first_layer(m, first[stage]);
+  return m;
+}

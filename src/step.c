@@ -179,6 +179,7 @@ void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]) {
   const dpm_dataset *d = s->data;
   const size_t P = dpm_model_num_params(m);
   const int64_t nsel = dpm_sample_shard(&s->sample_key, t, s->q, d->begin, d->end, s->sel);
+  s->nsel = nsel;
   memset(s->acc, 0, sizeof s->acc);
   dpm_model_zero_grads(m);
   walk w = {.d = d, .rows = s->sel, .n = nsel, .pass = 1, .train = 1};

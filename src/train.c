@@ -295,14 +295,11 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
     used += (size_t)snprintf(tr->model_desc + used, len - used, "stage %d: layers %d-%d, %zu params\n", st,
                              first[st] + 1, first[st + 1], p);
   }
-  int C = hdr->C, H = hdr->H, W = hdr->W;
-  if (first[stage] > 0) dpm_model_layer_info(full, first[stage] - 1, &info), C = info.C, H = info.H, W = info.W;
-  tr->model = dpm_model_create(specs + first[stage], first[stage + 1] - first[stage], C, H, W,
-                               stage == S - 1 ? hdr->num_classes : 0, (int)cfg->physical_batch_size, inner);
+  tr->model = dpm_grid_stage_model(full, specs, first, stage, S, hdr->C, hdr->H, hdr->W, hdr->num_classes,
+                                   (int)cfg->physical_batch_size, inner);
   failed = tr->model == NULL;
   if (failed) dpm_err(err, "%s: [model] layers (stage %d): %s", cfg->path, stage, inner);
   dpm_exit_if_error(tr->comm, failed, err);
-  dpm_model_set_first_layer(tr->model, first[stage]);
   dpm_model_free(full);
   dpm_free(specs);
   dpm_free(first);

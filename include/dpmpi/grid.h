@@ -33,4 +33,11 @@ void dpm_grid_free(dpm_grid *g);
 int dpm_grid_split_layers(const dpm_model *full, int n, int stages, const char *counts, int *first,
                           char err[DPM_ERRLEN]);
 
+/* Stage `stage`'s piece of the whole model `full` (built from specs for data of shape C x H x W): layers
+ * [first[stage], first[stage+1]) with the input shape of layer first[stage], the loss (n_classes) only
+ * on the last stage, layers numbered as in the whole model (so initialization by key matches it), and
+ * micro-batches of at most max_batch. Returns NULL with err on failure. */
+dpm_model *dpm_grid_stage_model(const dpm_model *full, const dpm_layer_spec *specs, const int *first, int stage,
+                                int stages, int C, int H, int W, int n_classes, int max_batch, char err[DPM_ERRLEN]);
+
 #endif

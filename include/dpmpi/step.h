@@ -52,7 +52,7 @@ typedef struct {
   int nctx;
   dpm_model **ctx;         /* micro-batches in flight: ctx[0] = model, the others share its parameters */
   MPI_Request *req;        /* per context: activation send, gradient send */
-  int64_t *sel;
+  int64_t *sel, nsel;      /* the last step's sample of this replica's shard (global indices) */
   double *norms;           /* flat clipping on S > 1: per sampled example squared norm */
   float *xb, *inb, *doutb, *sq, *coef;
   int32_t *yb;
