@@ -36,6 +36,7 @@ void dpm_step_init(dpm_step *s) {
   s->param_offset = s->stage ? (size_t)before[0] : 0;
   s->total_params = (size_t)total[0];
   s->total_groups = (int)total[1];
+  s->time_allreduce = s->time_wait = 0;
   s->threshold = dpm_clip_threshold(s->clipping, s->clip, s->total_groups, s->stages, P, s->total_params,
                                     s->device_split);
   if (s->stage > 0) dpm_model_set_input_grad(m, 1);
@@ -196,6 +197,12 @@ void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]) {
     dpm_add_noise(&s->noise_key, t, s->sigma * s->clip, s->param_offset + lo, hi - lo, grads + lo);
   }
   double t0 = dpm_time();
+  if (s->measure_wait && s->size > 1) { /* benchmarks: split waiting for the slowest rank from the transfer */
+    DPM_MPI_CHECK(MPI_Barrier(s->comm));
+    double t1 = dpm_time();
+    s->time_wait += t1 - t0;
+    t0 = t1;
+  }
   if (s->size > 1) {
     for (size_t off = 0; off < P; off += ALLREDUCE_BUCKET_FLOATS) {
       size_t len = P - off < ALLREDUCE_BUCKET_FLOATS ? P - off : ALLREDUCE_BUCKET_FLOATS;

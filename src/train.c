@@ -157,6 +157,9 @@ static void print_header(trainer *tr) {
     char err[DPM_ERRLEN];
     if (dpm_ledger_epsilon(l, cfg->delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
     dpm_ledger_free(l);
+    if (cfg->clipping == DPM_CLIP_FLAT && tr->grid.stages > 1)
+      printf("note: flat clipping on %d pipeline stages runs every micro-batch twice (per-example norms, then the "
+             "clipped sum); privacy.clipping = per-device needs one pass\n", tr->grid.stages);
     if (cfg->clipping == DPM_CLIP_PER_DEVICE)
       printf("per-device clipping: each of the %d stages clips its piece to C_s (%s split), sqrt(sum C_s^2) = C\n",
              tr->grid.stages, cfg->device_split == DPM_SPLIT_EVEN ? "even" : "by parameters");

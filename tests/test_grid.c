@@ -113,6 +113,8 @@ static float *run(MPI_Comm comm, gridspec g, const job *j, size_t *P_out, uint64
                  .sigma = j->sigma, .clipping = j->mode, .device_split = DPM_SPLIT_PARAMS, .physical_batch = j->pb,
                  .sample_key = dpm_key_from_seed(2, DPM_STREAM_SAMPLE), .noise_key = dpm_key_from_seed(2, DPM_STREAM_NOISE)};
   dpm_step_init(&st);
+  CHECK(st.nctx == g.S - grid.stage, "stage %d of %d keeps %d micro-batches in flight, expected %d (1F1B)", grid.stage,
+        g.S, st.nctx, g.S - grid.stage);
   const size_t Ps = dpm_model_num_params(m);
   dpm_sgd opt;
   dpm_sgd_init(&opt, Ps, 0.9, 0);

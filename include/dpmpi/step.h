@@ -40,6 +40,7 @@ typedef struct {
   dpm_device_split device_split; /* per-device thresholds */
   int physical_batch;      /* micro-batch size, <= dpm_model_max_batch(model) */
   dpm_key sample_key, noise_key;
+  int measure_wait;        /* benchmarks: a barrier before the allreduce, its time in time_wait */
   /* set by dpm_step_init */
   int rank, size;          /* in comm */
   int stage, stages;       /* in pipe */
@@ -47,7 +48,9 @@ typedef struct {
   size_t total_params;     /* of the whole model */
   int total_groups;        /* parameter groups of the whole model */
   double threshold;        /* the clipping threshold this stage applies (dpm_clip_threshold) */
-  double time_allreduce;   /* seconds spent in the gradient allreduce, summed over steps (for benchmarks) */
+  double time_allreduce;   /* seconds in the gradient allreduce, summed over steps (benchmarks); with
+                              measure_wait, the transfer alone ... */
+  double time_wait;        /* ... and here the wait for the slowest rank of comm */
   /* owned */
   int nctx;
   dpm_model **ctx;         /* micro-batches in flight: ctx[0] = model, the others share its parameters */
