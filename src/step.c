@@ -77,21 +77,22 @@ typedef struct {
   const dpm_dataset *d;
   const int64_t *rows;  /* global indices of the micro-batches' examples, NULL: contiguous from d->begin */
   int64_t n;            /* examples */
+  int64_t M;            /* micro-batches: ceil(n / physical batch), of sizes differing by at most one */
   int pass;             /* flat on S > 1: 0 = norms only, 1 = clipped accumulation; otherwise 1 */
   int train;            /* 0: evaluation (forward only) */
 } walk;
 
-static int mb_size(const dpm_step *s, const walk *w, int64_t k) {
-  int64_t off = k * s->physical_batch;
-  return (int)(w->n - off < s->physical_batch ? w->n - off : s->physical_batch);
-}
+/* Micro-batch k covers examples [n k / M, n (k+1) / M) of the walk: equal sizes rather than full ones
+ * and a small remainder (a remainder of a few rows runs the GEMMs at a fraction of their speed). */
+static int64_t mb_off(const walk *w, int64_t k) { return w->n * k / w->M; }
+static int mb_size(const walk *w, int64_t k) { return (int)(mb_off(w, k + 1) - mb_off(w, k)); }
 
 static int64_t mb_row(const walk *w, int64_t j) { return (w->rows ? w->rows[j] : w->d->begin + j) - w->d->begin; }
 
 static void forward_mb(dpm_step *s, const walk *w, int64_t k) {
-  const int c = (int)(k % s->nctx), B = mb_size(s, w, k);
+  const int c = (int)(k % s->nctx), B = mb_size(w, k);
   dpm_model *m = s->ctx[c];
-  const int64_t off = k * s->physical_batch;
+  const int64_t off = mb_off(w, k);
   const size_t in_n = dpm_model_input_size(m);
   DPM_MPI_CHECK(MPI_Waitall(2, s->req + 2 * c, MPI_STATUSES_IGNORE));
   if (s->stage == 0) {
@@ -114,9 +115,9 @@ static void forward_mb(dpm_step *s, const walk *w, int64_t k) {
 }
 
 static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
-  const int c = (int)(k % s->nctx), B = mb_size(s, w, k), G = dpm_model_num_groups(s->model);
+  const int c = (int)(k % s->nctx), B = mb_size(w, k), G = dpm_model_num_groups(s->model);
   dpm_model *m = s->ctx[c];
-  const int64_t off = k * s->physical_batch;
+  const int64_t off = mb_off(w, k);
   const int flat_pipe = s->dp && s->norms != NULL;
   float *sq = s->dp && !(flat_pipe && w->pass == 1) ? s->sq : NULL;
   if (s->stage == s->stages - 1) {
@@ -153,8 +154,8 @@ static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
 }
 
 /* All micro-batches of w through the pipeline, 1F1B. */
-static void run_pipeline(dpm_step *s, const walk *w) {
-  const int64_t M = (w->n + s->physical_batch - 1) / s->physical_batch;
+static void run_pipeline(dpm_step *s, walk *w) {
+  const int64_t M = w->M = (w->n + s->physical_batch - 1) / s->physical_batch;
   if (!w->train) {
     for (int64_t k = 0; k < M; k++) forward_mb(s, w, k);
   } else {
