@@ -504,7 +504,15 @@ int dpm_ledger_write_hdf5(const dpm_ledger *L, hid_t group, char err[DPM_ERRLEN]
     mt = row_mem_type();
     hsize_t dims[1] = {(hsize_t)L->n};
     space = H5Screate_simple(1, dims, NULL);
-    dset = space >= 0 ? H5Dcreate2(group, LEDGER_DSET, ft, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : -1;
+    /* chunked with the Fletcher32 checksum: a damaged ledger fails to read instead of reading wrong */
+    hsize_t maxdims[1] = {H5S_UNLIMITED}, chunk[1] = {L->n > 0 ? (hsize_t)L->n : 1};
+    H5Sclose(space);
+    space = H5Screate_simple(1, dims, maxdims);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(dcpl, 1, chunk);
+    H5Pset_fletcher32(dcpl);
+    dset = space >= 0 ? H5Dcreate2(group, LEDGER_DSET, ft, space, H5P_DEFAULT, dcpl, H5P_DEFAULT) : -1;
+    H5Pclose(dcpl);
     if (dset < 0) {
       dpm_err(err, "cannot create dataset '%s' for the privacy ledger", LEDGER_DSET);
     } else if (L->n > 0 && H5Dwrite(dset, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, rows) < 0) {

@@ -72,6 +72,12 @@ static const key_def KEYS[] = {
   {"grid", "stage_layers", K_STR, OFF(grid_stage_layers), NULL, NULL,
    "Layers per stage, comma separated (e.g. 4,3), summing to the number of layers. Default: balanced by each "
    "layer's multiply-adds per example."},
+  {"checkpoint", "dir", K_STR, OFF(ckpt_dir), NULL, NULL,
+   "Directory for checkpoints ckpt-STEP.h5 (created if missing): written every checkpoint.every steps, at the end, "
+   "and on SIGTERM/SIGUSR1. Default: no checkpoints."},
+  {"checkpoint", "every", K_POS_INT, OFF(ckpt_every), NULL, NULL, "Checkpoint period in steps (default: only at the "
+   "end and on a signal)."},
+  {"checkpoint", "keep", K_POS_INT, OFF(ckpt_keep), "3", NULL, "How many of the newest checkpoints to keep."},
   {"run", "seed", K_U64, 0, NULL, NULL,
    "Makes the run reproducible: sampling, noise and initialization keys derive from it. Without it the keys come "
    "from the operating system's CSPRNG and are never stored (the secure mode for real releases)."},
@@ -338,6 +344,7 @@ void dpm_config_free(dpm_config *cfg) {
   dpm_free(cfg->model_layers);
   dpm_free(cfg->metrics);
   dpm_free(cfg->grid_stage_layers);
+  dpm_free(cfg->ckpt_dir);
   dpm_free(cfg->path);
   dpm_free(cfg->text);
   memset(cfg, 0, sizeof *cfg);

@@ -514,6 +514,15 @@ void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info) {
   const layer *l = &m->L[i];
   info->C = l->OC, info->H = l->OH, info->W = l->OW;
   info->params = l->wsize + l->bsize;
+  info->weights = l->wsize, info->biases = l->bsize;
+  info->wrank = 0;
+  if (l->s.kind == DPM_LAYER_DENSE) {
+    info->wrank = 2, info->wdims[0] = l->s.out, info->wdims[1] = (int)l->in_n;
+  } else if (l->s.kind == DPM_LAYER_CONV2D) {
+    info->wrank = 4, info->wdims[0] = l->s.out, info->wdims[1] = l->C, info->wdims[2] = info->wdims[3] = l->s.kernel;
+  } else if (l->s.kind == DPM_LAYER_GROUPNORM) {
+    info->wrank = 1, info->wdims[0] = l->C;
+  }
   /* multiply-adds per example of forward + backward + the clipped sum (the training step's work) */
   switch (l->s.kind) {
     case DPM_LAYER_DENSE: info->cost = 3.0 * (double)l->wsize; break;

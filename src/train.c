@@ -10,12 +10,17 @@
  */
 #include "dpmpi/train.h"
 
+#include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "dpmpi/accountant.h"
+#include "dpmpi/ckpt.h"
 #include "dpmpi/common.h"
 #include "dpmpi/config.h"
 #include "dpmpi/data.h"
@@ -32,7 +37,19 @@ static const char *USAGE =
     "Trains the model of JOBFILE with DP-SGD (or non-privately with privacy.enabled=false), on every rank\n"
     "of the MPI job (launch with mpirun or srun). Prints progress, test accuracy and the epsilon spent\n"
     "after each evaluation; output.metrics names a JSON-lines file with the same figures.\n"
-    "Overrides replace job-file values, e.g. --train.epochs=5 --privacy.epsilon=3.\n";
+    "Overrides replace job-file values, e.g. --train.epochs=5 --privacy.epsilon=3.\n"
+    "\n"
+    "  --resume PATH   continue from a checkpoint file, or from the newest valid checkpoint of a directory\n"
+    "\n"
+    "Checkpoints (checkpoint.dir): every checkpoint.every steps, at the end, and on SIGTERM or SIGUSR1 (the\n"
+    "signals Slurm sends before a time limit): the current step finishes, a checkpoint is written and every\n"
+    "rank exits with status 75 (requeue and resume). Exit status: 0 done, 2 user error, 3 internal error,\n"
+    "75 stopped by a signal after a checkpoint.\n";
+
+/* SIGTERM / SIGUSR1: finish the step, checkpoint, exit DPM_EXIT_SIGNALLED. */
+#define DPM_EXIT_SIGNALLED 75
+static volatile sig_atomic_t stop_signal = 0;
+static void on_stop_signal(int sig) { stop_signal = sig; }
 
 typedef struct {
   MPI_Comm comm;
@@ -43,6 +60,10 @@ typedef struct {
   char *model_desc;       /* the whole model and its split, for the header */
   size_t total_params;
   dpm_step step;
+  dpm_sgd opt;
+  int n_layers, first, last;  /* this rank's stage: layers [first, last) of n_layers */
+  dpm_layer_info *info;       /* every layer of the whole model */
+  int64_t start;              /* first step to run (> 0 after --resume) */
   dpm_dataset train, test;
   int64_t N;
   double q, sigma, steps_per_epoch;
@@ -210,14 +231,52 @@ static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s
   }
 }
 
+static dpm_ckpt_model ckpt_model(trainer *tr) {
+  dpm_ckpt_model cm = {.n_layers = tr->n_layers, .info = tr->info, .first = tr->first, .last = tr->last,
+                       .writer = tr->grid.replica == 0, .params = dpm_model_params(tr->model),
+                       .velocity = tr->opt.velocity};
+  return cm;
+}
+
+static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
+  dpm_config *cfg = &tr->cfg;
+  dpm_ckpt_meta meta = {.step = step, .steps_total = tr->steps, .n_train = tr->N, .q = tr->q, .sigma = tr->sigma,
+                        .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = (int)cfg->clipping,
+                        .accountant = (int)tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
+                        .reproducible = cfg->has_seed, .seed = cfg->has_seed ? cfg->seed : 0, .job = cfg->text,
+                        .layers = cfg->model_layers};
+  return meta;
+}
+
+/* Write DIR/ckpt-STEP.h5 and keep the newest checkpoint.keep of the directory. */
+static void write_checkpoint(trainer *tr, int64_t step) {
+  dpm_config *cfg = &tr->cfg;
+  char path[4096], err[DPM_ERRLEN] = "";
+  dpm_ckpt_name(cfg->ckpt_dir, step, path, sizeof path);
+  dpm_ckpt_model cm = ckpt_model(tr);
+  dpm_ckpt_meta meta = ckpt_meta(tr, step);
+  double t0 = dpm_time();
+  int failed = dpm_ckpt_write(tr->comm, path, &cm, tr->ledger, &meta, err) != 0;
+  dpm_exit_if_error(tr->comm, failed, err);
+  if (tr->rank != 0) return;
+  printf("checkpoint: %s (step %lld, %.2f s)\n", path, (long long)step, dpm_time() - t0);
+  fflush(stdout);
+  char **list;
+  int n = dpm_ckpt_list(cfg->ckpt_dir, &list, err);
+  for (int i = 0; i < n; i++) {
+    if (i >= cfg->ckpt_keep) unlink(list[i]);
+    dpm_free(list[i]);
+  }
+  if (n >= 0) dpm_free(list);
+}
+
 static void train_loop(trainer *tr) {
   dpm_config *cfg = &tr->cfg;
   dpm_model *m = tr->model;
   dpm_step *st = &tr->step;
   const int G = st->total_groups;
   const double total_epochs = tr->steps / tr->steps_per_epoch;
-  dpm_sgd opt;
-  dpm_sgd_init(&opt, dpm_model_num_params(m), cfg->momentum, cfg->weight_decay);
+  dpm_sgd *opt = &tr->opt;
 
   int64_t log_every = cfg->log_every > 0 ? cfg->log_every : (int64_t)ceil(tr->steps_per_epoch / 10);
   if (log_every < 1) log_every = 1;
@@ -226,13 +285,13 @@ static void train_loop(trainer *tr) {
 
   double t_start = dpm_time(), t_train = 0, win[4] = {0, 0, 0, 0}; /* loss, examples, correct, clipped */
   double examples_total = 0;
-  for (int64_t t = 0; t < tr->steps; t++) {
+  for (int64_t t = tr->start; t < tr->steps; t++) {
     double t0 = dpm_time(), stats[4];
     double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, total_epochs);
     dpm_step_run(st, (uint64_t)t, stats);
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
     double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats[1] > 0 ? stats[1] : 1.0);
-    dpm_sgd_step(&opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
+    dpm_sgd_step(opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     t_train += dpm_time() - t0;
     examples_total += stats[1];
@@ -243,7 +302,7 @@ static void train_loop(trainer *tr) {
       double eps = epsilon_now(tr);
       if (tr->rank == 0) {
         char eta[32], epsbuf[32];
-        fmt_duration((dpm_time() - t_start) / (double)done * (double)(tr->steps - done), eta, sizeof eta);
+        fmt_duration((dpm_time() - t_start) / (double)(done - tr->start) * (double)(tr->steps - done), eta, sizeof eta);
         if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "eps %.4f", eps); else snprintf(epsbuf, sizeof epsbuf, "non-private");
         double n = win[1] > 0 ? win[1] : 1;
         printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
@@ -256,16 +315,30 @@ static void train_loop(trainer *tr) {
     }
     if (done % eval_every == 0 || done == tr->steps)
       report_eval(tr, done, (double)done / tr->steps_per_epoch, examples_total / t_train);
+    int stop = stop_signal;
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, tr->comm));
+    if (cfg->ckpt_dir && (done == tr->steps || stop || (cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0)))
+      write_checkpoint(tr, done);
+    if (stop) {
+      if (tr->rank == 0) {
+        printf("stopped by signal %d after step %lld: %s; exiting with status %d\n", stop, (long long)done,
+               cfg->ckpt_dir ? "checkpoint written, resume with --resume" : "no checkpoint.dir, progress is lost",
+               DPM_EXIT_SIGNALLED);
+        fflush(stdout);
+      }
+      if (tr->metrics) fclose(tr->metrics);
+      MPI_Finalize();
+      exit(DPM_EXIT_SIGNALLED);
+    }
   }
   if (tr->rank == 0) {
     char wall[32];
     fmt_duration(dpm_time() - t_start, wall, sizeof wall);
-    printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)tr->steps, wall,
+    printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)(tr->steps - tr->start), wall,
            examples_total / (t_train > 0 ? t_train : 1));
     if (tr->dp) printf(", epsilon %.4f at delta %g", epsilon_now(tr), cfg->delta);
     printf("\n");
   }
-  dpm_sgd_free(&opt);
 }
 
 /* The whole model is built once (small batch) to check shapes and cost its layers; this rank keeps its
@@ -298,6 +371,10 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
     used += (size_t)snprintf(tr->model_desc + used, len - used, "stage %d: layers %d-%d, %zu params\n", st,
                              first[st] + 1, first[st + 1], p);
   }
+  tr->n_layers = n;
+  tr->first = first[stage], tr->last = first[stage + 1];
+  tr->info = dpm_malloc(sizeof *tr->info * (size_t)n);
+  for (int i = 0; i < n; i++) dpm_model_layer_info(full, i, &tr->info[i]);
   tr->model = dpm_grid_stage_model(full, specs, first, stage, S, hdr->C, hdr->H, hdr->W, hdr->num_classes,
                                    (int)cfg->physical_batch_size, inner);
   failed = tr->model == NULL;
@@ -320,6 +397,68 @@ static void load_shard(trainer *tr, const char *path, const char *group, int64_t
   d->begin = b, d->end = e;
 }
 
+/* The checkpoint to resume from: PATH itself, or the newest valid one of directory PATH (damaged ones
+ * are skipped with a warning). */
+static void find_resume(trainer *tr, const char *path, dpm_ckpt_meta *meta, char *out, size_t len) {
+  char err[DPM_ERRLEN] = "", **list = NULL;
+  int n = dpm_ckpt_list(path, &list, err), failed = n < 0, found = 0;
+  if (n == 0) failed = 1, dpm_err(err, "--resume %s: no checkpoint files ckpt-STEP.h5 in the directory", path);
+  dpm_exit_if_error(tr->comm, failed, err);
+  for (int i = 0; i < n; i++) {
+    if (!found) {
+      if (dpm_ckpt_read_meta(tr->comm, list[i], meta, err) == 0) {
+        snprintf(out, len, "%s", list[i]);
+        found = 1;
+      } else if (n > 1 && tr->rank == 0) {
+        fprintf(stderr, "dpmpi: warning: skipping %s: %s\n", list[i], err);
+      }
+    }
+    dpm_free(list[i]);
+  }
+  dpm_free(list);
+  if (!found && n > 1) dpm_err(err, "--resume %s: none of the %d checkpoints is readable", path, n);
+  dpm_exit_if_error(tr->comm, !found, err);
+}
+
+/* The job must continue the checkpoint's run: same model, data size, sampling rate, privacy settings and
+ * length; sigma and the ledger come from the checkpoint. */
+static void check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *path) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
+  int failed = 1;
+  if (dpm_ckpt_same_model(meta->layers, cfg->model_layers, inner))
+    dpm_err(err, "%s: does not match %s: %s", path, cfg->path, inner);
+  else if (meta->n_train != tr->N)
+    dpm_err(err, "%s: written for %lld training examples, %s has %lld", path, (long long)meta->n_train, cfg->data_train,
+            (long long)tr->N);
+  else if (fabs(meta->q - tr->q) > 1e-12 * tr->q)
+    dpm_err(err, "%s: sampling rate %g, the job's batch_size gives %g", path, meta->q, tr->q);
+  else if (meta->privacy != cfg->privacy_enabled)
+    dpm_err(err, "%s: privacy.enabled was %s, the job says %s", path, meta->privacy ? "true" : "false",
+            cfg->privacy_enabled ? "true" : "false");
+  else if (meta->privacy && (meta->clip != cfg->clip || meta->clipping != (int)cfg->clipping))
+    dpm_err(err, "%s: clipping %s C = %g, the job says %s C = %g", path, dpm_clipping_name((dpm_clipping)meta->clipping),
+            meta->clip, dpm_clipping_name(cfg->clipping), cfg->clip);
+  else if (meta->privacy && cfg->noise_multiplier > 0 && cfg->noise_multiplier != meta->sigma)
+    dpm_err(err, "%s: noise multiplier %g, the job says %g", path, meta->sigma, cfg->noise_multiplier);
+  else if (meta->steps_total != tr->steps && !(cfg->noise_multiplier > 0 && cfg->epsilon > 0))
+    dpm_err(err, "%s: the run has %lld steps, the job now asks for %lld", path, (long long)meta->steps_total,
+            (long long)tr->steps);
+  else if (meta->reproducible && cfg->has_seed && meta->seed != cfg->seed)
+    dpm_err(err, "%s: written by a run with run.seed = %llu, the job says %llu", path, (unsigned long long)meta->seed,
+            (unsigned long long)cfg->seed);
+  else if (meta->step >= meta->steps_total)
+    dpm_err(err, "%s: the run is complete (step %lld of %lld); nothing to resume", path, (long long)meta->step,
+            (long long)meta->steps_total);
+  else
+    failed = 0;
+  dpm_exit_if_error(tr->comm, failed, err);
+  tr->dp = meta->privacy;
+  tr->acct = meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
+  tr->sigma = meta->sigma;
+  tr->steps = meta->steps_total;
+}
+
 int dpm_cmd_train(int argc, char **argv) {
   trainer tr;
   memset(&tr, 0, sizeof tr);
@@ -329,7 +468,7 @@ int dpm_cmd_train(int argc, char **argv) {
   char err[DPM_ERRLEN] = "";
   int failed = 0;
 
-  const char *job = NULL;
+  const char *job = NULL, *resume = NULL;
   int n_over = 0;
   char **over = dpm_malloc(sizeof(char *) * (size_t)(argc + 1));
   for (int i = 1; i < argc; i++) {
@@ -342,6 +481,15 @@ int dpm_cmd_train(int argc, char **argv) {
       if (tr.rank == 0) dpm_config_print_keys(stdout);
       dpm_free(over);
       return 0;
+    }
+    if (!strcmp(argv[i], "--resume")) {
+      if (i + 1 < argc) resume = argv[++i];
+      else if (!failed) failed = 1, dpm_err(err, "train: --resume needs a checkpoint file or directory");
+      continue;
+    }
+    if (!strncmp(argv[i], "--resume=", 9)) {
+      resume = argv[i] + 9;
+      continue;
     }
     if (!strncmp(argv[i], "--", 2)) over[n_over++] = argv[i];
     else if (!job) job = argv[i];
@@ -380,13 +528,44 @@ int dpm_cmd_train(int argc, char **argv) {
   dpm_exit_if_error(tr.comm, failed, err);
   build_model(&tr, &hdr);
 
-  setup_privacy(&tr);
+  dpm_ckpt_meta meta;
+  memset(&meta, 0, sizeof meta);
+  char resume_path[4096] = "";
+  if (resume) find_resume(&tr, resume, &meta, resume_path, sizeof resume_path);
+  if (resume) {
+    check_resume(&tr, &meta, resume_path);
+  } else {
+    setup_privacy(&tr);
+  }
   setup_keys(&tr);
   dpm_model_init_params(tr.model, &tr.init_key);
+  dpm_sgd_init(&tr.opt, dpm_model_num_params(tr.model), cfg->momentum, cfg->weight_decay);
+  if (resume) {
+    dpm_ckpt_model cm = ckpt_model(&tr);
+    dpm_ledger *L = NULL;
+    failed = dpm_ckpt_read(tr.comm, resume_path, &cm, &L, err) != 0;
+    dpm_exit_if_error(tr.comm, failed, err);
+    dpm_ledger_free(tr.ledger);
+    tr.ledger = L;
+    tr.start = meta.step;
+    if (tr.rank == 0)
+      printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", resume_path,
+             (long long)meta.step, (long long)meta.steps_total, meta.replicas, meta.stages, meta.version,
+             cfg->has_seed ? "" : "; new secret sampling and noise keys for the remaining steps");
+  }
+  dpm_ckpt_meta_free(&meta);
+  if (cfg->ckpt_dir && tr.rank == 0 && mkdir(cfg->ckpt_dir, 0777) && errno != EEXIST)
+    failed = 1, dpm_err(err, "%s: [checkpoint] dir = %s: cannot create: %s", cfg->path, cfg->ckpt_dir, strerror(errno));
+  dpm_exit_if_error(tr.comm, failed, err);
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
 
-  /* the metrics file, opened by rank 0 before the long work starts */
+  /* the metrics file, opened by rank 0 before the long work starts (appended to on resume) */
   if (cfg->metrics && tr.rank == 0) {
-    tr.metrics = fopen(cfg->metrics, "w");
+    tr.metrics = fopen(cfg->metrics, resume ? "a" : "w");
     if (!tr.metrics) failed = 1, dpm_err(err, "%s: [output] metrics = %s: cannot open for writing", cfg->path, cfg->metrics);
   }
   dpm_exit_if_error(tr.comm, failed, err);
@@ -402,6 +581,8 @@ int dpm_cmd_train(int argc, char **argv) {
   print_header(&tr);
   train_loop(&tr);
   dpm_step_free(&tr.step);
+  dpm_sgd_free(&tr.opt);
+  dpm_free(tr.info);
 
   if (tr.metrics) fclose(tr.metrics);
   dpm_dataset_free(&tr.train);

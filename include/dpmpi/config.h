@@ -43,6 +43,9 @@ typedef struct {
   /* [grid] */
   int64_t grid_replicas, grid_stages; /* 0 = not given */
   char *grid_stage_layers;    /* NULL = balanced by cost */
+  /* [checkpoint] */
+  char *ckpt_dir;             /* NULL = no checkpoints */
+  int64_t ckpt_every, ckpt_keep;
   /* [run] */
   int has_seed;
   uint64_t seed;

@@ -114,7 +114,9 @@ dpm_model *dpm_model_clone_shared(dpm_model *owner);
  * forward, backward and clipped sum), for balancing pipeline stages. */
 typedef struct {
   int C, H, W;
-  size_t params;
+  size_t params;             /* weights + biases */
+  size_t weights, biases;    /* the first `weights` of the layer's parameters, then the biases (or beta) */
+  int wrank, wdims[4];       /* the weights' shape: dense [out, in], conv [out, C, k, k], groupnorm gamma [C] */
   double cost;
 } dpm_layer_info;
 void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info);

@@ -1,0 +1,79 @@
+/* dpmpi ckpt: training checkpoints in HDF5 (layout in docs/formats.md), written collectively with
+ * parallel HDF5 (each rank writes the layers of its pipeline stage; replica 0 of every stage writes)
+ * under a temporary name, flushed, synced and renamed, so a crash at any instant leaves the previous
+ * checkpoint intact. Every dataset carries the Fletcher32 checksum filter; a damaged file fails to
+ * read with a message, never with wrong numbers. Parameters are stored per layer in their global
+ * shapes, so a checkpoint written on one grid loads on any other.
+ *
+ * Secrets: no key is ever written. A seeded run records its seed (and says it was reproducible).
+ */
+#ifndef DPMPI_CKPT_H
+#define DPMPI_CKPT_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "dpmpi/accountant.h"
+#include "dpmpi/common.h"
+#include "dpmpi/model.h"
+
+#define DPM_CKPT_FORMAT 1
+
+typedef struct {
+  int64_t step;          /* logical steps done */
+  int64_t steps_total;   /* steps of the whole run */
+  int64_t n_train;       /* training examples N */
+  double q, sigma, clip, delta;
+  int privacy;           /* 1: DP-SGD */
+  int clipping;          /* dpm_clipping */
+  int accountant;        /* dpm_accountant_kind */
+  int replicas, stages;  /* the grid that wrote it */
+  int reproducible;      /* 1: seeded run (seed below); 0: secure keys, never stored */
+  uint64_t seed;
+  char *job;             /* job file text and overrides (read: allocated) */
+  char *layers;          /* model.layers (read: allocated) */
+  int format;            /* read: format_version */
+  char version[32];      /* read: the library version that wrote it */
+} dpm_ckpt_meta;
+
+/* This rank's view of the model for writing and reading. */
+typedef struct {
+  int n_layers;
+  const dpm_layer_info *info; /* every layer of the whole model */
+  int first, last;            /* this rank's stage holds layers [first, last) */
+  int writer;                 /* 1: this rank writes its stage's layers (one rank per stage) */
+  float *params;              /* the stage's parameter slab (layer order) */
+  float *velocity;            /* the stage's optimizer state, same layout */
+} dpm_ckpt_model;
+
+/* Collective over comm: write the checkpoint to `path` (via a temporary file in the same directory, then
+ * rename). The ledger and meta must be the same on every rank. Returns 0, or -1 with err (same on
+ * every rank); `path` is then untouched. */
+int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, const dpm_ledger *ledger,
+                   const dpm_ckpt_meta *meta, char err[DPM_ERRLEN]);
+
+/* Collective: read the metadata of `path`. Returns 0 or -1 with err (missing, truncated, not a dpmpi
+ * checkpoint, unsupported format, checksum mismatch). */
+int dpm_ckpt_read_meta(MPI_Comm comm, const char *path, dpm_ckpt_meta *meta, char err[DPM_ERRLEN]);
+void dpm_ckpt_meta_free(dpm_ckpt_meta *meta);
+
+/* Collective: read this rank's layers (parameters and, when m->velocity is not NULL, optimizer state)
+ * and the ledger (*ledger: new, dpm_ledger_free). The model must have the checkpoint's layers (check
+ * with dpm_ckpt_same_model first). Returns 0 or -1 with err. */
+int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_ledger **ledger,
+                  char err[DPM_ERRLEN]);
+
+/* 0 if the layer lists a and b (model.layers texts) describe the same model, else -1 with err naming
+ * the first difference. */
+int dpm_ckpt_same_model(const char *a, const char *b, char err[DPM_ERRLEN]);
+
+/* Checkpoint files of a directory, newest first (by the step in the name ckpt-STEP.h5); *paths is
+ * allocated (free each and the array with dpm_free). A file path gives itself. Returns the count, or
+ * -1 with err when path does not exist. */
+int dpm_ckpt_list(const char *path, char ***paths, char err[DPM_ERRLEN]);
+
+/* The file name of the checkpoint of step `step` in dir: DIR/ckpt-00000123.h5 */
+void dpm_ckpt_name(const char *dir, int64_t step, char *out, size_t len);
+
+
+#endif

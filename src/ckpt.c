@@ -1,0 +1,432 @@
+/* Checkpoints: see dpmpi/ckpt.h; the layout is in docs/formats.md.
+ *
+ * Write: (1) collective over comm with parallel HDF5 (MPI-IO): every rank creates the same datasets, one
+ * per layer weight and bias in its global shape, chunked with the Fletcher32 checksum, and the writer of
+ * each stage writes its layers in collective H5Dwrite calls (the others select nothing); (2) rank 0
+ * alone reopens the file and adds the metadata attributes and the ledger, closes, fsyncs the file,
+ * renames it over the final name and fsyncs the directory. Until the rename the final name holds the
+ * previous checkpoint or nothing. HDF5's own metadata is checksummed too (file format 1.10 objects). */
+#include "dpmpi/ckpt.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define CKPT_FORMAT_NAME "dpmpi-checkpoint"
+#define CHUNK_ELEMS ((hsize_t)1 << 20) /* at most 4 MiB per chunk */
+
+static hid_t fapl_for(MPI_Comm *comm) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_file_locking(fapl, 0, 1);
+  H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110); /* checksummed object headers */
+  if (comm) {
+    H5Pset_fapl_mpio(fapl, *comm, MPI_INFO_NULL);
+    H5Pset_all_coll_metadata_ops(fapl, 1);
+    H5Pset_coll_metadata_write(fapl, 1);
+  }
+  return fapl;
+}
+
+/* ---- attributes ------------------------------------------------------------------------------- */
+
+static int put_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, const void *v) {
+  hid_t sp = H5Screate(H5S_SCALAR), a = H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
+  int rc = (a >= 0 && H5Awrite(a, mtype, v) >= 0) ? 0 : -1;
+  if (a >= 0) H5Aclose(a);
+  H5Sclose(sp);
+  return rc;
+}
+
+static int put_str(hid_t obj, const char *name, const char *v) {
+  hid_t t = H5Tcopy(H5T_C_S1);
+  H5Tset_size(t, strlen(v) + 1);
+  H5Tset_strpad(t, H5T_STR_NULLTERM);
+  int rc = put_attr(obj, name, t, t, v);
+  H5Tclose(t);
+  return rc;
+}
+
+static int get_attr(hid_t obj, const char *name, hid_t mtype, void *v) {
+  if (H5Aexists(obj, name) <= 0) return -1;
+  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+  int rc = (a >= 0 && H5Aread(a, mtype, v) >= 0) ? 0 : -1;
+  if (a >= 0) H5Aclose(a);
+  return rc;
+}
+
+static char *get_str(hid_t obj, const char *name) {
+  if (H5Aexists(obj, name) <= 0) return NULL;
+  hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = a >= 0 ? H5Aget_type(a) : -1;
+  char *out = NULL;
+  if (t >= 0 && H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t)) {
+    size_t n = H5Tget_size(t);
+    out = dpm_calloc(n + 1, 1);
+    hid_t mt = H5Tcopy(H5T_C_S1);
+    H5Tset_size(mt, n);
+    if (H5Aread(a, mt, out) < 0) dpm_free(out), out = NULL;
+    H5Tclose(mt);
+  }
+  if (t >= 0) H5Tclose(t);
+  if (a >= 0) H5Aclose(a);
+  return out;
+}
+
+/* ---- layers ----------------------------------------------------------------------------------- */
+
+/* The datasets of layer i: "weight" and "bias" (groupnorm: gamma, beta) in group base/layer_III. */
+static void layer_group(char *buf, size_t len, const char *base, int i) { snprintf(buf, len, "%s/layer_%03d", base, i + 1); }
+
+static void weight_shape(const dpm_layer_info *in, int *rank, hsize_t *dims) {
+  *rank = in->wrank > 0 ? in->wrank : 1;
+  if (in->wrank > 0)
+    for (int k = 0; k < in->wrank; k++) dims[k] = (hsize_t)in->wdims[k];
+  else
+    dims[0] = (hsize_t)in->weights;
+}
+
+static hid_t make_dcpl(int rank, const hsize_t *dims) {
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  hsize_t chunk[4], inner = 1;
+  for (int k = 1; k < rank; k++) inner *= dims[k];
+  hsize_t lead = CHUNK_ELEMS / (inner ? inner : 1);
+  chunk[0] = dims[0] < lead ? dims[0] : (lead ? lead : 1);
+  if (chunk[0] == 0) chunk[0] = 1;
+  for (int k = 1; k < rank; k++) chunk[k] = dims[k];
+  H5Pset_chunk(dcpl, rank, chunk);
+  H5Pset_fletcher32(dcpl);
+  H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY); /* required for parallel writes of filtered data */
+  return dcpl;
+}
+
+/* Create (write = 1) or open the datasets of every layer with parameters under base, and write or read
+ * this rank's ones collectively. slab: the stage's slab (NULL: only take part). */
+static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, float *slab, int write, char *err) {
+  hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+  H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+  int rc = 0;
+  size_t off = 0; /* offset of layer i in the stage's slab */
+  for (int i = 0; i < m->n_layers && rc == 0; i++) {
+    const dpm_layer_info *in = &m->info[i];
+    if (in->params == 0) continue;
+    const int mine = i >= m->first && i < m->last;
+    char grp[64];
+    layer_group(grp, sizeof grp, base, i);
+    hid_t g = write ? H5Gcreate2(file, grp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT) : H5Gopen2(file, grp, H5P_DEFAULT);
+    if (g < 0) {
+      rc = dpm_err(err, "%s: missing", grp);
+      break;
+    }
+    for (int part = 0; part < 2 && rc == 0; part++) {
+      size_t count = part ? in->biases : in->weights;
+      if (count == 0) continue;
+      int r;
+      hsize_t dims[4];
+      if (part) r = 1, dims[0] = (hsize_t)count;
+      else weight_shape(in, &r, dims);
+      const char *name = part ? (in->wrank == 1 ? "beta" : "bias") : (in->wrank == 1 ? "gamma" : "weight");
+      hid_t d;
+      if (write) {
+        hid_t sp = H5Screate_simple(r, dims, NULL), dcpl = make_dcpl(r, dims);
+        d = H5Dcreate2(g, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+        H5Pclose(dcpl);
+        H5Sclose(sp);
+      } else {
+        d = H5Dopen2(g, name, H5P_DEFAULT);
+      }
+      if (d < 0) {
+        rc = dpm_err(err, "%s/%s: cannot %s", grp, name, write ? "create" : "open");
+        break;
+      }
+      hid_t fs = H5Dget_space(d);
+      hssize_t have = H5Sget_simple_extent_npoints(fs);
+      if (have != (hssize_t)count) {
+        rc = dpm_err(err, "%s/%s holds %lld values, the model has %zu", grp, name, (long long)have, count);
+      } else {
+        hsize_t n1 = (hsize_t)count;
+        hid_t ms = H5Screate_simple(1, &n1, NULL);
+        const int act = mine && slab && (write ? m->writer : 1);
+        if (!act) H5Sselect_none(fs), H5Sselect_none(ms);
+        float *p = act ? slab + off + (part ? in->weights : 0) : NULL;
+        herr_t st = write ? H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, dxpl, p) : H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, dxpl, p);
+        if (st < 0)
+          rc = dpm_err(err, "%s/%s: cannot %s%s", grp, name, write ? "write" : "read",
+                       write ? "" : " (damaged: checksum mismatch or truncated file)");
+        H5Sclose(ms);
+      }
+      H5Sclose(fs);
+      H5Dclose(d);
+    }
+    H5Gclose(g);
+    if (mine) off += in->params;
+  }
+  H5Pclose(dxpl);
+  return rc;
+}
+
+/* ---- write ------------------------------------------------------------------------------------ */
+
+static int sync_path(const char *path, int dir) {
+  int fd = open(path, dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
+  if (fd < 0) return -1;
+  int rc = fsync(fd);
+  close(fd);
+  return rc;
+}
+
+static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledger, char *err) {
+  int32_t fmt = DPM_CKPT_FORMAT;
+  int rc = put_str(f, "format", CKPT_FORMAT_NAME) | put_attr(f, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
+           put_str(f, "library_version", DPM_VERSION) |
+           put_attr(f, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
+           put_attr(f, "steps_total", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->steps_total) |
+           put_attr(f, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
+           put_attr(f, "sampling_rate", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->q) |
+           put_attr(f, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->sigma) |
+           put_attr(f, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->clip) |
+           put_attr(f, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) |
+           put_attr(f, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
+           put_attr(f, "clipping", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->clipping) |
+           put_attr(f, "accountant", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->accountant) |
+           put_attr(f, "grid_replicas", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->replicas) |
+           put_attr(f, "grid_stages", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stages) |
+           put_attr(f, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
+           put_str(f, "job", meta->job ? meta->job : "") | put_str(f, "layers", meta->layers ? meta->layers : "");
+  if (meta->reproducible) rc |= put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed);
+  if (rc) return dpm_err(err, "cannot write the checkpoint's attributes");
+  hid_t g = H5Gcreate2(f, "privacy", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  if (g < 0) return dpm_err(err, "cannot create group /privacy");
+  rc = dpm_ledger_write_hdf5(ledger, g, err);
+  H5Gclose(g);
+  return rc;
+}
+
+int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, const dpm_ledger *ledger,
+                   const dpm_ckpt_meta *meta, char err[DPM_ERRLEN]) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  size_t len = strlen(path) + 16;
+  char *tmp = dpm_malloc(len);
+  snprintf(tmp, len, "%s.tmp", path);
+  int rc = 0;
+  H5E_BEGIN_TRY {
+    hid_t fapl = fapl_for(&comm);
+    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    H5Pclose(fapl);
+    if (f < 0) {
+      rc = dpm_err(err, "%s: cannot create the checkpoint file (does the directory exist and is it writable?)", tmp);
+    } else {
+      hid_t g1 = H5Gcreate2(f, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      hid_t g2 = H5Gcreate2(f, "optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      if (g1 < 0 || g2 < 0) rc = dpm_err(err, "%s: cannot create groups", tmp);
+      if (g1 >= 0) H5Gclose(g1);
+      if (g2 >= 0) H5Gclose(g2);
+      if (!rc) rc = layers_io(f, "/model", m, m->params, 1, err);
+      if (!rc) rc = layers_io(f, "/optimizer", m, m->velocity, 1, err);
+      if (H5Fclose(f) < 0 && !rc) rc = dpm_err(err, "%s: cannot close (disk full?)", tmp);
+    }
+  } H5E_END_TRY;
+  /* the same outcome everywhere (a failure is the same on every rank for metadata; data errors may not be) */
+  int bad = rc != 0;
+  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  if (bad && !rc) rc = dpm_err(err, "%s: another rank failed to write its part", tmp);
+  if (!bad && rank == 0) {
+    H5E_BEGIN_TRY {
+      hid_t fapl = fapl_for(NULL);
+      hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, fapl);
+      H5Pclose(fapl);
+      if (f < 0) rc = dpm_err(err, "%s: cannot reopen", tmp);
+      else {
+        rc = write_meta(f, meta, ledger, err);
+        if (H5Fclose(f) < 0 && !rc) rc = dpm_err(err, "%s: cannot close (disk full?)", tmp);
+      }
+    } H5E_END_TRY;
+    if (!rc && sync_path(tmp, 0)) rc = dpm_err(err, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (!rc && rename(tmp, path)) rc = dpm_err(err, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+    if (!rc) {
+      char *dir = dpm_strdup(path), *slash = strrchr(dir, '/');
+      if (slash) *slash = '\0';
+      sync_path(slash ? dir : ".", 1);
+      dpm_free(dir);
+    }
+  }
+  if (rc && rank == 0) unlink(tmp);
+  int r0 = rank == 0 ? rc : 0;
+  MPI_Bcast(&r0, 1, MPI_INT, 0, comm);
+  if (r0 && !rc) rc = -1;
+  MPI_Bcast(err, DPM_ERRLEN, MPI_CHAR, 0, comm);
+  if (!rc && r0 == 0) err[0] = '\0';
+  dpm_free(tmp);
+  return rc ? -1 : 0;
+}
+
+/* ---- read ------------------------------------------------------------------------------------- */
+
+static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
+  memset(meta, 0, sizeof *meta);
+  FILE *fp = fopen(path, "rb");
+  if (!fp) return dpm_err(err, "%s: cannot open: %s", path, strerror(errno));
+  fclose(fp);
+  int rc = 0;
+  H5E_BEGIN_TRY {
+    hid_t fapl = fapl_for(NULL);
+    hid_t f = H5Fis_hdf5(path) > 0 ? H5Fopen(path, H5F_ACC_RDONLY, fapl) : -1;
+    H5Pclose(fapl);
+    if (f < 0) {
+      rc = dpm_err(err, "%s: not a readable HDF5 file (truncated or damaged?)", path);
+    } else {
+      char *fmt = get_str(f, "format");
+      if (!fmt || strcmp(fmt, CKPT_FORMAT_NAME)) {
+        rc = dpm_err(err, "%s: not a dpmpi checkpoint (attribute format is %s)", path, fmt ? fmt : "missing");
+      } else if (get_attr(f, "format_version", H5T_NATIVE_INT, &meta->format) || meta->format != DPM_CKPT_FORMAT) {
+        rc = dpm_err(err, "%s: checkpoint format version %d, this dpmpi reads version %d", path, meta->format,
+                     DPM_CKPT_FORMAT);
+      } else {
+        char *ver = get_str(f, "library_version");
+        snprintf(meta->version, sizeof meta->version, "%s", ver ? ver : "?");
+        dpm_free(ver);
+        int miss = get_attr(f, "step", H5T_NATIVE_INT64, &meta->step) |
+                   get_attr(f, "steps_total", H5T_NATIVE_INT64, &meta->steps_total) |
+                   get_attr(f, "n_train", H5T_NATIVE_INT64, &meta->n_train) |
+                   get_attr(f, "sampling_rate", H5T_NATIVE_DOUBLE, &meta->q) |
+                   get_attr(f, "noise_multiplier", H5T_NATIVE_DOUBLE, &meta->sigma) |
+                   get_attr(f, "clip", H5T_NATIVE_DOUBLE, &meta->clip) |
+                   get_attr(f, "delta", H5T_NATIVE_DOUBLE, &meta->delta) |
+                   get_attr(f, "private", H5T_NATIVE_INT, &meta->privacy) |
+                   get_attr(f, "clipping", H5T_NATIVE_INT, &meta->clipping) |
+                   get_attr(f, "accountant", H5T_NATIVE_INT, &meta->accountant) |
+                   get_attr(f, "grid_replicas", H5T_NATIVE_INT, &meta->replicas) |
+                   get_attr(f, "grid_stages", H5T_NATIVE_INT, &meta->stages) |
+                   get_attr(f, "reproducible", H5T_NATIVE_INT, &meta->reproducible);
+        if (meta->reproducible) miss |= get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed);
+        meta->job = get_str(f, "job");
+        meta->layers = get_str(f, "layers");
+        if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step)
+          rc = dpm_err(err, "%s: checkpoint attributes are missing or damaged", path);
+      }
+      dpm_free(fmt);
+      H5Fclose(f);
+    }
+  } H5E_END_TRY;
+  if (rc) dpm_ckpt_meta_free(meta);
+  return rc;
+}
+
+int dpm_ckpt_read_meta(MPI_Comm comm, const char *path, dpm_ckpt_meta *meta, char err[DPM_ERRLEN]) {
+  int rc = read_meta_serial(path, meta, err) ? -1 : 0, bad = rc != 0;
+  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  if (bad && !rc) {
+    dpm_ckpt_meta_free(meta);
+    rc = dpm_err(err, "%s: unreadable on another rank (not on a shared file system?)", path);
+  }
+  return rc;
+}
+
+void dpm_ckpt_meta_free(dpm_ckpt_meta *meta) {
+  dpm_free(meta->job);
+  dpm_free(meta->layers);
+  meta->job = meta->layers = NULL;
+}
+
+int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_ledger **ledger,
+                  char err[DPM_ERRLEN]) {
+  int rc = 0;
+  *ledger = NULL;
+  H5E_BEGIN_TRY {
+    hid_t fapl = fapl_for(&comm);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
+    if (f < 0) {
+      rc = dpm_err(err, "%s: cannot open for reading", path);
+    } else {
+      rc = layers_io(f, "/model", m, m->params, 0, err);
+      if (!rc) rc = layers_io(f, "/optimizer", m, m->velocity, 0, err);
+      H5Fclose(f);
+    }
+  } H5E_END_TRY;
+  if (!rc) {
+    H5E_BEGIN_TRY {
+      hid_t fapl = fapl_for(NULL);
+      hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+      H5Pclose(fapl);
+      hid_t g = f >= 0 ? H5Gopen2(f, "privacy", H5P_DEFAULT) : -1;
+      if (g < 0) rc = dpm_err(err, "%s: no /privacy group", path);
+      else if (dpm_ledger_read_hdf5(ledger, g, err)) rc = -1;
+      if (g >= 0) H5Gclose(g);
+      if (f >= 0) H5Fclose(f);
+    } H5E_END_TRY;
+  }
+  int bad = rc != 0;
+  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  if (bad && !rc) rc = dpm_err(err, "%s: another rank could not read its part", path);
+  if (rc) {
+    dpm_ledger_free(*ledger);
+    *ledger = NULL;
+    /* name the problem seen by the lowest failing rank: dpm_exit_if_error does that for the caller */
+    return -1;
+  }
+  return 0;
+}
+
+int dpm_ckpt_same_model(const char *a, const char *b, char err[DPM_ERRLEN]) {
+  dpm_layer_spec *sa = NULL, *sb = NULL;
+  int na = 0, nb = 0, rc = 0;
+  char inner[DPM_ERRLEN];
+  if (dpm_model_parse(a, &sa, &na, inner)) return dpm_err(err, "the checkpoint's layers do not parse: %s", inner);
+  if (dpm_model_parse(b, &sb, &nb, inner)) {
+    dpm_free(sa);
+    return dpm_err(err, "the job's layers do not parse: %s", inner);
+  }
+  if (na != nb) {
+    rc = dpm_err(err, "the checkpoint's model has %d layers, the job's %d", na, nb);
+  } else {
+    for (int i = 0; i < na && !rc; i++)
+      if (memcmp(&sa[i], &sb[i], sizeof sa[i]))
+        rc = dpm_err(err, "layer %d differs between the checkpoint's model and the job's", i + 1);
+  }
+  dpm_free(sa);
+  dpm_free(sb);
+  return rc;
+}
+
+void dpm_ckpt_name(const char *dir, int64_t step, char *out, size_t len) {
+  snprintf(out, len, "%s/ckpt-%08lld.h5", dir, (long long)step);
+}
+
+static int cmp_desc(const void *a, const void *b) { return -strcmp(*(char *const *)a, *(char *const *)b); }
+
+int dpm_ckpt_list(const char *path, char ***paths, char err[DPM_ERRLEN]) {
+  *paths = NULL;
+  DIR *d = opendir(path);
+  if (!d) {
+    if (errno != ENOTDIR) return dpm_err(err, "%s: no such checkpoint file or directory: %s", path, strerror(errno));
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return dpm_err(err, "%s: cannot open: %s", path, strerror(errno));
+    fclose(fp);
+    *paths = dpm_malloc(sizeof(char *));
+    (*paths)[0] = dpm_strdup(path);
+    return 1;
+  }
+  int n = 0, cap = 8;
+  char **out = dpm_malloc(sizeof(char *) * (size_t)cap);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    size_t l = strlen(e->d_name);
+    long long step;
+    char tail[8];
+    if (l < 9 || strncmp(e->d_name, "ckpt-", 5) || strcmp(e->d_name + l - 3, ".h5")) continue;
+    if (sscanf(e->d_name, "ckpt-%lld%7s", &step, tail) != 2 || strcmp(tail, ".h5")) continue;
+    if (n == cap) out = dpm_realloc(out, sizeof(char *) * (size_t)(cap *= 2));
+    size_t len = strlen(path) + l + 2;
+    out[n] = dpm_malloc(len);
+    snprintf(out[n++], len, "%s/%s", path, e->d_name);
+  }
+  closedir(d);
+  qsort(out, (size_t)n, sizeof(char *), cmp_desc); /* zero-padded steps: newest first */
+  *paths = out;
+  return n;
+}
