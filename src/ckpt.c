@@ -332,6 +332,22 @@ void dpm_ckpt_meta_free(dpm_ckpt_meta *meta) {
   meta->job = meta->layers = NULL;
 }
 
+int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERRLEN]) {
+  int rc = 0;
+  *ledger = NULL;
+  H5E_BEGIN_TRY {
+    hid_t fapl = fapl_for(NULL);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
+    hid_t g = f >= 0 ? H5Gopen2(f, "privacy", H5P_DEFAULT) : -1;
+    if (g < 0) rc = dpm_err(err, "%s: no /privacy group", path);
+    else if (dpm_ledger_read_hdf5(ledger, g, err)) rc = -1;
+    if (g >= 0) H5Gclose(g);
+    if (f >= 0) H5Fclose(f);
+  } H5E_END_TRY;
+  return rc;
+}
+
 int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_ledger **ledger,
                   char err[DPM_ERRLEN]) {
   int rc = 0;
@@ -348,18 +364,7 @@ int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_
       H5Fclose(f);
     }
   } H5E_END_TRY;
-  if (!rc) {
-    H5E_BEGIN_TRY {
-      hid_t fapl = fapl_for(NULL);
-      hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
-      H5Pclose(fapl);
-      hid_t g = f >= 0 ? H5Gopen2(f, "privacy", H5P_DEFAULT) : -1;
-      if (g < 0) rc = dpm_err(err, "%s: no /privacy group", path);
-      else if (dpm_ledger_read_hdf5(ledger, g, err)) rc = -1;
-      if (g >= 0) H5Gclose(g);
-      if (f >= 0) H5Fclose(f);
-    } H5E_END_TRY;
-  }
+  if (!rc) rc = dpm_ckpt_read_ledger(path, ledger, err);
   int bad = rc != 0;
   MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
   if (bad && !rc) rc = dpm_err(err, "%s: another rank could not read its part", path);
@@ -429,4 +434,46 @@ int dpm_ckpt_list(const char *path, char ***paths, char err[DPM_ERRLEN]) {
   qsort(out, (size_t)n, sizeof(char *), cmp_desc); /* zero-padded steps: newest first */
   *paths = out;
   return n;
+}
+
+int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, double epsilon, char err[DPM_ERRLEN]) {
+  size_t len = strlen(out) + 8;
+  char *tmp = dpm_malloc(len);
+  snprintf(tmp, len, "%s.tmp", out);
+  int rc = 0;
+  H5E_BEGIN_TRY {
+    hid_t fapl = fapl_for(NULL);
+    hid_t src = H5Fopen(ckpt, H5F_ACC_RDONLY, fapl);
+    hid_t dst = src >= 0 ? H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : -1;
+    H5Pclose(fapl);
+    if (src < 0) rc = dpm_err(err, "%s: cannot open", ckpt);
+    else if (dst < 0) rc = dpm_err(err, "%s: cannot create", tmp);
+    else if (H5Ocopy(src, "model", dst, "model", H5P_DEFAULT, H5P_DEFAULT) < 0)
+      rc = dpm_err(err, "%s: cannot copy /model", ckpt);
+    if (!rc) {
+      int32_t fmt = 1;
+      const char *acct = meta->accountant == 0 ? "rdp" : "tight";
+      const char *clip_names[] = {"flat", "per-layer", "per-device"};
+      const char *cn = meta->clipping >= 0 && meta->clipping <= 2 ? clip_names[meta->clipping] : "?";
+      int r = put_str(dst, "format", "dpmpi-model") | put_attr(dst, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
+              put_str(dst, "library_version", DPM_VERSION) | put_str(dst, "layers", meta->layers) |
+              put_attr(dst, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
+              put_attr(dst, "steps", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
+              put_attr(dst, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
+              put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible);
+      if (meta->privacy)
+        r |= put_attr(dst, "epsilon", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &epsilon) |
+             put_attr(dst, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) | put_str(dst, "accountant", acct) |
+             put_attr(dst, "sampling_rate", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->q) |
+             put_attr(dst, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->sigma) |
+             put_str(dst, "clipping", cn) | put_attr(dst, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->clip);
+      if (r) rc = dpm_err(err, "%s: cannot write the privacy metadata", tmp);
+    }
+    if (dst >= 0 && H5Fclose(dst) < 0 && !rc) rc = dpm_err(err, "%s: cannot close", tmp);
+    if (src >= 0) H5Fclose(src);
+  } H5E_END_TRY;
+  if (!rc && (sync_path(tmp, 0) || rename(tmp, out))) rc = dpm_err(err, "%s: cannot write: %s", out, strerror(errno));
+  if (rc) unlink(tmp);
+  dpm_free(tmp);
+  return rc;
 }

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "dpmpi/accountant.h"
+#include "dpmpi/ckpt.h"
 #include "dpmpi/common.h"
 #include "dpmpi/data.h"
 #include "dpmpi/train.h"
@@ -16,6 +17,8 @@ static const char *USAGE =
     "  train JOBFILE [--section.key=value ...]   train a model with DP-SGD (or non-privately)\n"
     "  data convert|info ...                     convert IDX or CSV data to HDF5; describe a data file\n"
     "  privacy ...                               epsilon for (q, sigma, steps, delta), or sigma for a target\n"
+    "  ckpt info PATH                            step, epsilon, ledger, grid and job of a checkpoint\n"
+    "  export CKPT OUT                           the released model: parameters and privacy metadata\n"
     "  version                                   print the version\n"
     "\n"
     "dpmpi COMMAND --help describes each command.\n";
@@ -33,6 +36,10 @@ int main(int argc, char **argv) {
     status = dpm_cmd_data(argc - 1, argv + 1);
   } else if (!strcmp(argv[1], "privacy")) {
     status = dpm_cmd_privacy(argc - 1, argv + 1);
+  } else if (!strcmp(argv[1], "ckpt")) {
+    status = dpm_cmd_ckpt(argc - 1, argv + 1);
+  } else if (!strcmp(argv[1], "export")) {
+    status = dpm_cmd_export(argc - 1, argv + 1);
   } else if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
     if (rank == 0) printf("dpmpi %s\n", DPM_VERSION);
   } else {

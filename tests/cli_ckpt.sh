@@ -96,6 +96,21 @@ h5dump -A "$tmp/sec/ckpt-00000020.h5" >"$tmp/sec.txt"
 check "secure: no seed attribute" bash -c "! grep -q 'ATTRIBUTE \"seed\"' '$tmp/sec.txt'"
 check "secure: reproducible = 0" bash -c "grep -A4 'ATTRIBUTE \"reproducible\"' '$tmp/sec.txt' | grep -q '(0): 0'"
 
+# inspect and release
+run 1 ckpt info "$tmp/full"
+check "ckpt info: the newest checkpoint" has "$tmp/out" "checkpoint: $ref"
+check "ckpt info: epsilon as the run reported" has "$tmp/out" "privacy: epsilon $(printf %.4f "$eps_full" | cut -c1-5)"
+check "ckpt info: the ledger" has_re "$tmp/out" "subsampled-gaussian q 0.1 sigma [0-9.]+ x 20"
+run 2 export "$tmp/full" "$tmp/released.h5"
+[ "$(rc)" = 0 ] && ok || { bad "export"; cat "$tmp/err" >&2; }
+h5dump -A "$tmp/released.h5" >"$tmp/rel.txt" 2>&1
+for a in epsilon delta accountant sampling_rate noise_multiplier steps clipping clip n_train; do
+  check "released model has $a" grep -q "ATTRIBUTE \"$a\"" "$tmp/rel.txt"
+done
+check "released model: no optimizer, no seed" bash -c "! grep -qE 'optimizer|\"seed\"|\"job\"' '$tmp/rel.txt'"
+check "released model: parameters equal the checkpoint's" same_h5 "$ref" "$tmp/released.h5" /model
+expect_usage_error 1 "expected 2 arguments" export "$tmp/full"
+
 # errors: missing, a different model, a complete run
 expect_usage_error 1 "no-such" train "$tmp/job.ini" --resume "$tmp/no-such"
 expect_usage_error 2 "layer 3 differs" train "$tmp/job.ini" --resume "$tmp/full/ckpt-00000010.h5" \

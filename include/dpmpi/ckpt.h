@@ -63,6 +63,18 @@ void dpm_ckpt_meta_free(dpm_ckpt_meta *meta);
 int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_ledger **ledger,
                   char err[DPM_ERRLEN]);
 
+/* Serial: the ledger of a checkpoint. */
+int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERRLEN]);
+
+/* Serial: the released model OUT of checkpoint CKPT: /model (parameters) and the privacy metadata as root
+ * attributes (epsilon, delta, accountant, sampling_rate, noise_multiplier, steps, clipping, clip, n_train,
+ * reproducible); no optimizer state, no seed, no keys. Written under a temporary name and renamed. */
+int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, double epsilon, char err[DPM_ERRLEN]);
+
+/* `dpmpi ckpt info PATH` and `dpmpi export CKPT OUT`. Return the exit status. */
+int dpm_cmd_ckpt(int argc, char **argv);
+int dpm_cmd_export(int argc, char **argv);
+
 /* 0 if the layer lists a and b (model.layers texts) describe the same model, else -1 with err naming
  * the first difference. */
 int dpm_ckpt_same_model(const char *a, const char *b, char err[DPM_ERRLEN]);
