@@ -88,6 +88,29 @@ check "SIGTERM to the ranks: exit status 75 (got $(cat "$tmp/sig.rc"))" test "$(
 check "SIGTERM: the run resumed from the first checkpoint" grep -aq "resumed from $tmp/sig/$first" "$tmp/sig.out"
 check "SIGTERM: a second checkpoint" test "$(ls "$tmp/sig" | wc -l)" = 2
 
+# crash safety: kill -9 the whole job, or one rank, at random instants while it writes a checkpoint every
+# step; the newest checkpoint left must always read cleanly (metadata, ledger and every checksummed dataset)
+kills=0
+for k in $(seq 1 12); do
+  rm -rf "$tmp/crash"
+  "$mpiexec" -q --allow-run-as-root --oversubscribe -np 2 "$dpmpi" train "$tmp/job.ini" "${long[@]}" \
+    --checkpoint.dir="$tmp/crash" --checkpoint.every=1 --checkpoint.keep=2 >/dev/null 2>&1 &
+  pid=$!
+  for i in $(seq 200); do [ -n "$(ls "$tmp/crash" 2>/dev/null | grep -v tmp)" ] && break; sleep 0.05; done
+  sleep "0.$(( (k * 37) % 10 ))$(( k % 10 ))"
+  ranks=$(pgrep -P $pid)
+  if [ $((k % 2)) = 0 ]; then kill -9 $pid $ranks; else kill -9 $(echo $ranks | cut -d' ' -f1); fi
+  wait $pid 2>/dev/null
+  pkill -9 -P $pid 2>/dev/null
+  kills=$((kills + 1))
+  newest=$(ls "$tmp/crash"/ckpt-*.h5 2>/dev/null | sort | tail -1)
+  if [ -z "$newest" ]; then bad "kill $k: no checkpoint left"; continue; fi
+  run 1 ckpt info "$tmp/crash"
+  if [ "$(rc)" = 0 ] && grep -q "checkpoint: $newest" "$tmp/out" && h5dump "$newest" >/dev/null 2>&1; then ok
+  else bad "kill $k: the newest checkpoint $newest does not read cleanly"; cat "$tmp/err" >&2; fi
+done
+echo "crash safety: $kills kill -9 points tried while checkpointing every step"
+
 # secure mode: no seed anywhere in the file
 sed '/^\[run\]/,$d' "$tmp/job.ini" >"$tmp/secure.ini"
 run 1 train "$tmp/secure.ini" --checkpoint.dir="$tmp/sec"
