@@ -51,7 +51,6 @@ void dpm_step_init(dpm_step *s) {
   s->sel = dpm_malloc(sizeof(int64_t) * (shard + 1));
   s->norms = s->clipping == DPM_CLIP_FLAT && s->stages > 1 ? dpm_malloc(sizeof(double) * (shard + 1)) : NULL;
   s->xb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_input_size(m));
-  s->inb = s->xb;
   s->doutb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_output_size(m));
   s->yb = dpm_malloc(sizeof(int32_t) * PB);
   s->sq = dpm_malloc(sizeof(float) * (size_t)(G ? G : 1) * PB);
@@ -99,16 +98,16 @@ static void forward_mb(dpm_step *s, const walk *w, int64_t k) {
     for (int i = 0; i < B; i++)
       memcpy(s->xb + (size_t)i * in_n, w->d->x + (size_t)mb_row(w, off + i) * in_n, sizeof(float) * in_n);
   } else {
-    DPM_MPI_CHECK(MPI_Recv(s->inb, (int)((size_t)B * in_n), MPI_FLOAT, s->stage - 1, TAG_ACT, s->pipe,
+    DPM_MPI_CHECK(MPI_Recv(s->xb, (int)((size_t)B * in_n), MPI_FLOAT, s->stage - 1, TAG_ACT, s->pipe,
                            MPI_STATUS_IGNORE));
   }
   if (s->stage == s->stages - 1) {
     for (int i = 0; i < B; i++) s->yb[i] = w->d->y[mb_row(w, off + i)];
     int correct = 0;
-    double loss = dpm_model_forward(m, s->inb, s->yb, B, &correct);
+    double loss = dpm_model_forward(m, s->xb, s->yb, B, &correct);
     if (w->pass == 1) s->acc[0] += loss, s->acc[2] += correct;
   } else {
-    dpm_model_forward(m, s->inb, NULL, B, NULL);
+    dpm_model_forward(m, s->xb, NULL, B, NULL);
     DPM_MPI_CHECK(MPI_Isend(dpm_model_output(m), (int)((size_t)B * dpm_model_output_size(m)), MPI_FLOAT,
                             s->stage + 1, TAG_ACT, s->pipe, &s->req[2 * c]));
   }

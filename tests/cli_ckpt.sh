@@ -9,15 +9,7 @@
 # ctest: timeout=600
 source "$(dirname "$0")/lib_cli.sh"
 
-gen() { awk -v n="$1" -v seed="$2" 'BEGIN { srand(seed); print "f1,f2,f3,f4,f5,f6,label";
-  for (i = 0; i < n; i++) { c = i % 4; line = "";
-    for (j = 0; j < 6; j++) { z = sqrt(-2 * log(1 - rand())) * cos(6.283185307 * rand());
-      line = line sprintf("%.5f,", z + (j % 4 == c ? 2.5 : 0)) }
-    print line c } }'; }
-gen 1000 1 >"$tmp/train.csv"
-gen 300 2 >"$tmp/test.csv"
-"$dpmpi" data convert --from csv --train "$tmp/train.csv" --test "$tmp/test.csv" --label-column label \
-  --out "$tmp/blobs.h5" >/dev/null || bad "csv convert"
+make_blobs 1000 300
 cat >"$tmp/job.ini" <<INI
 [data]
 train = $tmp/blobs.h5

@@ -45,6 +45,20 @@ expect_usage_error() {
   fi
 }
 
+# make_blobs NTRAIN NTEST: $tmp/train.csv, $tmp/test.csv and $tmp/blobs.h5 — 4 Gaussian blobs in 6
+# dimensions (label i % 4), a small dataset that trains in a second
+make_blobs() {
+  local gen='BEGIN { srand(seed); print "f1,f2,f3,f4,f5,f6,label";
+    for (i = 0; i < n; i++) { c = i % 4; line = "";
+      for (j = 0; j < 6; j++) { z = sqrt(-2 * log(1 - rand())) * cos(6.283185307 * rand());
+        line = line sprintf("%.5f,", z + (j % 4 == c ? 2.5 : 0)) }
+      print line c } }'
+  awk -v n="$1" -v seed=1 "$gen" >"$tmp/train.csv"
+  awk -v n="$2" -v seed=2 "$gen" >"$tmp/test.csv"
+  "$dpmpi" data convert --from csv --train "$tmp/train.csv" --test "$tmp/test.csv" --label-column label \
+    --out "$tmp/blobs.h5" >/dev/null || bad "csv convert"
+}
+
 # finish NAME: the closing line and the exit status
 finish() {
   echo "$1: $passed passed, $failed failed"

@@ -304,10 +304,7 @@ static void test_sensitivity(void) {
       float *full = run(comm, g, &j, &P, NULL);
       for (int a = 0; a < 3; a++) {
         int k = ks[a];
-        memcpy(X2, X, sizeof(float) * (size_t)k * D_IN);
-        memcpy(X2 + k * D_IN, X + (k + 1) * D_IN, sizeof(float) * (size_t)(N - k - 1) * D_IN);
-        memcpy(Y2, Y, sizeof(int32_t) * (size_t)k);
-        memcpy(Y2 + k, Y + k + 1, sizeof(int32_t) * (size_t)(N - k - 1));
+        dpm_test_drop_example(X, Y, N, D_IN, k, X2, Y2);
         job j2 = j;
         j2.x = X2, j2.y = Y2, j2.n = N - 1;
         float *less = run(comm, g, &j2, &P, NULL);

@@ -125,10 +125,7 @@ static void test_sensitivity(void) {
     float *full = clipped_sum(MPI_COMM_WORLD, X, Y, N, (dpm_clipping)mode, C, &P);
     for (int a = 0; a < 3; a++) {
       int k = ks[a];
-      memcpy(X2, X, sizeof(float) * (size_t)k * D_IN);
-      memcpy(X2 + k * D_IN, X + (k + 1) * D_IN, sizeof(float) * (size_t)(N - k - 1) * D_IN);
-      memcpy(Y2, Y, sizeof(int32_t) * (size_t)k);
-      memcpy(Y2 + k, Y + k + 1, sizeof(int32_t) * (size_t)(N - k - 1));
+      dpm_test_drop_example(X, Y, N, D_IN, k, X2, Y2);
       float *less = clipped_sum(MPI_COMM_WORLD, X2, Y2, N - 1, (dpm_clipping)mode, C, &P);
       double d2 = 0;
       for (size_t j = 0; j < P; j++) d2 += (double)(full[j] - less[j]) * (full[j] - less[j]);

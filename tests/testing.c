@@ -2,6 +2,7 @@
 #include "testing.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 int dpm_test_passed = 0, dpm_test_failed = 0;
 
@@ -24,4 +25,11 @@ FILE *dpm_test_open_ref(const char *name) {
   FILE *f = fopen(path, "r");
   CHECK(f != NULL, "cannot open %s", path);
   return f;
+}
+
+void dpm_test_drop_example(const float *x, const int32_t *y, int n, int d, int k, float *x2, int32_t *y2) {
+  memcpy(x2, x, sizeof(float) * (size_t)k * (size_t)d);
+  memcpy(x2 + (size_t)k * d, x + (size_t)(k + 1) * d, sizeof(float) * (size_t)(n - k - 1) * (size_t)d);
+  memcpy(y2, y, sizeof(int32_t) * (size_t)k);
+  memcpy(y2 + k, y + k + 1, sizeof(int32_t) * (size_t)(n - k - 1));
 }

@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <mpi.h>
+#include <stdint.h>
 #include <stdio.h>
 
 extern int dpm_test_passed, dpm_test_failed;
@@ -12,6 +13,9 @@ extern int dpm_test_passed, dpm_test_failed;
 void dpm_test_init(int *argc, char ***argv);
 /* Opens ../shared/refs/NAME (directory from $DPM_SHARED_DIR); a missing file is a failed check and NULL. */
 FILE *dpm_test_open_ref(const char *name);
+/* The neighbouring dataset without example k (add/remove adjacency): x2, y2 receive the n - 1 other rows
+ * of x (n x d) and y, in order. */
+void dpm_test_drop_example(const float *x, const int32_t *y, int n, int d, int k, float *x2, int32_t *y2);
 /* Collects the counts over MPI_COMM_WORLD, prints the closing line, finalizes MPI, returns exit status. */
 int dpm_test_finish(void);
 

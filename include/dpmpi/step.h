@@ -57,7 +57,7 @@ typedef struct {
   MPI_Request *req;        /* per context: activation send, gradient send */
   int64_t *sel, nsel;      /* the last step's sample of this replica's shard (global indices) */
   double *norms;           /* flat clipping on S > 1: per sampled example squared norm */
-  float *xb, *inb, *doutb, *sq, *coef;
+  float *xb, *doutb, *sq, *coef; /* xb: the micro-batch input (gathered rows, or received activations) */
   int32_t *yb;
   double acc[4];
 } dpm_step;
