@@ -92,6 +92,10 @@ for np in 1 2; do
   expect_usage_error $np "cannot calibrate" train "$tmp/job.ini" --privacy.epsilon=1e-9
   expect_usage_error $np "no job file" train
 done
+# docs/jobfile.md is the --help-keys output
+src=${2:?}
+run 1 train --help-keys
+check "docs/jobfile.md matches dpmpi train --help-keys" diff -q "$tmp/out" <(sed -n '/^```$/,/^```$/p' "$src/docs/jobfile.md" | sed '1d;$d')
 run 1 train --help
 [ "$(rc)" = 0 ] && has_re "$tmp/out" "usage: dpmpi train" && ok || bad "train --help"
 
