@@ -8,6 +8,8 @@
  * previous checkpoint or nothing. HDF5's own metadata is checksummed too (file format 1.10 objects). */
 #include "dpmpi/ckpt.h"
 
+#include "h5util.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,19 +20,6 @@
 #include <unistd.h>
 
 #define CKPT_FORMAT_NAME "dpmpi-checkpoint"
-#define CHUNK_ELEMS ((hsize_t)1 << 20) /* at most 4 MiB per chunk */
-
-static hid_t fapl_for(MPI_Comm *comm) {
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  H5Pset_file_locking(fapl, 0, 1);
-  H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110); /* checksummed object headers */
-  if (comm) {
-    H5Pset_fapl_mpio(fapl, *comm, MPI_INFO_NULL);
-    H5Pset_all_coll_metadata_ops(fapl, 1);
-    H5Pset_coll_metadata_write(fapl, 1);
-  }
-  return fapl;
-}
 
 /* ---- attributes ------------------------------------------------------------------------------- */
 
@@ -89,20 +78,6 @@ static void weight_shape(const dpm_layer_info *in, int *rank, hsize_t *dims) {
     dims[0] = (hsize_t)in->weights;
 }
 
-static hid_t make_dcpl(int rank, const hsize_t *dims) {
-  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
-  hsize_t chunk[4], inner = 1;
-  for (int k = 1; k < rank; k++) inner *= dims[k];
-  hsize_t lead = CHUNK_ELEMS / (inner ? inner : 1);
-  chunk[0] = dims[0] < lead ? dims[0] : (lead ? lead : 1);
-  if (chunk[0] == 0) chunk[0] = 1;
-  for (int k = 1; k < rank; k++) chunk[k] = dims[k];
-  H5Pset_chunk(dcpl, rank, chunk);
-  H5Pset_fletcher32(dcpl);
-  H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY); /* required for parallel writes of filtered data */
-  return dcpl;
-}
-
 /* Create (write = 1) or open the datasets of every layer with parameters under base, and write or read
  * this rank's ones collectively. slab: the stage's slab (NULL: only take part). */
 static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, float *slab, int write, char *err) {
@@ -131,7 +106,7 @@ static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, floa
       const char *name = part ? (in->wrank == 1 ? "beta" : "bias") : (in->wrank == 1 ? "gamma" : "weight");
       hid_t d;
       if (write) {
-        hid_t sp = H5Screate_simple(r, dims, NULL), dcpl = make_dcpl(r, dims);
+        hid_t sp = H5Screate_simple(r, dims, NULL), dcpl = dpm_h5_checked_dcpl(r, dims, sizeof(float));
         d = H5Dcreate2(g, name, H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
         H5Pclose(dcpl);
         H5Sclose(sp);
@@ -147,8 +122,8 @@ static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, floa
       if (have != (hssize_t)count) {
         rc = dpm_err(err, "%s/%s holds %lld values, the model has %zu", grp, name, (long long)have, count);
       } else {
-        hsize_t n1 = (hsize_t)count;
-        hid_t ms = H5Screate_simple(1, &n1, NULL);
+        /* memory space of the dataset's shape: HDF5 then maps whole chunks, not element by element */
+        hid_t ms = H5Screate_simple(r, dims, NULL);
         const int act = mine && slab && (write ? m->writer : 1);
         if (!act) H5Sselect_none(fs), H5Sselect_none(ms);
         float *p = act ? slab + off + (part ? in->weights : 0) : NULL;
@@ -214,7 +189,7 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
   snprintf(tmp, len, "%s.tmp", path);
   int rc = 0;
   H5E_BEGIN_TRY {
-    hid_t fapl = fapl_for(&comm);
+    hid_t fapl = dpm_h5_fapl(&comm, 0);
     hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
     H5Pclose(fapl);
     if (f < 0) {
@@ -236,7 +211,7 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
   if (bad && !rc) rc = dpm_err(err, "%s: another rank failed to write its part", tmp);
   if (!bad && rank == 0) {
     H5E_BEGIN_TRY {
-      hid_t fapl = fapl_for(NULL);
+      hid_t fapl = dpm_h5_fapl(NULL, 0);
       hid_t f = H5Fopen(tmp, H5F_ACC_RDWR, fapl);
       H5Pclose(fapl);
       if (f < 0) rc = dpm_err(err, "%s: cannot reopen", tmp);
@@ -273,7 +248,7 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
   fclose(fp);
   int rc = 0;
   H5E_BEGIN_TRY {
-    hid_t fapl = fapl_for(NULL);
+    hid_t fapl = dpm_h5_fapl(NULL, 0);
     hid_t f = H5Fis_hdf5(path) > 0 ? H5Fopen(path, H5F_ACC_RDONLY, fapl) : -1;
     H5Pclose(fapl);
     if (f < 0) {
@@ -336,7 +311,7 @@ int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERR
   int rc = 0;
   *ledger = NULL;
   H5E_BEGIN_TRY {
-    hid_t fapl = fapl_for(NULL);
+    hid_t fapl = dpm_h5_fapl(NULL, 0);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     H5Pclose(fapl);
     hid_t g = f >= 0 ? H5Gopen2(f, "privacy", H5P_DEFAULT) : -1;
@@ -353,7 +328,7 @@ int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_
   int rc = 0;
   *ledger = NULL;
   H5E_BEGIN_TRY {
-    hid_t fapl = fapl_for(&comm);
+    hid_t fapl = dpm_h5_fapl(&comm, 0);
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
     H5Pclose(fapl);
     if (f < 0) {
@@ -442,7 +417,7 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
   snprintf(tmp, len, "%s.tmp", out);
   int rc = 0;
   H5E_BEGIN_TRY {
-    hid_t fapl = fapl_for(NULL);
+    hid_t fapl = dpm_h5_fapl(NULL, 0);
     hid_t src = H5Fopen(ckpt, H5F_ACC_RDONLY, fapl);
     hid_t dst = src >= 0 ? H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : -1;
     H5Pclose(fapl);

@@ -248,6 +248,7 @@ static int cmd_info(int argc, char **argv) {
       printf("  x: float32 %lld x %d (N x d), %d features\n", (long long)h->n_total, h->C, h->C);
       printf("  normalization: none (features used as stored)\n");
     }
+    printf("  checksums: %s\n", h->checksums ? "Fletcher32 on every chunk of x and y" : "none (an older dpmpi or another tool wrote this file: damage would be read silently)");
     printf("  y: %s %lld, label histogram:", ytype, (long long)h->n_total);
     const int show = h->num_classes <= 32 ? h->num_classes : 32;
     for (int k = 0; k < show; k++) printf(" %d:%lld", k, (long long)counts[s][k]);

@@ -6,6 +6,8 @@
  */
 #include "dpmpi/data.h"
 
+#include "h5util.h"
+
 #include <errno.h>
 #include <float.h>
 #include <hdf5.h>
@@ -48,9 +50,6 @@ static void progress(const char *fmt, ...) {
   fflush(stdout);
   va_end(ap);
 }
-
-/* HDF5 prints its whole error stack on every failed call unless told not to. */
-static void hdf5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
 
 static void close_id(hid_t *id, herr_t (*closer)(hid_t)) {
   if (*id >= 0) closer(*id);
@@ -204,6 +203,7 @@ static int read_header(hid_t file, const char *path, const char *group, dpm_data
     goto done;
   }
 
+  hdr->checksums = dpm_h5_is_checked(x) && dpm_h5_is_checked(y);
   xt = H5Dget_type(x);
   xs = H5Dget_space(x);
   H5T_class_t xc = H5Tget_class(xt);
@@ -292,22 +292,9 @@ done:
   return rc;
 }
 
-/* File access: file locks where the file system supports them, silently none where it does not (common
- * on parallel file systems). */
-static hid_t make_fapl(MPI_Comm *comm) {
-  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
-  H5Pset_file_locking(fapl, 1, 1);
-  if (comm) {
-    H5Pset_fapl_mpio(fapl, *comm, MPI_INFO_NULL);
-    /* Every rank makes the same metadata calls: let one rank read and broadcast. */
-    H5Pset_all_coll_metadata_ops(fapl, 1);
-  }
-  return fapl;
-}
-
 static hid_t open_serial(const char *path, char *err) {
   if (check_hdf5_path(path, err)) return -1;
-  hid_t fapl = make_fapl(NULL);
+  hid_t fapl = dpm_h5_fapl(NULL, 1);
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
   H5Pclose(fapl);
   if (f < 0) dpm_err(err, "%s: cannot open as HDF5 (damaged or truncated file?)", path);
@@ -315,7 +302,7 @@ static hid_t open_serial(const char *path, char *err) {
 }
 
 int dpm_dataset_probe(const char *path, const char *group, dpm_dataset *hdr, char err[DPM_ERRLEN]) {
-  hdf5_quiet();
+  dpm_h5_quiet();
   memset(hdr, 0, sizeof *hdr);
   hid_t f = open_serial(path, err);
   if (f < 0) return -1;
@@ -326,19 +313,15 @@ int dpm_dataset_probe(const char *path, const char *group, dpm_dataset *hdr, cha
 
 /* Row window of a 1..4-dimensional dataset: rows [row0, row0 + rows) of `space`, all other dimensions
  * whole; rows == 0 selects nothing (a rank with an empty shard still joins collective reads). Returns a
- * matching memory space. */
+ * matching memory space of the same shape as the selection: with a chunked dataset, a memory space of
+ * another shape makes HDF5 map every element to its chunk one by one (4x slower reads). */
 static hid_t select_rows(hid_t space, hsize_t row0, hsize_t rows) {
   hsize_t dims[H5S_MAX_RANK], start[H5S_MAX_RANK] = {0}, count[H5S_MAX_RANK];
   int rank = H5Sget_simple_extent_ndims(space);
   H5Sget_simple_extent_dims(space, dims, NULL);
-  hsize_t elems = rows;
-  for (int k = 0; k < rank; k++) {
-    count[k] = k == 0 ? rows : dims[k];
-    if (k > 0) elems *= dims[k];
-  }
+  for (int k = 0; k < rank; k++) count[k] = k == 0 ? (rows ? rows : 1) : dims[k];
   start[0] = row0;
-  hsize_t one = 1;
-  hid_t mem = H5Screate_simple(1, elems ? &elems : &one, NULL);
+  hid_t mem = H5Screate_simple(rank, count, NULL);
   if (rows == 0) {
     H5Sselect_none(space);
     H5Sselect_none(mem);
@@ -379,7 +362,7 @@ void dpm_dataset_free(dpm_dataset *d) {
 
 int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t begin, int64_t end,
                      dpm_dataset *out, char err[DPM_ERRLEN]) {
-  hdf5_quiet();
+  dpm_h5_quiet();
   memset(out, 0, sizeof *out);
   err[0] = '\0';
   /* Every rank checks that it can see the file (cheap); only rank 0 reads its signature. */
@@ -389,7 +372,7 @@ int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t
   if (agree(comm, rc, err)) return -1;
   if (agree(comm, rank == 0 ? check_hdf5_path(path, err) : 0, err)) return -1;
 
-  hid_t fapl = make_fapl(&comm);
+  hid_t fapl = dpm_h5_fapl(&comm, 1);
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
   H5Pclose(fapl);
   rc = f < 0 ? dpm_err(err, "%s: cannot open as HDF5 (damaged or truncated file?)", path) : 0;
@@ -488,7 +471,7 @@ int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t
 }
 
 int dpm_dataset_label_counts(const char *path, const char *group, int64_t *counts, char err[DPM_ERRLEN]) {
-  hdf5_quiet();
+  dpm_h5_quiet();
   dpm_dataset hdr;
   hid_t f = open_serial(path, err);
   if (f < 0) return -1;
@@ -534,7 +517,7 @@ static int out_open(out_file *o, const char *out, char *err) {
   o->out = out;
   o->tmp = dpm_malloc(n);
   snprintf(o->tmp, n, "%s.tmp.%ld", out, (long)getpid());
-  hid_t fapl = make_fapl(NULL);
+  hid_t fapl = dpm_h5_fapl(NULL, 1);
   errno = 0;
   o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
   H5Pclose(fapl);
@@ -602,12 +585,11 @@ static int write_root_attrs(hid_t file, int num_classes, const char *source) {
   return rc;
 }
 
-/* Create `name` (e.g. "/train/x") with element type `type` (file type) and dims; contiguous layout (best
- * for parallel hyperslab reads) and no fill pass. Intermediate groups are created as needed. */
+/* Create `name` (e.g. "/train/x") with element type `type` (file type) and dims, chunked by rows with a
+ * Fletcher32 checksum per chunk (h5util.h). Intermediate groups are created as needed. */
 static hid_t create_dset(hid_t file, const char *name, hid_t type, int rank, const hsize_t *dims) {
-  hid_t lcpl = H5Pcreate(H5P_LINK_CREATE), dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  hid_t lcpl = H5Pcreate(H5P_LINK_CREATE), dcpl = dpm_h5_checked_dcpl(rank, dims, H5Tget_size(type));
   H5Pset_create_intermediate_group(lcpl, 1);
-  H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
   hid_t s = H5Screate_simple(rank, dims, NULL);
   hid_t d = H5Dcreate2(file, name, type, s, lcpl, dcpl, H5P_DEFAULT);
   H5Sclose(s);
@@ -744,9 +726,11 @@ static int idx_copy_images(idx_file *f, hid_t file, const char *name, uint64_t *
   hsize_t dims[4] = {N, f->dims[1], f->dims[2], 1};
   hid_t d = create_dset(file, name, H5T_STD_U8LE, 4, dims);
   if (d < 0) return dpm_err(err, "cannot create dataset %s", name);
-  uint64_t chunk = DPM_IO_CHUNK_BYTES / row;
-  if (chunk < 1) chunk = 1;
+  /* Whole HDF5 chunks per write: a partly written checksummed chunk would be read back and rewritten. */
+  const uint64_t per = dpm_h5_chunk_rows(4, dims, 1);
+  uint64_t chunk = per * (DPM_IO_CHUNK_BYTES / (per * row) > 0 ? DPM_IO_CHUNK_BYTES / (per * row) : 1);
   if (chunk > N) chunk = N;
+  if (chunk < 1) chunk = 1;
   uint8_t *buf = dpm_malloc(chunk * row);
   int rc = 0;
   uint64_t s = 0, s2 = 0;
@@ -770,7 +754,7 @@ static int idx_copy_images(idx_file *f, hid_t file, const char *name, uint64_t *
 
 int dpm_convert_idx(const char *train_images, const char *train_labels, const char *test_images,
                     const char *test_labels, const char *out, char err[DPM_ERRLEN]) {
-  hdf5_quiet();
+  dpm_h5_quiet();
   idx_file fi[2] = {{0}}, fl[2] = {{0}};
   const char *ipath[2] = {train_images, test_images}, *lpath[2] = {train_labels, test_labels};
   const char *split[2] = {"train", "test"};
@@ -1064,7 +1048,7 @@ done:
 
 int dpm_convert_csv(const char *train_csv, const char *test_csv, const char *label_column, const char *out,
                     char err[DPM_ERRLEN]) {
-  hdf5_quiet();
+  dpm_h5_quiet();
   csv_table t[2] = {{0}};
   char **names = NULL;
   int ncols = 0, label_col = -1, rc = -1;

@@ -512,6 +512,11 @@ int dpm_cmd_train(int argc, char **argv) {
                         cfg->data_test, thdr.C, thdr.H, thdr.W, thdr.num_classes, cfg->data_train, hdr.C, hdr.H,
                         hdr.W, hdr.num_classes);
   dpm_exit_if_error(tr.comm, failed, err);
+  if (tr.rank == 0)
+    for (int k = 0; k < 2; k++)
+      if (!(k ? thdr : hdr).checksums && !(k && strcmp(cfg->data_test, cfg->data_train) == 0))
+        fprintf(stderr, "dpmpi: warning: %s has no checksums: damage to it would be read silently "
+                "(convert it again with dpmpi data convert)\n", k ? cfg->data_test : cfg->data_train);
   tr.N = hdr.n_total;
   if (cfg->batch_size > tr.N)
     failed = 1, dpm_err(err, "%s: [train] batch_size = %lld exceeds the %lld training examples", cfg->path,

@@ -35,6 +35,7 @@ for np in 1 2; do
   check "info: train histogram" has "$tmp/out" "0:6000 1:6000 2:6000 3:6000 4:6000 5:6000 6:6000 7:6000 8:6000 9:6000"
   check "info: test histogram" has "$tmp/out" "0:1000 1:1000 2:1000 3:1000 4:1000 5:1000 6:1000 7:1000 8:1000 9:1000"
   check "info: fixed, data-independent normalization by default" has "$tmp/out" "mean 0.500000 std 0.500000"
+  check "info: Fletcher32 checksums" has "$tmp/out" "checksums: Fletcher32 on every chunk of x and y"
   check "np=$np info prints once" test "$(grep -c '^train:' "$tmp/out")" = 1
 done
 

@@ -71,18 +71,21 @@ expect_usage_error 2 "sum to 2 but the model has 5 layers" train "$tmp/job.ini" 
 expect_usage_error 1 "device_split" train "$tmp/job.ini" --privacy.device_split=halves
 
 # a failure on one replica only: a non-finite value in the second half of the training set (read by
-# replica 1 alone on a 2x1 and a 2x2 grid)
-python3 - "$tmp/blobs.h5" "$tmp/bad.h5" <<'PY' || bad "could not make the corrupt file"
+# replica 1 alone on a 2x1 and a 2x2 grid), written into a contiguous copy and checksummed again, as a
+# file with a NaN in it written by another tool would be
+h5repack -l CONTI "$tmp/blobs.h5" "$tmp/plain.h5" || bad "h5repack -l CONTI"
+python3 - "$tmp/plain.h5" "$tmp/nan.h5" <<'PY' || bad "could not make the file with a NaN"
 import struct, sys
 data = bytearray(open(sys.argv[1], "rb").read())
 # /train/x is 1000 x 6 float32; find row 900's first value by its bytes (unique in the file)
-rows = [l.split(",") for l in open(sys.argv[1].replace("blobs.h5", "train.csv")).read().split("\n")[1:] if l]
+rows = [l.split(",") for l in open(sys.argv[1].replace("plain.h5", "train.csv")).read().split("\n")[1:] if l]
 pat = struct.pack("<f", float(rows[900][0])) + struct.pack("<f", float(rows[900][1]))
 at = data.find(pat)
 assert at >= 0 and data.find(pat, at + 1) < 0
 data[at:at + 4] = struct.pack("<f", float("nan"))
 open(sys.argv[2], "wb").write(data)
 PY
+h5repack -f FLET "$tmp/nan.h5" "$tmp/bad.h5" || bad "h5repack -f FLET"
 expect_usage_error 2 "row 900" train "$tmp/job.ini" --data.train="$tmp/bad.h5" --data.test="$tmp/blobs.h5"
 expect_usage_error 4 "row 900" train "$tmp/job.ini" --data.train="$tmp/bad.h5" --data.test="$tmp/blobs.h5" \
   --grid.replicas=2 --grid.stages=2

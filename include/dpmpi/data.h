@@ -24,6 +24,7 @@ typedef struct {
   int num_classes;
   int images;          /* 1: x stored as uint8 N x H x W x C, normalized with mean/std; 0: float32 N x d */
   float mean, std;     /* normalization of uint8 images (0 and 1 for float32 data, used as stored) */
+  int checksums;       /* 1: x and y carry Fletcher32 chunk checksums (damage fails the read); 0: none */
   float *x;            /* (end - begin) x C*H*W, normalized (64-byte aligned) */
   int32_t *y;          /* end - begin labels */
 } dpm_dataset;

@@ -1,0 +1,55 @@
+/* HDF5 helpers shared by the dataset files and checkpoints: see h5util.h. */
+#include "h5util.h"
+
+#define CHUNK_BYTES ((size_t)4 << 20)
+
+void dpm_h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+
+hid_t dpm_h5_fapl(MPI_Comm *comm, int lock) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_file_locking(fapl, lock ? 1 : 0, 1);
+  H5Pset_libver_bounds(fapl, H5F_LIBVER_V110, H5F_LIBVER_V110);
+  if (comm) {
+    H5Pset_fapl_mpio(fapl, *comm, MPI_INFO_NULL);
+    H5Pset_all_coll_metadata_ops(fapl, 1);
+    H5Pset_coll_metadata_write(fapl, 1);
+  }
+  return fapl;
+}
+
+hsize_t dpm_h5_chunk_rows(int rank, const hsize_t *dims, size_t elem_bytes) {
+  size_t row = elem_bytes;
+  for (int k = 1; k < rank; k++) row *= (size_t)dims[k];
+  hsize_t most = (hsize_t)(CHUNK_BYTES / (row ? row : 1));
+  if (most < 1) most = 1;
+  if (dims[0] == 0) return 1;
+  /* as many chunks as needed, all of about the same size (the last one is not mostly empty space) */
+  hsize_t chunks = (dims[0] + most - 1) / most;
+  return (dims[0] + chunks - 1) / chunks;
+}
+
+hid_t dpm_h5_checked_dcpl(int rank, const hsize_t *dims, size_t elem_bytes) {
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+  if (dims[0] == 0) return dcpl;
+  hsize_t chunk[H5S_MAX_RANK];
+  chunk[0] = dpm_h5_chunk_rows(rank, dims, elem_bytes);
+  for (int k = 1; k < rank; k++) chunk[k] = dims[k];
+  H5Pset_chunk(dcpl, rank, chunk);
+  H5Pset_fletcher32(dcpl);
+  H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+  return dcpl;
+}
+
+int dpm_h5_is_checked(hid_t d) {
+  hid_t dcpl = H5Dget_create_plist(d);
+  if (dcpl < 0) return 0;
+  int n = H5Pget_nfilters(dcpl), found = 0;
+  for (int i = 0; i < n; i++) {
+    unsigned flags;
+    size_t nelem = 0;
+    if (H5Pget_filter2(dcpl, (unsigned)i, &flags, &nelem, NULL, 0, NULL, NULL) == H5Z_FILTER_FLETCHER32) found = 1;
+  }
+  H5Pclose(dcpl);
+  return found;
+}
