@@ -190,7 +190,7 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
   int rc = 0;
   H5E_BEGIN_TRY {
     hid_t fapl = dpm_h5_fapl(&comm, 0);
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    hid_t f = dpm_h5_create(tmp, fapl);
     H5Pclose(fapl);
     if (f < 0) {
       rc = dpm_err(err, "%s: cannot create the checkpoint file (does the directory exist and is it writable?)", tmp);
@@ -419,7 +419,7 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
   H5E_BEGIN_TRY {
     hid_t fapl = dpm_h5_fapl(NULL, 0);
     hid_t src = H5Fopen(ckpt, H5F_ACC_RDONLY, fapl);
-    hid_t dst = src >= 0 ? H5Fcreate(tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : -1;
+    hid_t dst = src >= 0 ? dpm_h5_create(tmp, fapl) : -1;
     H5Pclose(fapl);
     if (src < 0) rc = dpm_err(err, "%s: cannot open", ckpt);
     else if (dst < 0) rc = dpm_err(err, "%s: cannot create", tmp);

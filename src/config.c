@@ -255,6 +255,12 @@ static char *read_file(const char *path, char err[DPM_ERRLEN]) {
   }
   fclose(f);
   buf[len] = '\0';
+  if (len > DPM_JOB_MAX_BYTES) {
+    dpm_free(buf);
+    dpm_err(err, "%s: job file is %zu bytes; at most %d are accepted (is it a job file?)", path, len,
+            DPM_JOB_MAX_BYTES);
+    return NULL;
+  }
   if (memchr(buf, '\0', len)) {
     dpm_free(buf);
     dpm_err(err, "%s: not a text file", path);
@@ -330,11 +336,17 @@ int dpm_config_load(const char *path, int n_overrides, char **overrides, dpm_con
       dpm_free(cfg->model_layers);
       cfg->model_layers = NULL;
     }
+    /* the training length is one of two keys: an override of either replaces the file's */
+    if (strcmp(section, "train") == 0 && strcmp(name, "steps") == 0) cfg->epochs = 0;
+    if (strcmp(section, "train") == 0 && strcmp(name, "epochs") == 0) cfg->steps = 0;
     handler(&st, section, name, eq + 1);
     if (st.failed) return -1;
     for (size_t k = 0; k < N_KEYS; k++) st.seen[k] = 0;
     len += (size_t)snprintf(cfg->text + len, cap - len, "# %s\n", o);
   }
+  if (len > DPM_JOB_MAX_BYTES)
+    return dpm_err(err, "%s: the job text with its overrides is %zu bytes; at most %d are accepted", path, len,
+                   DPM_JOB_MAX_BYTES);
   return check_combinations(cfg, err);
 }
 

@@ -519,7 +519,7 @@ static int out_open(out_file *o, const char *out, char *err) {
   snprintf(o->tmp, n, "%s.tmp.%ld", out, (long)getpid());
   hid_t fapl = dpm_h5_fapl(NULL, 1);
   errno = 0;
-  o->file = H5Fcreate(o->tmp, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  o->file = dpm_h5_create(o->tmp, fapl);
   H5Pclose(fapl);
   if (o->file < 0) {
     int e = errno;

@@ -17,6 +17,14 @@ hid_t dpm_h5_fapl(MPI_Comm *comm, int lock) {
   return fapl;
 }
 
+hid_t dpm_h5_create(const char *path, hid_t fapl) {
+  hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+  H5Pset_attr_phase_change(fcpl, 64, 48);
+  hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, fcpl, fapl);
+  H5Pclose(fcpl);
+  return f;
+}
+
 hsize_t dpm_h5_chunk_rows(int rank, const hsize_t *dims, size_t elem_bytes) {
   size_t row = elem_bytes;
   for (int k = 1; k < rank; k++) row *= (size_t)dims[k];

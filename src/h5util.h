@@ -14,6 +14,11 @@ void dpm_h5_quiet(void);
  * them (0: none, for files one job both writes and reopens). */
 hid_t dpm_h5_fapl(MPI_Comm *comm, int lock);
 
+/* Create (truncate) path with fapl. Up to 64 attributes per object stay in its object header, which the
+ * 1.10 format checksums (beyond 8, HDF5 would move them to a heap whose blocks carry no checksum, and a
+ * damaged attribute would read silently). Each attribute must then be below 64 KiB. */
+hid_t dpm_h5_create(const char *path, hid_t fapl);
+
 /* Creation list for a dataset of `rank` dims (row-major, dims[0] = rows) of elem_bytes-sized elements:
  * chunks of whole rows, at most ~4 MiB, each with a Fletcher32 checksum that HDF5 verifies on every
  * read; space allocated at creation (required for parallel writes of filtered data). A dataset with no

@@ -53,6 +53,27 @@ int main(int argc, char **argv) {
   CHECK(strstr(cfg.text, "--train.lr=0.5") != NULL, "overrides recorded in the provenance text");
   dpm_config_free(&cfg);
 
+  /* the training length: an override of steps replaces the file's epochs, and back */
+  char *len_over[] = {"--train.steps=7"};
+  CHECK(dpm_config_load(path, 1, len_over, &cfg, err) == 0, "--train.steps over a file's epochs: %s", err);
+  CHECK(cfg.steps == 7 && cfg.epochs == 0, "steps override: steps %lld epochs %g", (long long)cfg.steps, cfg.epochs);
+  dpm_config_free(&cfg);
+  char *len_over2[] = {"--train.steps=7", "--train.epochs=1.5"};
+  CHECK(dpm_config_load(path, 2, len_over2, &cfg, err) == 0, "steps then epochs: %s", err);
+  CHECK(cfg.steps == 0 && cfg.epochs == 1.5, "the last length override wins");
+  dpm_config_free(&cfg);
+
+  /* a job file too large to keep in a checkpoint attribute */
+  {
+    size_t big = DPM_JOB_MAX_BYTES + 100;
+    char *text = dpm_malloc(big + strlen(BASE) + 1);
+    strcpy(text, BASE);
+    size_t at = strlen(text);
+    while (at < big) at += (size_t)sprintf(text + at, "; %s\n", "a comment line that makes the job file large");
+    expect_error(text, 0, NULL, "bytes; at most 32768", path);
+    dpm_free(text);
+  }
+
   char buf[1024];
   snprintf(buf, sizeof buf, "%s[train]\nlearning_rate = 1\n", BASE);
   expect_error(buf, 0, NULL, "unknown key 'learning_rate'", "[train]");

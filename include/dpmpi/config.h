@@ -11,6 +11,10 @@
 
 #include "dpmpi/common.h"
 
+/* Largest job text (file plus overrides) accepted: checkpoints keep it in a checksummed HDF5 attribute,
+ * which must stay below 64 KiB. */
+#define DPM_JOB_MAX_BYTES 32768
+
 typedef enum { DPM_CLIP_FLAT, DPM_CLIP_PER_LAYER, DPM_CLIP_PER_DEVICE } dpm_clipping;
 typedef enum { DPM_SPLIT_EVEN, DPM_SPLIT_PARAMS } dpm_device_split;
 typedef enum { DPM_SCHED_CONSTANT, DPM_SCHED_COSINE, DPM_SCHED_STEP } dpm_schedule;
