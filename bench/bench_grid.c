@@ -251,14 +251,16 @@ static void part_weak(const dpm_dataset *set, const dpm_grid *g, int repeats, in
     return;
   }
   for (int mi = 0; mi < 2; mi++) {
-    runner solo, each, wide;
+    runner solo, each, wide, kept;
     if (g->rank == 0) runner_init(&solo, layers[mi], MPI_COMM_SELF, MPI_COMM_SELF, MPI_COMM_SELF, set, batch,
                                   DPM_CLIP_FLAT, batch, steps);
     runner_init(&each, layers[mi], MPI_COMM_SELF, MPI_COMM_SELF, MPI_COMM_SELF, set, batch, DPM_CLIP_FLAT, batch,
                 steps);
     runner_init(&wide, layers[mi], g->world, g->dp, g->pipe, set, batch, DPM_CLIP_FLAT, batch, steps);
+    runner_init(&kept, layers[mi], g->world, g->dp, g->pipe, set, batch, DPM_CLIP_FLAT, batch, steps);
+    kept.st.keep_shards = 1; /* every replica computes its own Poisson sample: waits for the largest */
     double t1[MAX_REPEATS], x1[MAX_REPEATS], xc[MAX_REPEATS], tR[MAX_REPEATS], xR[MAX_REPEATS], am[MAX_REPEATS],
-        al[MAX_REPEATS], out[5];
+        al[MAX_REPEATS], xK[MAX_REPEATS], out[5];
     for (int k = -1; k < repeats; k++) { /* k = -1: warm-up round, not counted */
       if (g->rank == 0) runner_repeat(&solo, steps, out);
       if (g->rank == 0 && k >= 0) t1[k] = out[0], x1[k] = out[1];
@@ -269,6 +271,8 @@ static void part_weak(const dpm_dataset *set, const dpm_grid *g, int repeats, in
       if (k >= 0) xc[k] = out[1];
       runner_repeat(&wide, steps, out);
       if (k >= 0) tR[k] = out[0], xR[k] = out[1], am[k] = out[2], al[k] = out[3];
+      runner_repeat(&kept, steps, out);
+      if (k >= 0) xK[k] = out[1];
     }
     if (g->rank == 0) {
       double e1 = median(x1, repeats), ec = median(xc, repeats), eR = median(xR, repeats);
@@ -279,10 +283,13 @@ static void part_weak(const dpm_dataset *set, const dpm_grid *g, int repeats, in
              "", g->size, 1e3 * median(am, repeats), 1e3 * median(al, repeats));
       printf("  %-15s %d independent 1-rank jobs at once (machine contention, no communication): %8.0f ex/s in total; "
              "%d ranks against them: %.3f\n", "", g->size, ec, g->size, eR / ec);
+      printf("  %-15s without rebalancing the sample (keep_shards): %8.0f ex/s, efficiency %.3f; rebalanced / kept "
+             "%.3f\n", "", median(xK, repeats), median(xK, repeats) / (g->size * e1), eR / median(xK, repeats));
       runner_free(&solo);
     }
     runner_free(&each);
     runner_free(&wide);
+    runner_free(&kept);
   }
 }
 

@@ -2,7 +2,8 @@
  * 2x1, 1x2; 3x1, 1x3; 4x1, 2x2, 1x4), each against runs in the same process:
  * - grid invariance: 50 steps sample exactly the batches of a 1x1 run and end with parameters within
  *   1e-5 relative of it (flat and per-layer clipping; per-device against 1xS, whose pieces are the same);
- *   balanced and explicit layer splits; the same grid twice is bitwise identical;
+ *   balanced and explicit layer splits; the same grid twice is bitwise identical; the sampled examples
+ *   are rebalanced so that every replica computes floor or ceil of the mean (and some do move);
  * - clipping: one step's clipped sum (q = 1, no noise) equals a brute-force 1-rank reference that takes
  *   each example's gradient alone and clips it by the mode's rule (flat, per-layer, per-device pieces);
  * - I1 sensitivity: removing one example moves the pre-noise sum by at most C over the whole model, and
@@ -72,6 +73,7 @@ static uint64_t mix(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+static long long examples_moved; /* guests received by this rank over all runs (rebalancing) */
 static size_t gathered_offset; /* this rank's stage's offset in the last gathered vector */
 
 /* The whole vector from the stages' slices (every replica holds the same), on every rank. */
@@ -123,6 +125,14 @@ static float *run(MPI_Comm comm, gridspec g, const job *j, size_t *P_out, uint64
   int steps = j->steps ? j->steps : 1;
   for (int t = 0; t < steps; t++) {
     dpm_step_run(&st, (uint64_t)t, stats);
+    /* rebalancing: every replica computes floor or ceil of the mean sample; count what moved */
+    long long T = st.nsel;
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &T, 1, MPI_LONG_LONG, MPI_SUM, grid.dp));
+    const long long want = T * (st.rank + 1) / g.D - T * st.rank / g.D;
+    CHECK(st.nwalk == want && st.nkeep <= st.nsel && st.nkeep <= st.nwalk, "%dx%d step %d: replica %d computed %lld "
+          "examples (kept %lld of its %lld), expected %lld of %lld", g.D, g.S, t, st.rank, (long long)st.nwalk,
+          (long long)st.nkeep, (long long)st.nsel, want, T);
+    examples_moved += st.nwalk - st.nkeep;
     uint64_t hs = 0;
     if (grid.stage == 0)
       for (int64_t i = 0; i < st.nsel; i++) hs += mix((uint64_t)st.sel[i] * 1000003u + (uint64_t)t);
@@ -192,7 +202,11 @@ static void test_grid_invariance(void) {
       double rd = rel_diff(ref, got, P);
       CHECK(rd <= 1e-5, "%dx%d split %s, %s clipping: parameters after 50 steps differ from the reference by %g relative",
             g.D, g.S, g.split ? g.split : "balanced", mode_name(mode), rd);
+      long long moved = examples_moved;
       float *again = run(MPI_COMM_WORLD, g, &j, &P, &h_again);
+      moved = examples_moved - moved;
+      DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &moved, 1, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD));
+      CHECK(g.D == 1 || moved > 0, "%dx%d: no sampled example was moved between replicas in 50 steps", g.D, g.S);
       CHECK(memcmp(got, again, sizeof(float) * P) == 0 && h_again == h_got, "%dx%d %s: the same grid twice is not bitwise "
             "identical", g.D, g.S, mode_name(mode));
       free(ref);

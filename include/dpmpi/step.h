@@ -11,6 +11,13 @@
  * one allreduce of the sample's squared norms over the pipeline, then the clipped accumulation), about
  * twice the compute; per-device clipping avoids it (He et al. 2022).
  *
+ * Rebalancing: Poisson sampling gives each replica a batch of random size (standard deviation
+ * sqrt(q N / D)), and every step would wait for the largest of D. Unless keep_shards is set, the
+ * replicas agree on the counts (one allgather), and those above the mean send their last sampled
+ * examples' inputs and labels to those below (a deterministic plan every rank computes), so every
+ * replica computes floor or ceil of the mean. The sampled set, the clipped sum and the noise are
+ * unchanged: only which rank computes an example moves.
+ *
  * After dpm_step_run the model's grads slab holds, on every rank of the stage, this stage's slice of
  *   sum over sampled examples of clip(grad_i) + N(0, sigma^2 C^2 I)
  * (the plain sum when privacy is off), identical to the same slice of a 1 x 1 run. The caller divides by
@@ -41,6 +48,8 @@ typedef struct {
   int physical_batch;      /* micro-batch size, <= dpm_model_max_batch(model) */
   dpm_key sample_key, noise_key;
   int measure_wait;        /* benchmarks: a barrier before the allreduce, its time in time_wait */
+  int keep_shards;         /* 1: every replica computes exactly its own sample; 0 (default): the
+                              sampled examples are rebalanced over the replicas (see below) */
   /* set by dpm_step_init */
   int rank, size;          /* in comm */
   int stage, stages;       /* in pipe */
@@ -56,6 +65,15 @@ typedef struct {
   dpm_model **ctx;         /* micro-batches in flight: ctx[0] = model, the others share its parameters */
   MPI_Request *req;        /* per context: activation send, gradient send */
   int64_t *sel, nsel;      /* the last step's sample of this replica's shard (global indices) */
+  int64_t nwalk, nkeep;    /* examples this rank computed: sel[0 .. nkeep) and nwalk - nkeep guests */
+  int64_t guest_cap, send_cap;
+  float *gx;               /* guests: inputs (first stage) and labels (last stage) of examples */
+  int32_t *gy;             /* sampled on other replicas' shards, received for this step */
+  int *counts;             /* per replica: sampled, then computed, examples (rebalancing) */
+  float *sendx;            /* rebalancing: packed inputs and labels to send */
+  int32_t *sendy;
+  MPI_Request *xreq;
+  int xreq_cap;
   double *norms;           /* flat clipping on S > 1: per sampled example squared norm */
   float *xb, *doutb, *sq, *coef; /* xb: the micro-batch input (gathered rows, or received activations) */
   int32_t *yb;
