@@ -31,14 +31,7 @@ static int put_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, const
   return rc;
 }
 
-static int put_str(hid_t obj, const char *name, const char *v) {
-  hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, strlen(v) + 1);
-  H5Tset_strpad(t, H5T_STR_NULLTERM);
-  int rc = put_attr(obj, name, t, t, v);
-  H5Tclose(t);
-  return rc;
-}
+static int put_str(hid_t obj, const char *name, const char *v) { return dpm_h5_put_str(obj, name, v); }
 
 static int get_attr(hid_t obj, const char *name, hid_t mtype, void *v) {
   if (H5Aexists(obj, name) <= 0) return -1;
@@ -48,22 +41,7 @@ static int get_attr(hid_t obj, const char *name, hid_t mtype, void *v) {
   return rc;
 }
 
-static char *get_str(hid_t obj, const char *name) {
-  if (H5Aexists(obj, name) <= 0) return NULL;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = a >= 0 ? H5Aget_type(a) : -1;
-  char *out = NULL;
-  if (t >= 0 && H5Tget_class(t) == H5T_STRING && !H5Tis_variable_str(t)) {
-    size_t n = H5Tget_size(t);
-    out = dpm_calloc(n + 1, 1);
-    hid_t mt = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mt, n);
-    if (H5Aread(a, mt, out) < 0) dpm_free(out), out = NULL;
-    H5Tclose(mt);
-  }
-  if (t >= 0) H5Tclose(t);
-  if (a >= 0) H5Aclose(a);
-  return out;
-}
+static char *get_str(hid_t obj, const char *name) { return dpm_h5_get_str(obj, name); }
 
 /* ---- layers ----------------------------------------------------------------------------------- */
 

@@ -102,38 +102,11 @@ done:
 /* Read string attribute `name` (fixed or variable length) into buf; 1 if absent, 0 if read, -1 on error. */
 static int read_str_attr(hid_t obj, const char *path, const char *name, char *buf, size_t cap, char *err) {
   if (H5Aexists(obj, name) <= 0) return 1;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = -1, mt = -1;
-  int rc = -1;
-  if (a < 0) goto fail;
-  t = H5Aget_type(a);
-  if (H5Tget_class(t) != H5T_STRING) goto fail;
-  if (H5Tis_variable_str(t) > 0) {
-    char *s = NULL;
-    mt = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mt, H5T_VARIABLE);
-    H5Tset_cset(mt, H5Tget_cset(t));
-    if (H5Aread(a, mt, &s) < 0 || !s) goto fail;
-    snprintf(buf, cap, "%s", s);
-    H5free_memory(s);
-  } else {
-    size_t n = H5Tget_size(t);
-    char *s = dpm_calloc(n + 1, 1);
-    mt = H5Tcopy(H5T_C_S1);
-    H5Tset_size(mt, n + 1);
-    H5Tset_strpad(mt, H5T_STR_NULLTERM);
-    H5Tset_cset(mt, H5Tget_cset(t));
-    herr_t r = H5Aread(a, mt, s);
-    snprintf(buf, cap, "%s", s);
-    dpm_free(s);
-    if (r < 0) goto fail;
-  }
-  rc = 0;
-fail:
-  if (rc) dpm_err(err, "%s: attribute '%s' must be a string", path, name);
-  close_id(&mt, H5Tclose);
-  close_id(&t, H5Tclose);
-  close_id(&a, H5Aclose);
-  return rc;
+  char *v = dpm_h5_get_str(obj, name);
+  if (!v) return dpm_err(err, "%s: attribute '%s' must be a string", path, name);
+  snprintf(buf, cap, "%s", v);
+  dpm_free(v);
+  return 0;
 }
 
 /* Check that link `name` (absolute, e.g. "/train/x") exists, walking one component at a time. */
@@ -566,14 +539,7 @@ static int write_attr(hid_t obj, const char *name, hid_t type, const void *v) {
   return e < 0 ? -1 : 0;
 }
 
-static int write_str_attr(hid_t obj, const char *name, const char *value) {
-  hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, H5T_VARIABLE);
-  H5Tset_cset(t, H5T_CSET_UTF8);
-  int rc = write_attr(obj, name, t, &value);
-  H5Tclose(t);
-  return rc;
-}
+static int write_str_attr(hid_t obj, const char *name, const char *value) { return dpm_h5_put_str(obj, name, value); }
 
 static int write_root_attrs(hid_t file, int num_classes, const char *source) {
   hid_t root = H5Gopen2(file, "/", H5P_DEFAULT);

@@ -1,6 +1,11 @@
 /* HDF5 helpers shared by the dataset files and checkpoints: see h5util.h. */
 #include "h5util.h"
 
+#include <stdio.h>
+#include <string.h>
+
+#include "dpmpi/common.h"
+
 #define CHUNK_BYTES ((size_t)4 << 20)
 
 void dpm_h5_quiet(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
@@ -60,4 +65,42 @@ int dpm_h5_is_checked(hid_t d) {
   }
   H5Pclose(dcpl);
   return found;
+}
+
+int dpm_h5_put_str(hid_t obj, const char *name, const char *value) {
+  hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
+  H5Tset_size(t, H5T_VARIABLE);
+  H5Tset_cset(t, H5T_CSET_UTF8);
+  hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+  int rc = (a >= 0 && H5Awrite(a, t, &value) >= 0) ? 0 : -1;
+  if (a >= 0) H5Aclose(a);
+  H5Sclose(sp);
+  H5Tclose(t);
+  return rc;
+}
+
+char *dpm_h5_get_str(hid_t obj, const char *name) {
+  if (H5Aexists(obj, name) <= 0) return NULL;
+  hid_t a = H5Aopen(obj, name, H5P_DEFAULT), t = a >= 0 ? H5Aget_type(a) : -1, mt = -1;
+  char *out = NULL;
+  if (t >= 0 && H5Tget_class(t) == H5T_STRING) {
+    mt = H5Tcopy(H5T_C_S1);
+    H5Tset_cset(mt, H5Tget_cset(t));
+    if (H5Tis_variable_str(t) > 0) {
+      char *s = NULL;
+      H5Tset_size(mt, H5T_VARIABLE);
+      if (H5Aread(a, mt, &s) >= 0 && s) out = dpm_strdup(s);
+      if (s) H5free_memory(s);
+    } else {
+      size_t n = H5Tget_size(t);
+      out = dpm_calloc(n + 1, 1);
+      H5Tset_size(mt, n + 1);
+      H5Tset_strpad(mt, H5T_STR_NULLTERM);
+      if (H5Aread(a, mt, out) < 0) dpm_free(out), out = NULL;
+    }
+  }
+  if (mt >= 0) H5Tclose(mt);
+  if (t >= 0) H5Tclose(t);
+  if (a >= 0) H5Aclose(a);
+  return out;
 }

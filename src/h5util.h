@@ -28,6 +28,12 @@ hid_t dpm_h5_checked_dcpl(int rank, const hsize_t *dims, size_t elem_bytes);
 /* Rows per chunk that dpm_h5_checked_dcpl chooses (>= 1): writers that stream rows write whole chunks. */
 hsize_t dpm_h5_chunk_rows(int rank, const hsize_t *dims, size_t elem_bytes);
 
+/* Scalar string attribute: written as a variable-length UTF-8 string (h5py reads it as str); read in
+ * either form (fixed or variable length). get returns a dpm_malloc'd string, NULL if the attribute is
+ * absent or not a string. put returns 0 or -1. */
+int dpm_h5_put_str(hid_t obj, const char *name, const char *value);
+char *dpm_h5_get_str(hid_t obj, const char *name);
+
 /* 1 if dataset d carries the Fletcher32 filter, 0 if not. */
 int dpm_h5_is_checked(hid_t d);
 

@@ -124,6 +124,18 @@ for a in epsilon delta accountant sampling_rate noise_multiplier steps clipping 
 done
 check "released model: no optimizer, no seed" bash -c "! grep -qE 'optimizer|\"seed\"|\"job\"' '$tmp/rel.txt'"
 check "released model: parameters equal the checkpoint's" same_h5 "$ref" "$tmp/released.h5" /model
+h5py_check "h5py reads the checkpoint and the released model" '
+import sys, h5py, numpy as np
+c, r = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+assert c.attrs["format"] == "dpmpi-checkpoint" and c.attrs["step"] == 20, dict(c.attrs)
+assert "[privacy]" in c.attrs["job"] and c.attrs["reproducible"] == 1
+w = c["model/layer_001/weight"]
+assert w.shape == (16, 6) and w.dtype == np.float32 and w.fletcher32, (w.shape, w.dtype)
+assert len(c["privacy/privacy_ledger"]) >= 1 and "count" in c["privacy/privacy_ledger"].dtype.names
+assert r.attrs["format"] == "dpmpi-model" and r.attrs["clipping"] == "flat" and 0 < r.attrs["epsilon"] < 50
+assert "job" not in r.attrs and "seed" not in r.attrs and "optimizer" not in r
+assert np.array_equal(r["model/layer_001/weight"][:], w[:])
+' "$ref" "$tmp/released.h5"
 expect_usage_error 1 "expected 2 arguments" export "$tmp/full"
 
 # errors: missing, a different model, a complete run

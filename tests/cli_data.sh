@@ -60,6 +60,15 @@ if command -v h5dump >/dev/null; then
     check "h5dump shows $want" has "$tmp/h5" "$want"
   done
   check "num_classes is 10" has <(h5dump -a /num_classes "$fmh5") "(0): 10"
+  h5py_check "h5py reads the dataset (checksummed chunks, str attributes, 6000 of each class)" '
+import sys, h5py, numpy as np
+f = h5py.File(sys.argv[1], "r")
+assert f.attrs["format"] == "dpmpi-dataset" and f.attrs["source"] == "idx" and f.attrs["num_classes"] == 10
+x, y = f["train/x"], f["train/y"]
+assert x.shape == (60000, 28, 28, 1) and x.dtype == np.uint8 and x.fletcher32 and y.fletcher32
+assert (np.bincount(y[:], minlength=10) == 6000).all()
+assert 0.28 < x[:1000].mean() / 255 < 0.30
+' "$fmh5"
 else
   bad "h5dump not installed (apt-get install hdf5-tools)"
 fi

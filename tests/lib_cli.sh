@@ -59,6 +59,14 @@ make_blobs() {
     --out "$tmp/blobs.h5" >/dev/null || bad "csv convert"
 }
 
+# h5py_check DESCRIPTION PYTHON_CODE ARGS...: the code (run by Debian's python3 with h5py, argv = ARGS)
+# must exit 0; h5py missing is a failure (scripts/install-deps.sh installs python3-h5py for the tests)
+h5py_check() {
+  local what=$1 code=$2; shift 2
+  if ! /usr/bin/python3 -c 'import h5py' 2>/dev/null; then bad "$what: h5py missing (apt-get install python3-h5py)"; return; fi
+  if /usr/bin/python3 -c "$code" "$@" >"$tmp/py" 2>&1; then ok; else bad "$what"; sed 's/^/    /' "$tmp/py" | tail -5 >&2; fi
+}
+
 # finish NAME: the closing line and the exit status
 finish() {
   echo "$1: $passed passed, $failed failed"
