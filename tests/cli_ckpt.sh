@@ -61,7 +61,7 @@ long=(--train.epochs=100000 --privacy.epsilon=50 --train.eval_every=100000 --che
       --checkpoint.every=100000000)
 signal_run() { # signal_run SIGNAL WHO [ARGS]: start a long 2-rank run, signal it after its first steps
   local sig=$1 who=$2; shift 2
-  timeout 120 "$mpiexec" -q --allow-run-as-root --oversubscribe -np 2 "$dpmpi" train "$tmp/job.ini" "${long[@]}" "$@" \
+  timeout 120 "$mpiexec" -q --allow-run-as-root --oversubscribe --bind-to none -np 2 "$dpmpi" train "$tmp/job.ini" "${long[@]}" "$@" \
     >"$tmp/sig.out" 2>"$tmp/sig.err" &
   local pid=$! mp=""
   for i in $(seq 200); do grep -aq '^step' "$tmp/sig.out" 2>/dev/null && break; sleep 0.1; done
@@ -85,7 +85,7 @@ check "SIGTERM: a second checkpoint" test "$(ls "$tmp/sig" | wc -l)" = 2
 kills=0
 for k in $(seq 1 12); do
   rm -rf "$tmp/crash"
-  "$mpiexec" -q --allow-run-as-root --oversubscribe -np 2 "$dpmpi" train "$tmp/job.ini" "${long[@]}" \
+  "$mpiexec" -q --allow-run-as-root --oversubscribe --bind-to none -np 2 "$dpmpi" train "$tmp/job.ini" "${long[@]}" \
     --checkpoint.dir="$tmp/crash" --checkpoint.every=1 --checkpoint.keep=2 >/dev/null 2>&1 &
   pid=$!
   for i in $(seq 200); do [ -n "$(ls "$tmp/crash" 2>/dev/null | grep -v tmp)" ] && break; sleep 0.05; done

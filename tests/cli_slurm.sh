@@ -14,6 +14,7 @@
 # Needs root and the Debian packages slurm-wlm and munge (DPM_WITH_SLURM=1 scripts/install-deps.sh).
 # Usage: bash tests/cli_slurm.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=300
+# ctest: serial
 source "$(dirname "$0")/lib_cli.sh"
 src=$(cd "${2:?usage: $0 BUILD_DIR SOURCE_DIR}" && pwd)
 t_begin=$SECONDS

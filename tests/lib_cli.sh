@@ -25,7 +25,9 @@ run() {
   if [ "$np" = 1 ]; then
     timeout 120 "$dpmpi" "$@" >"$tmp/out" 2>"$tmp/err"
   else
-    timeout 120 "$mpiexec" -q --allow-run-as-root --oversubscribe -np "$np" "$dpmpi" "$@" >"$tmp/out" 2>"$tmp/err"
+    # --bind-to none: ctest runs two tests at once, and two jobs binding their ranks to the same cores
+    # would spin against each other
+    timeout 120 "$mpiexec" -q --allow-run-as-root --oversubscribe --bind-to none -np "$np" "$dpmpi" "$@" >"$tmp/out" 2>"$tmp/err"
   fi
   echo $? >"$tmp/rc"
 }
