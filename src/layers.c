@@ -306,7 +306,11 @@ void dpm_relu_forward(float *out, const float *x, size_t n) {
 }
 
 void dpm_relu_backward(float *dx, const float *dout, const float *out, size_t n) {
-  for (size_t k = 0; k < n; k++) dx[k] = out[k] > 0 ? dout[k] : 0.0f;
+  /* dout loaded unconditionally: the select then vectorizes (a conditional load compiles to a branch) */
+  for (size_t k = 0; k < n; k++) {
+    const float g = dout[k];
+    dx[k] = out[k] > 0 ? g : 0.0f;
+  }
 }
 
 /* exp(x) for x in [-88, 88]: Cephes expf (2^n by exponent bits, degree-6 polynomial on the reduced
