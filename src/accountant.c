@@ -584,8 +584,29 @@ int dpm_ledger_read_hdf5(dpm_ledger **out, hid_t group, char err[DPM_ERRLEN]) {
 
 /* ---- calibration ----------------------------------------------------------------------------- */
 
-static int eps_of(double q, double sigma, int64_t steps, double delta, dpm_accountant_kind kind, double *eps,
-                  char *err) {
+/* Epsilon of the events of `prior` (NULL: none) followed by `steps` steps of (q, sigma). */
+static int eps_of(const dpm_ledger *prior, double q, double sigma, int64_t steps, double delta,
+                  dpm_accountant_kind kind, double *eps, char *err) {
+  if (prior && ledger_total_count(prior) > 0) { /* after other releases (DP-PCA): heterogeneous composition */
+    if (kind == DPM_ACCT_RDP) {
+      double tot[MAX_ORDERS], r[MAX_ORDERS];
+      const double *o;
+      int no = ledger_rdp(prior, tot);
+      dpm_rdp_default_orders(&o);
+      dpm_rdp_vector(q, sigma, o, no, r);
+      for (int a = 0; a < no; a++) tot[a] += (double)steps * r[a];
+      *eps = dpm_rdp_to_epsilon(o, tot, no, delta, 0, NULL);
+      return 0;
+    }
+    int n;
+    dpm_pld_event *ev = ledger_pld_events(prior, q, sigma, steps, &n);
+    dpm_pld_result r;
+    int rc = dpm_pld_epsilon(ev, n, delta, &r, err);
+    dpm_free(ev);
+    if (rc) return -1;
+    *eps = r.epsilon_upper;
+    return 0;
+  }
   if (kind == DPM_ACCT_RDP) {
     *eps = dpm_rdp_epsilon(q, sigma, steps, delta, NULL);
     return 0;
@@ -602,17 +623,28 @@ static int eps_of(double q, double sigma, int64_t steps, double delta, dpm_accou
 
 int dpm_calibrate_sigma(double target, double delta, double q, int64_t steps, dpm_accountant_kind kind,
                         double *sigma, char err[DPM_ERRLEN]) {
+  return dpm_calibrate_sigma_after(NULL, target, delta, q, steps, kind, sigma, err);
+}
+
+int dpm_calibrate_sigma_after(const dpm_ledger *prior, double target, double delta, double q, int64_t steps,
+                              dpm_accountant_kind kind, double *sigma, char err[DPM_ERRLEN]) {
   if (dpm_accountant_check_args(q, 1.0, delta, steps, err)) return -1;
   if (!(target > 0) || !isfinite(target)) return dpm_err(err, "target epsilon %g must be positive and finite", target);
+  if (prior && ledger_total_count(prior) > 0) { /* the earlier releases alone must leave room */
+    double e0;
+    if (dpm_ledger_epsilon(prior, delta, kind, &e0, err)) return -1;
+    if (!(e0 < target))
+      return dpm_err(err, "target epsilon %g is unreachable: the earlier releases alone spend epsilon %g", target, e0);
+  }
   /* bracket [lo, hi] with eps(lo) > target >= eps(hi), starting from sigma = 1 */
   double lo = 1.0, hi = 1.0, e;
-  if (eps_of(q, 1.0, steps, delta, kind, &e, err)) return -1;
+  if (eps_of(prior, q, 1.0, steps, delta, kind, &e, err)) return -1;
   double e_hi = e;
   if (e > target) {
     for (;;) {
       lo = hi;
       hi = fmin(hi * 4, SIGMA_MAX);
-      if (eps_of(q, hi, steps, delta, kind, &e_hi, err)) return -1;
+      if (eps_of(prior, q, hi, steps, delta, kind, &e_hi, err)) return -1;
       if (e_hi <= target) break;
       if (hi >= SIGMA_MAX)
         return dpm_err(err, "target epsilon %g is unreachable: even noise multiplier %g gives epsilon %g "
@@ -624,7 +656,7 @@ int dpm_calibrate_sigma(double target, double delta, double q, int64_t steps, dp
       hi = lo;
       e_hi = e;
       lo = fmax(lo / 4, SIGMA_MIN);
-      if (eps_of(q, lo, steps, delta, kind, &e, err)) return -1;
+      if (eps_of(prior, q, lo, steps, delta, kind, &e, err)) return -1;
       if (e > target) break;
       if (lo <= SIGMA_MIN)
         return dpm_err(err, "target epsilon %g is met already at noise multiplier %g (epsilon %g): "
@@ -634,7 +666,7 @@ int dpm_calibrate_sigma(double target, double delta, double q, int64_t steps, dp
   /* bisection in log sigma: lo fails, hi meets the target */
   while (hi / lo - 1 > 1e-5 && !(target - e_hi < 1e-4 * fmax(target, 0.1))) {
     double mid = sqrt(lo * hi), em;
-    if (eps_of(q, mid, steps, delta, kind, &em, err)) return -1;
+    if (eps_of(prior, q, mid, steps, delta, kind, &em, err)) return -1;
     if (em > target) lo = mid;
     else {
       hi = mid;

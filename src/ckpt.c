@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -131,6 +132,49 @@ static int sync_path(const char *path, int dir) {
   return rc;
 }
 
+/* ---- DP-PCA projection (/pca: dataset projection d x k float32, attributes noise_multiplier, clip) ---- */
+
+static int write_pca(hid_t f, const dpm_ckpt_meta *meta) {
+  hsize_t dims[2] = {(hsize_t)meta->pca_dim, (hsize_t)meta->pca_components};
+  hid_t g = H5Gcreate2(f, "pca", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  if (g < 0) return -1;
+  hid_t sp = H5Screate_simple(2, dims, NULL), dcpl = dpm_h5_checked_dcpl(2, dims, sizeof(float));
+  hid_t d = H5Dcreate2(g, "projection", H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  int rc = d >= 0 && H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, meta->pca_projection) >= 0 ? 0 : -1;
+  rc |= put_attr(g, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->pca_sigma) |
+        put_attr(g, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->pca_clip);
+  if (d >= 0) H5Dclose(d);
+  H5Pclose(dcpl);
+  H5Sclose(sp);
+  H5Gclose(g);
+  return rc;
+}
+
+/* Read /pca if present (pca_components stays 0 if not); -1 if it is damaged or inconsistent. */
+static int read_pca(hid_t f, dpm_ckpt_meta *meta) {
+  if (H5Lexists(f, "pca", H5P_DEFAULT) <= 0) return 0;
+  hid_t g = H5Gopen2(f, "pca", H5P_DEFAULT), d = g >= 0 ? H5Dopen2(g, "projection", H5P_DEFAULT) : -1;
+  hid_t sp = d >= 0 ? H5Dget_space(d) : -1;
+  hsize_t dims[2] = {0, 0};
+  int rc = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 2 && H5Sget_simple_extent_dims(sp, dims, NULL) == 2 ? 0 : -1;
+  if (!rc && (dims[0] < 1 || dims[1] < 1 || dims[1] > dims[0] || dims[0] * dims[1] >= ((hsize_t)1 << 31))) rc = -1;
+  if (!rc) {
+    meta->pca_dim = (int)dims[0];
+    meta->pca_components = (int)dims[1];
+    meta->pca_projection = dpm_malloc(sizeof(float) * (size_t)(dims[0] * dims[1]));
+    rc = H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, meta->pca_projection) >= 0 ? 0 : -1;
+    for (size_t i = 0; !rc && i < (size_t)(dims[0] * dims[1]); i++)
+      if (!isfinite(meta->pca_projection[i])) rc = -1;
+  }
+  if (!rc) rc = get_attr(g, "noise_multiplier", H5T_NATIVE_DOUBLE, &meta->pca_sigma) |
+                get_attr(g, "clip", H5T_NATIVE_DOUBLE, &meta->pca_clip);
+  if (!rc && !(meta->pca_sigma >= 0 && meta->pca_clip >= 0)) rc = -1;
+  if (sp >= 0) H5Sclose(sp);
+  if (d >= 0) H5Dclose(d);
+  if (g >= 0) H5Gclose(g);
+  return rc;
+}
+
 static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledger, char *err) {
   int32_t fmt = DPM_CKPT_FORMAT;
   int rc = put_str(f, "format", CKPT_FORMAT_NAME) | put_attr(f, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
@@ -151,6 +195,7 @@ static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledg
            put_str(f, "job", meta->job ? meta->job : "") | put_str(f, "layers", meta->layers ? meta->layers : "");
   if (meta->reproducible) rc |= put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed);
   if (rc) return dpm_err(err, "cannot write the checkpoint's attributes");
+  if (meta->pca_components > 0 && write_pca(f, meta)) return dpm_err(err, "cannot write the PCA projection /pca");
   hid_t g = H5Gcreate2(f, "privacy", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
   if (g < 0) return dpm_err(err, "cannot create group /privacy");
   rc = dpm_ledger_write_hdf5(ledger, g, err);
@@ -260,6 +305,8 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
         meta->layers = get_str(f, "layers");
         if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step)
           rc = dpm_err(err, "%s: checkpoint attributes are missing or damaged", path);
+        else if (read_pca(f, meta))
+          rc = dpm_err(err, "%s: /pca (the PCA projection) is damaged", path);
       }
       dpm_free(fmt);
       H5Fclose(f);
@@ -282,7 +329,9 @@ int dpm_ckpt_read_meta(MPI_Comm comm, const char *path, dpm_ckpt_meta *meta, cha
 void dpm_ckpt_meta_free(dpm_ckpt_meta *meta) {
   dpm_free(meta->job);
   dpm_free(meta->layers);
+  dpm_free(meta->pca_projection);
   meta->job = meta->layers = NULL;
+  meta->pca_projection = NULL;
 }
 
 int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERRLEN]) {
@@ -403,6 +452,8 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
     else if (dst < 0) rc = dpm_err(err, "%s: cannot create", tmp);
     else if (H5Ocopy(src, "model", dst, "model", H5P_DEFAULT, H5P_DEFAULT) < 0)
       rc = dpm_err(err, "%s: cannot copy /model", ckpt);
+    else if (H5Lexists(src, "pca", H5P_DEFAULT) > 0 && H5Ocopy(src, "pca", dst, "pca", H5P_DEFAULT, H5P_DEFAULT) < 0)
+      rc = dpm_err(err, "%s: cannot copy /pca (the model's input projection)", ckpt);
     if (!rc) {
       int32_t fmt = 1;
       const char *acct = meta->accountant == 0 ? "rdp" : "tight";

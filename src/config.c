@@ -64,6 +64,21 @@ static const key_def KEYS[] = {
    "per-device clipping: thresholds C_s = C/sqrt(S) (even) or C*sqrt(P_s/P) by the stage's share of parameters."},
   {"privacy", "accountant", K_ENUM, OFF(accountant), "rdp", "rdp|tight",
    "Accountant for calibration, budget and reporting: rdp (Renyi DP) or tight (privacy loss distribution)."},
+  /* ---- [pca]: DP-PCA preprocessing (src/pca.c, docs/pca.md) ---- */
+  {"pca", "components", K_INT, OFF(pca_components), "0", NULL,
+   "Project every example onto the top k principal directions of the training data before training "
+   "(Abadi et al. 2016; the model's input becomes k features). 0 = off. The directions come from the training "
+   "set's second-moment matrix with rows clipped to pca.clip plus symmetric Gaussian noise (Analyze Gauss), "
+   "eigendecomposed with ScaLAPACK on all ranks; the release is one Gaussian entry in the privacy ledger."},
+  {"pca", "noise_multiplier", K_POS_NUM, OFF(pca_noise_multiplier), NULL, NULL,
+   "Noise standard deviation of the PCA release as a multiple of pca.clip^2 (its sensitivity). Give this or "
+   "pca.epsilon when PCA is on in a private run."},
+  {"pca", "epsilon", K_POS_NUM, OFF(pca_epsilon), NULL, NULL,
+   "Epsilon of the PCA release alone at privacy.delta (its noise multiplier is calibrated). With privacy.epsilon "
+   "it must be smaller: privacy.epsilon is the budget of the whole run, PCA included."},
+  {"pca", "clip", K_POS_NUM, OFF(pca_clip), NULL, NULL,
+   "L2 norm each example (flattened, normalized) is clipped to for the PCA. Required when PCA is on in a private "
+   "run; in a non-private run rows are clipped only when it is given."},
   {"grid", "replicas", K_POS_INT, OFF(grid_replicas), NULL, NULL,
    "Data-parallel replicas D. The world size must be D x S. Default: world size / grid.stages."},
   {"grid", "stages", K_POS_INT, OFF(grid_stages), NULL, NULL,
@@ -291,6 +306,24 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
                         "no privacy parameters",
                    f);
   }
+  /* ---- [pca] ---- */
+  if (cfg->pca_components < 0)
+    return dpm_err(err, "%s: [pca] components = %lld: expected an integer >= 0 (0 = no PCA)", f,
+                   (long long)cfg->pca_components);
+  if (cfg->pca_components > 0 && cfg->privacy_enabled) {
+    if ((cfg->pca_noise_multiplier > 0) == (cfg->pca_epsilon > 0))
+      return dpm_err(err, "%s: [pca] components = %lld: give exactly one of [pca] noise_multiplier and [pca] epsilon", f,
+                     (long long)cfg->pca_components);
+    if (!(cfg->pca_clip > 0))
+      return dpm_err(err, "%s: [pca] components = %lld: [pca] clip (the row clipping norm of the PCA) is required", f,
+                     (long long)cfg->pca_components);
+    if (cfg->pca_epsilon > 0 && cfg->epsilon > 0 && !(cfg->pca_epsilon < cfg->epsilon))
+      return dpm_err(err, "%s: [pca] epsilon = %g must be below [privacy] epsilon = %g (the budget of the whole run, "
+                          "PCA included)", f, cfg->pca_epsilon, cfg->epsilon);
+  } else if (cfg->pca_components > 0 && (cfg->pca_noise_multiplier > 0 || cfg->pca_epsilon > 0)) {
+    return dpm_err(err, "%s: [privacy] enabled = false but [pca] noise_multiplier or epsilon is set: a non-private run "
+                        "computes the exact PCA", f);
+  }
   return 0;
 }
 
@@ -339,6 +372,9 @@ int dpm_config_load(const char *path, int n_overrides, char **overrides, dpm_con
     /* the training length is one of two keys: an override of either replaces the file's */
     if (strcmp(section, "train") == 0 && strcmp(name, "steps") == 0) cfg->epochs = 0;
     if (strcmp(section, "train") == 0 && strcmp(name, "epochs") == 0) cfg->steps = 0;
+    /* the PCA noise is one of two keys too */
+    if (strcmp(section, "pca") == 0 && strcmp(name, "epsilon") == 0) cfg->pca_noise_multiplier = 0;
+    if (strcmp(section, "pca") == 0 && strcmp(name, "noise_multiplier") == 0) cfg->pca_epsilon = 0;
     handler(&st, section, name, eq + 1);
     if (st.failed) return -1;
     for (size_t k = 0; k < N_KEYS; k++) st.seen[k] = 0;

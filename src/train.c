@@ -27,6 +27,7 @@
 #include "dpmpi/dpsgd.h"
 #include "dpmpi/grid.h"
 #include "dpmpi/model.h"
+#include "dpmpi/pca.h"
 #include "dpmpi/rng.h"
 #include "dpmpi/step.h"
 
@@ -73,6 +74,12 @@ typedef struct {
   dpm_ledger *ledger;
   dpm_key init_key, sample_key, noise_key;
   FILE *metrics;
+  /* DP-PCA preprocessing (src/pca.c, docs/pca.md); pca_k = 0: none */
+  int pca_d, pca_k;       /* example features d -> model inputs k */
+  double pca_sigma;       /* its noise multiplier (0: non-private PCA) */
+  float *pca_V;           /* d x k projection: computed, or read from the checkpoint on --resume */
+  int pca_resumed;        /* 1: pca_V came from the checkpoint */
+  dpm_pca_stats pca_st;
 } trainer;
 
 static void fmt_duration(double s, char *buf, size_t len) {
@@ -103,6 +110,20 @@ static void setup_privacy(trainer *tr) {
   tr->dp = cfg->privacy_enabled;
   tr->acct = cfg->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
   tr->ledger = dpm_ledger_create();
+  /* ---- DP-PCA: its Gaussian release is the ledger's first event; training is calibrated after it ---- */
+  if (tr->pca_k > 0) {
+    failed = dpm_pca_sigma(cfg, &tr->pca_sigma, err) != 0;
+    dpm_exit_if_error(tr->comm, failed, err);
+    if (tr->dp) {
+      dpm_ledger_add_gaussian(tr->ledger, tr->pca_sigma, 1);
+      double e_pca = epsilon_now(tr);
+      if (cfg->epsilon > 0 && !(e_pca < cfg->epsilon))
+        failed = 1, dpm_err(err, "%s: the PCA release alone spends epsilon %g of the budget [privacy] epsilon = %g "
+                            "(raise [pca] noise_multiplier)", cfg->path, e_pca, cfg->epsilon);
+      dpm_exit_if_error(tr->comm, failed, err);
+    }
+  }
+  /* ---- */
   if (!tr->dp) return;
   if (cfg->noise_multiplier > 0) {
     tr->sigma = cfg->noise_multiplier;
@@ -122,7 +143,7 @@ static void setup_privacy(trainer *tr) {
       }
     }
   } else {
-    if (dpm_calibrate_sigma(cfg->epsilon, cfg->delta, tr->q, tr->steps, tr->acct, &tr->sigma, err)) {
+    if (dpm_calibrate_sigma_after(tr->ledger, cfg->epsilon, cfg->delta, tr->q, tr->steps, tr->acct, &tr->sigma, err)) {
       failed = 1;
       char inner[DPM_ERRLEN];
       snprintf(inner, sizeof inner, "%s", err);
@@ -173,6 +194,7 @@ static void print_header(trainer *tr) {
          (long long)cfg->physical_batch_size, cfg->lr, cfg->momentum);
   if (tr->dp) {
     dpm_ledger *l = dpm_ledger_create();
+    if (tr->pca_k > 0) dpm_ledger_add_gaussian(l, tr->pca_sigma, 1); /* DP-PCA */
     dpm_ledger_add_sgm(l, tr->q, tr->sigma, tr->steps);
     double eps = 0;
     char err[DPM_ERRLEN];
@@ -193,6 +215,28 @@ static void print_header(trainer *tr) {
       printf("warning: delta = %g is not below 1/N = %g: the guarantee is weak\n", cfg->delta, 1.0 / (double)tr->N);
   } else {
     printf("privacy: DISABLED (non-private baseline: no clipping, no noise, no guarantee)\n");
+  }
+  if (tr->pca_k > 0) { /* DP-PCA */
+    char how[192] = "";
+    if (tr->dp) {
+      dpm_ledger *l = dpm_ledger_create();
+      dpm_ledger_add_gaussian(l, tr->pca_sigma, 1);
+      double e = 0;
+      char err[DPM_ERRLEN];
+      if (dpm_ledger_epsilon(l, cfg->delta, tr->acct, &e, err)) dpm_fatal("accountant: %s", err);
+      dpm_ledger_free(l);
+      snprintf(how, sizeof how, "clip C = %g, Analyze-Gauss noise multiplier %.6g%s: epsilon %.4f alone", cfg->pca_clip,
+               tr->pca_sigma, cfg->pca_epsilon > 0 ? " (calibrated)" : "", e);
+    } else {
+      snprintf(how, sizeof how, "non-private: no noise, %s", cfg->pca_clip > 0 ? "rows clipped" : "rows not clipped");
+    }
+    if (tr->pca_resumed)
+      printf("pca: %d -> %d features, projection from the checkpoint (%s)\n", tr->pca_d, tr->pca_k, how);
+    else
+      printf("pca: %d -> %d features (%s); ScaLAPACK pdsyevr on a %dx%d BLACS grid (block %d): covariance %.2f s, "
+             "reduce %.2f s, noise %.2f s, eigenvectors %.2f s, projection %.2f s\n", tr->pca_d, tr->pca_k, how,
+             tr->pca_st.pr, tr->pca_st.pc, tr->pca_st.block, tr->pca_st.t_cov, tr->pca_st.t_reduce, tr->pca_st.t_noise,
+             tr->pca_st.t_eig, tr->pca_st.t_proj);
   }
   if (cfg->has_seed)
     printf("randomness: SEEDED with run.seed = %llu: reproducible, the noise is predictable — not for a private "
@@ -244,7 +288,8 @@ static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
                         .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = (int)cfg->clipping,
                         .accountant = (int)tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
                         .reproducible = cfg->has_seed, .seed = cfg->has_seed ? cfg->seed : 0, .job = cfg->text,
-                        .layers = cfg->model_layers};
+                        .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
+                        .pca_sigma = tr->dp ? tr->pca_sigma : 0, .pca_clip = cfg->pca_clip, .pca_projection = tr->pca_V};
   return meta;
 }
 
@@ -447,6 +492,12 @@ static void check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pat
   else if (meta->reproducible && cfg->has_seed && meta->seed != cfg->seed)
     dpm_err(err, "%s: written by a run with run.seed = %llu, the job says %llu", path, (unsigned long long)meta->seed,
             (unsigned long long)cfg->seed);
+  else if (meta->pca_components != tr->pca_k || (tr->pca_k > 0 && meta->pca_dim != tr->pca_d))
+    dpm_err(err, "%s: written with pca.components = %d, the job says %d", path, meta->pca_components, tr->pca_k);
+  else if (tr->pca_k > 0 && meta->privacy && (meta->pca_clip != cfg->pca_clip ||
+                                              (cfg->pca_noise_multiplier > 0 && meta->pca_sigma != cfg->pca_noise_multiplier)))
+    dpm_err(err, "%s: PCA with clip %g and noise multiplier %g, the job says clip %g%s", path, meta->pca_clip,
+            meta->pca_sigma, cfg->pca_clip, cfg->pca_noise_multiplier > 0 ? " and another noise multiplier" : "");
   else if (meta->step >= meta->steps_total)
     dpm_err(err, "%s: the run is complete (step %lld of %lld); nothing to resume", path, (long long)meta->step,
             (long long)meta->steps_total);
@@ -457,6 +508,34 @@ static void check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pat
   tr->acct = meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
   tr->sigma = meta->sigma;
   tr->steps = meta->steps_total;
+  tr->pca_sigma = meta->pca_sigma;
+}
+
+/* DP-PCA (src/pca.c): fit the projection on the training shards (unless it came from the checkpoint)
+ * and project both splits. Stage 0 of each replica contributes its shard's rows once; the eigensolver
+ * runs on every rank; the noise key is rank 0's alone (never shared or stored). */
+static void run_pca(trainer *tr) {
+  dpm_config *cfg = &tr->cfg;
+  const int d = tr->pca_d, k = tr->pca_k, S = tr->grid.stages, stage = tr->grid.stage;
+  const int reads = stage == 0 || stage == S - 1; /* the stages that loaded rows (load_shard) */
+  const int64_t rows = reads ? tr->train.end - tr->train.begin : 0, trows = reads ? tr->test.end - tr->test.begin : 0;
+  if (!tr->pca_V) {
+    tr->pca_V = dpm_malloc(sizeof(float) * (size_t)d * (size_t)k);
+    dpm_pca_params p = {.components = k, .clip = cfg->pca_clip, .sigma = tr->dp ? tr->pca_sigma : 0};
+    dpm_key key;
+    memset(&key, 0, sizeof key);
+    if (tr->rank == 0 && tr->dp) key = cfg->has_seed ? dpm_key_from_seed(cfg->seed, DPM_STREAM_PCA) : dpm_key_secure();
+    char err[DPM_ERRLEN] = "";
+    int failed = dpm_pca_fit(tr->comm, tr->train.x, stage == 0 ? rows : 0, d, &p, &key, tr->pca_V, NULL, &tr->pca_st,
+                             err) != 0;
+    memset(&key, 0, sizeof key);
+    dpm_exit_if_error(tr->comm, failed, err);
+  }
+  double t0 = dpm_time();
+  dpm_pca_apply(&tr->train, rows, tr->pca_V, d, k);
+  dpm_pca_apply(&tr->test, trows, tr->pca_V, d, k);
+  tr->pca_st.t_proj = dpm_time() - t0;
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &tr->pca_st.t_proj, 1, MPI_DOUBLE, MPI_MAX, tr->comm));
 }
 
 int dpm_cmd_train(int argc, char **argv) {
@@ -531,7 +610,15 @@ int dpm_cmd_train(int argc, char **argv) {
   failed = dpm_grid_create(tr.comm, (int)cfg->grid_replicas, (int)cfg->grid_stages, &tr.grid, inner) != 0;
   if (failed) dpm_err(err, "%s: %s", cfg->path, inner);
   dpm_exit_if_error(tr.comm, failed, err);
-  build_model(&tr, &hdr);
+  dpm_dataset mhdr = hdr; /* the model's input: k features with DP-PCA */
+  if (cfg->pca_components > 0) {
+    tr.pca_d = hdr.C * hdr.H * hdr.W;
+    tr.pca_k = (int)cfg->pca_components;
+    failed = dpm_pca_check(cfg, tr.pca_d, err) != 0;
+    dpm_exit_if_error(tr.comm, failed, err);
+    mhdr.C = tr.pca_k, mhdr.H = mhdr.W = 1;
+  }
+  build_model(&tr, &mhdr);
 
   dpm_ckpt_meta meta;
   memset(&meta, 0, sizeof meta);
@@ -553,6 +640,9 @@ int dpm_cmd_train(int argc, char **argv) {
     dpm_ledger_free(tr.ledger);
     tr.ledger = L;
     tr.start = meta.step;
+    tr.pca_V = meta.pca_projection; /* DP-PCA: the run's projection, never a new draw */
+    meta.pca_projection = NULL;
+    tr.pca_resumed = tr.pca_V != NULL;
     if (tr.rank == 0)
       printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", resume_path,
              (long long)meta.step, (long long)meta.steps_total, meta.replicas, meta.stages, meta.version,
@@ -577,6 +667,7 @@ int dpm_cmd_train(int argc, char **argv) {
 
   load_shard(&tr, cfg->data_train, "train", tr.N, &tr.train);
   load_shard(&tr, cfg->data_test, "test", thdr.n_total, &tr.test);
+  if (tr.pca_k > 0) run_pca(&tr);
 
   tr.step = (dpm_step){.comm = tr.grid.dp, .pipe = tr.grid.pipe, .model = tr.model, .data = &tr.train, .q = tr.q,
                        .dp = tr.dp, .clip = cfg->clip, .sigma = tr.sigma, .clipping = cfg->clipping,
@@ -588,6 +679,7 @@ int dpm_cmd_train(int argc, char **argv) {
   dpm_step_free(&tr.step);
   dpm_sgd_free(&tr.opt);
   dpm_free(tr.info);
+  dpm_free(tr.pca_V);
 
   if (tr.metrics) fclose(tr.metrics);
   dpm_dataset_free(&tr.train);

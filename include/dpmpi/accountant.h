@@ -147,6 +147,14 @@ int dpm_ledger_read_hdf5(dpm_ledger **ledger, hid_t group, char err[DPM_ERRLEN])
 int dpm_calibrate_sigma(double target_eps, double delta, double q, int64_t steps, dpm_accountant_kind kind,
                         double *sigma, char err[DPM_ERRLEN]);
 
+/* The same calibration after earlier releases: the smallest sigma for which the events of `prior` (for
+ * example a DP-PCA Gaussian release) followed by `steps` steps at rate q have epsilon <= target_eps at
+ * delta (composed by the chosen accountant, not by adding epsilons). Same tolerances and guarantees as
+ * dpm_calibrate_sigma, which is this with prior = NULL. A target the prior events alone already reach is
+ * unreachable (-1 with a message). */
+int dpm_calibrate_sigma_after(const dpm_ledger *prior, double target_eps, double delta, double q, int64_t steps,
+                              dpm_accountant_kind kind, double *sigma, char err[DPM_ERRLEN]);
+
 /* The largest number of steps of (q, sigma) with epsilon <= target_eps at delta (0 if none fits).
  * Returns 0 or -1 with a message for invalid arguments. */
 int dpm_calibrate_steps(double target_eps, double delta, double q, double sigma, dpm_accountant_kind kind,

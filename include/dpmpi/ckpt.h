@@ -32,6 +32,10 @@ typedef struct {
   uint64_t seed;
   char *job;             /* job file text and overrides (read: allocated) */
   char *layers;          /* model.layers (read: allocated) */
+  /* DP-PCA preprocessing (dpmpi/pca.h), group /pca; pca_components = 0: none */
+  int pca_components, pca_dim; /* k and d */
+  double pca_sigma, pca_clip;  /* its noise multiplier (0: non-private PCA) and row clip (0: none) */
+  float *pca_projection;       /* d x k row-major, the projection the run applies (read: allocated) */
   int format;            /* read: format_version */
   char version[32];      /* read: the library version that wrote it */
 } dpm_ckpt_meta;

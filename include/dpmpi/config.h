@@ -44,6 +44,11 @@ typedef struct {
   dpm_clipping clipping;
   dpm_device_split device_split; /* per-device thresholds */
   int accountant;             /* dpm_accountant_kind */
+  /* [pca] (dpmpi/pca.h, docs/pca.md) */
+  int64_t pca_components;     /* k; 0 = no PCA */
+  double pca_noise_multiplier;/* 0 = not given */
+  double pca_epsilon;         /* 0 = not given */
+  double pca_clip;            /* 0 = not given */
   /* [grid] */
   int64_t grid_replicas, grid_stages; /* 0 = not given */
   char *grid_stage_layers;    /* NULL = balanced by cost */
