@@ -5,7 +5,8 @@
  *    only 1/P of the noise;
  *  - communication: MPI_Allreduce of float sums between the ranks of this job, 8 B to 64 MiB, fitted as
  *    t = alpha + bytes / beta on the message sizes the step uses (4 MiB buckets and below).
- * It then predicts the weak and strong scaling efficiency at 2 .. 1024 ranks with Rabenseifner's
+ * It then predicts the weak and strong scaling efficiency at 2 .. 1024 ranks (the sample rebalanced over
+ * the replicas each step, as dpm_step does; also without, for comparison) with Rabenseifner's
  * allreduce (2 log2 P latencies + 2 (P-1)/P of the bytes over the slowest link), the measured on-node
  * link, and an inter-node network given on the command line, and prints the table and a CSV.
  * Usage: mpirun -np 2 bench_perfmodel [CSV=bench/results/perfmodel.csv] [NET_GBPS=100] [NET_LAT_US=2]
@@ -195,7 +196,9 @@ int main(int argc, char **argv) {
     }
     FILE *out = fopen(csv, "w");
     if (!out) fprintf(stderr, "bench_perfmodel: cannot write %s (CSV not written)\n", csv);
-    if (out) fprintf(out, "model,params,ranks,weak_step_ms,weak_efficiency,strong_step_ms,strong_efficiency,comm_share_weak\n");
+    if (out)
+      fprintf(out, "model,params,ranks,weak_step_ms,weak_efficiency,strong_step_ms,strong_efficiency,comm_share_weak,"
+                   "weak_efficiency_unbalanced\n");
     printf("  predicted efficiency (weak: %d examples per rank; strong: %d examples per step in total)\n", b_rank,
            b_strong);
     printf("    %-9s %6s %12s %10s %12s %10s %10s\n", "model", "ranks", "weak ms", "weak eff", "strong ms", "strong eff",
@@ -204,23 +207,27 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 3; i++) {
       const model_rates *r = &models[i];
       const double other = r->fixed - r->noise;
-      double w1 = 0, s1 = 0;
+      double w1 = 0, s1 = 0, u1 = 0;
       for (size_t pi = 0; pi < sizeof Ps / sizeof Ps[0]; pi++) {
         const int P = Ps[pi];
-        /* each rank: its share of the noise, the full update, and its Poisson batch; the step waits for
-         * the largest of P Poisson batches, about b + sqrt(2 b ln P) */
+        /* each rank: its share of the noise, the full update, and ceil(B / P) examples (dpmpi rebalances
+         * the Poisson sample every step: one allgather of P counts, log2 P latencies; the few moved inputs
+         * are neglected). Without rebalancing the step would wait for the largest of P Poisson batches,
+         * about b + sqrt(2 b ln P): printed as weak_unbalanced. */
+        const double alpha = P > per_node ? net_lat : a_node;
         double ar = allreduce_time(4.0 * (double)r->params, P, per_node, a_node, b_node, net_lat, b_net);
-        double wb = b_rank + (P > 1 ? sqrt(2.0 * b_rank * log((double)P)) : 0);
-        double weak = other + r->noise / P + wb * r->per_example + ar;
-        double sb = (double)b_strong / P, sbw = sb + (P > 1 ? sqrt(2.0 * sb * log((double)P)) : 0);
-        double strong = other + r->noise / P + sbw * r->per_example + ar;
-        if (P == 1) w1 = weak, s1 = strong;
+        double gather = P > 1 ? log2((double)P) * alpha : 0;
+        double weak = other + r->noise / P + b_rank * r->per_example + ar + gather;
+        double weak_unbal = weak - gather + (P > 1 ? sqrt(2.0 * b_rank * log((double)P)) : 0) * r->per_example;
+        double sb = ceil((double)b_strong / P);
+        double strong = other + r->noise / P + sb * r->per_example + ar + gather;
+        if (P == 1) w1 = weak, s1 = strong, u1 = weak_unbal;
         double we = w1 / weak, se = s1 / (P * strong);
         printf("    %-9s %6d %12.3f %9.1f%% %12.3f %9.1f%% %9.1f%%\n", r->name, P, weak * 1e3, 100 * we, strong * 1e3,
                100 * se, 100 * ar / weak);
         if (out)
-          fprintf(out, "%s,%zu,%d,%.6f,%.4f,%.6f,%.4f,%.4f\n", r->name, r->params, P, weak * 1e3, we, strong * 1e3, se,
-                  ar / weak);
+          fprintf(out, "%s,%zu,%d,%.6f,%.4f,%.6f,%.4f,%.4f,%.4f\n", r->name, r->params, P, weak * 1e3, we, strong * 1e3,
+                  se, ar / weak, u1 / weak_unbal);
       }
     }
     if (out) fclose(out), printf("  wrote %s\n", csv);
