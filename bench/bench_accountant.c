@@ -16,15 +16,7 @@
 
 #include "dpmpi/accountant.h"
 
-static int cmp(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *t, int n) {
-  qsort(t, (size_t)n, sizeof(double), cmp);
-  return t[n / 2];
-}
+#include "benchutil.h"
 
 /* Median seconds of one query of accountant `which` (0 rdp, 1 ledger, 2 tight) for T steps, over `reps`
  * repeats; *eps receives the epsilon (tight: the certified upper bound). Returns -1 on an accountant error. */
@@ -55,7 +47,7 @@ static int query_time(int which, double q, double sigma, long long T, double del
     t[r] = dpm_time() - t0;
   }
   dpm_ledger_free(L);
-  *sec = median(t, reps);
+  *sec = bench_median(t, reps);
   return 0;
 }
 
@@ -104,13 +96,13 @@ int main(int argc, char **argv) {
     e = dpm_rdp_epsilon(0.004, 1.0 + 1e-9 * r, 10000, 1e-5, NULL);
     t[r] = dpm_time() - t0;
   }
-  printf("rdp        q 0.004 sigma 1   T 1e4  eps %.4f  median %.3f ms\n", e, 1e3 * median(t, R));
+  printf("rdp        q 0.004 sigma 1   T 1e4  eps %.4f  median %.3f ms\n", e, 1e3 * bench_median(t, R));
   for (int r = 0; r < R; r++) {
     double t0 = dpm_time();
     e = dpm_rdp_epsilon(0.5, 0.3 + 1e-9 * r, 10000, 1e-5, NULL);
     t[r] = dpm_time() - t0;
   }
-  printf("rdp        q 0.5   sigma 0.3 T 1e4  eps %.1f  median %.3f ms\n", e, 1e3 * median(t, R));
+  printf("rdp        q 0.5   sigma 0.3 T 1e4  eps %.1f  median %.3f ms\n", e, 1e3 * bench_median(t, R));
   /* ledger per-step check */
   dpm_ledger *L = dpm_ledger_create();
   for (int r = 0; r < R; r++) {
@@ -121,7 +113,7 @@ int main(int argc, char **argv) {
     }
     t[r] = (dpm_time() - t0) / 1000;
   }
-  printf("ledger     add 1 step + epsilon (RDP)        median %.2f us\n", 1e6 * median(t, R));
+  printf("ledger     add 1 step + epsilon (RDP)        median %.2f us\n", 1e6 * bench_median(t, R));
   dpm_ledger_free(L);
   /* calibration */
   double s = 0;
@@ -130,7 +122,7 @@ int main(int argc, char **argv) {
     dpm_calibrate_sigma(1.0, 1e-5, 0.004266666666666667, 3515, DPM_ACCT_RDP, &s, err);
     t[r] = dpm_time() - t0;
   }
-  printf("calibrate  rdp target 1, T 3515  sigma %.4f  median %.1f ms\n", s, 1e3 * median(t, 5));
+  printf("calibrate  rdp target 1, T 3515  sigma %.4f  median %.1f ms\n", s, 1e3 * bench_median(t, 5));
   /* tight */
   struct { double q, s; long long T; } c[] = {{0.004, 1.0, 10000}, {256.0 / 60000, 1.1, 14062}, {0.01, 4, 10000},
                                               {1e-4, 5, 1000000}, {0.5, 0.5, 10000}};
@@ -143,7 +135,7 @@ int main(int argc, char **argv) {
       t[r] = dpm_time() - t0;
     }
     printf("tight      q %-7.4g sigma %-4g T %-7lld eps %.4f (upper %.4f, error %.2g)  median %.1f ms\n", c[i].q,
-           c[i].s, c[i].T, res.epsilon, res.epsilon_upper, res.error, 1e3 * median(t, 5));
+           c[i].s, c[i].T, res.epsilon, res.epsilon_upper, res.error, 1e3 * bench_median(t, 5));
   }
   return 0;
 }

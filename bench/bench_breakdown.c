@@ -33,6 +33,8 @@
 
 #include "dpmpi/dpsgd.h"
 #include "dpmpi/step.h"
+
+#include "benchutil.h"
 #include "layers.h"
 
 #define N_EXAMPLES 60000
@@ -45,23 +47,9 @@ enum { PH_SAMPLE, PH_GATHER, PH_FORWARD, PH_BACKWARD, PH_CLIP, PH_ACCUMULATE, PH
 static const char *PHASE[NPH] = {"sample", "gather", "forward", "backward", "clip", "accumulate",
                                  "noise", "wait", "allreduce", "update"};
 
-static const char *MLP = "flatten; dense out=512; relu; dense out=10";
-static const char *WIDE_MLP = "flatten; dense out=4096; relu; dense out=2048; relu; dense out=10";
-static const char *TANH_CNN = "conv out=16 kernel=8 stride=2 pad=3; tanh; maxpool kernel=2 stride=1; conv out=32 "
-                              "kernel=4 stride=2; tanh; maxpool kernel=2 stride=1; flatten; dense out=32; tanh; "
-                              "dense out=10";
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n) {
-  double s[MAX_REPEATS];
-  memcpy(s, v, sizeof(double) * (size_t)n);
-  qsort(s, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
+#define MLP BENCH_MLP
+#define WIDE_MLP BENCH_WIDE_MLP
+#define TANH_CNN BENCH_TANH_CNN
 
 /* One model with its buffers, stepped phase by phase. */
 typedef struct {
@@ -185,7 +173,7 @@ static double dense_norms_seconds(const dpm_model *m, int nlayers, int B, int re
       for (int k = 0; k < 20; k++) dpm_dense_sqnorms(sq, a, g, 1, B, C, O);
       t[r] = (dpm_time() - t0) / 20;
     }
-    total += median(t, repeats);
+    total += bench_median(t, repeats);
     dpm_free(a), dpm_free(g), dpm_free(sq);
   }
   return total;
@@ -209,7 +197,7 @@ static void noise_parts(size_t n, int repeats, double *gauss, double *philox) {
     }
     tg[r] = (t1 - t0) / (double)n, tp[r] = (dpm_time() - t1) / (double)n;
   }
-  *gauss = median(tg, repeats), *philox = median(tp, repeats) + 0 * (double)(sink & 1);
+  *gauss = bench_median(tg, repeats), *philox = bench_median(tp, repeats) + 0 * (double)(sink & 1);
   dpm_free(buf);
 }
 
@@ -284,11 +272,7 @@ int main(int argc, char **argv) {
   dpm_dataset d = {.n_total = N, .begin = b, .end = e, .C = 1, .H = 28, .W = 28, .num_classes = 10};
   d.x = dpm_malloc_aligned(sizeof(float) * (size_t)(e - b) * PIXELS);
   d.y = dpm_malloc(sizeof(int32_t) * (size_t)(e - b));
-  for (int64_t i = 0; i < e - b; i++) {
-    d.y[i] = (int32_t)((b + i) % 10);
-    for (int k = 0; k < PIXELS; k++)
-      d.x[i * PIXELS + k] = (float)(dpm_u01((uint64_t)((b + i) * PIXELS + k) * 0x9E3779B97F4A7C15ULL) - 0.5);
-  }
+  bench_fill(d.x, d.y, b, e);
   /* the step's configuration: expected batch per rank `batch`, physical batch = batch (as bench_step) */
   const double q = (double)batch * size / (double)N;
   FILE *out = NULL;
@@ -333,11 +317,11 @@ int main(int argc, char **argv) {
              "DP - np");
       double med[2][NPH], tot[2] = {0, 0};
       for (int p = 0; p < NPH; p++) {
-        for (int dp = 0; dp < 2; dp++) med[dp][p] = 1e3 * median(ph[dp][p], repeats), tot[dp] += med[dp][p];
+        for (int dp = 0; dp < 2; dp++) med[dp][p] = 1e3 * bench_median(ph[dp][p], repeats), tot[dp] += med[dp][p];
         if (size == 1 && (p == PH_WAIT || p == PH_ALLREDUCE)) continue;
         printf("  %-11s %12.3f %10.3f %+10.3f\n", PHASE[p], med[0][p], med[1][p], med[1][p] - med[0][p]);
       }
-      double s0 = 1e3 * median(stepr[0], repeats), s1 = 1e3 * median(stepr[1], repeats);
+      double s0 = 1e3 * bench_median(stepr[0], repeats), s1 = 1e3 * bench_median(stepr[1], repeats);
       printf("  %-11s %12.3f %10.3f %+10.3f  (ratio %.3f)\n", "sum", tot[0], tot[1], tot[1] - tot[0], tot[1] / tot[0]);
       printf("  %-11s %12.3f %10.3f %+10.3f  (ratio %.3f; dpm_step_run + dpm_sgd_step)\n", "real step", s0, s1,
              s1 - s0, s1 / s0);

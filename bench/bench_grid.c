@@ -31,41 +31,16 @@
 #include "dpmpi/grid.h"
 #include "dpmpi/step.h"
 
+#include "benchutil.h"
+
 #define N_EXAMPLES 60000
 #define PIXELS 784
 #define MAX_REPEATS 64
 #define BUCKET_FLOATS (1 << 20) /* the step's allreduce bucket (src/step.c) */
 
-static const char *MLP = "flatten; dense out=512; relu; dense out=10";
+#define MLP BENCH_MLP
 static const char *WIDE_MLP = "flatten; dense out=4096; relu; dense out=4096; relu; dense out=10";
-static const char *TANH_CNN = "conv out=16 kernel=8 stride=2 pad=3; tanh; maxpool kernel=2 stride=1; conv out=32 "
-                              "kernel=4 stride=2; tanh; maxpool kernel=2 stride=1; flatten; dense out=32; tanh; "
-                              "dense out=10";
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n) {
-  double s[MAX_REPEATS];
-  memcpy(s, v, sizeof(double) * (size_t)n);
-  qsort(s, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
-
-/* Wait for every rank of comm without spinning a core (rank 0's one-rank baselines run meanwhile). */
-static void idle_barrier(MPI_Comm comm) {
-  MPI_Request req;
-  int done = 0;
-  struct timespec nap = {0, 200000};
-  DPM_MPI_CHECK(MPI_Ibarrier(comm, &req));
-  for (;;) {
-    DPM_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
-    if (done) break;
-    nanosleep(&nap, NULL);
-  }
-}
+#define TANH_CNN BENCH_TANH_CNN
 
 /* Rows [b, e) of the whole synthetic set as a replica's shard (x and y indexed from b). */
 static dpm_dataset shard_of(const dpm_dataset *all, int64_t b, int64_t e) {
@@ -224,8 +199,8 @@ static void part_allreduce(const dpm_dataset *set, const dpm_grid *g, int repeat
       if (k >= 0)
         step_t[k] = out[0], ar_max[k] = out[2], ar_last[k] = out[3], one[k] = b1, bucketed[k] = bb, waits[k] = out[4];
     }
-    double s = median(step_t, repeats), am = median(ar_max, repeats), al = median(ar_last, repeats),
-           b1 = median(one, repeats), bb = median(bucketed, repeats), wt = median(waits, repeats);
+    double s = bench_median(step_t, repeats), am = bench_median(ar_max, repeats), al = bench_median(ar_last, repeats),
+           b1 = bench_median(one, repeats), bb = bench_median(bucketed, repeats), wt = bench_median(waits, repeats);
     if (g->rank == 0) {
       printf("  %-22s %zu params (%.1f MiB), batch %d/rank: step %.3f ms, waiting for the slowest rank %.3f ms, "
              "allreduce in step (transfer): max %.3f ms, last-in %.3f ms\n", names[mi], P, P * 4.0 / (1 << 20),
@@ -264,7 +239,7 @@ static void part_weak(const dpm_dataset *set, const dpm_grid *g, int repeats, in
     for (int k = -1; k < repeats; k++) { /* k = -1: warm-up round, not counted */
       if (g->rank == 0) runner_repeat(&solo, steps, out);
       if (g->rank == 0 && k >= 0) t1[k] = out[0], x1[k] = out[1];
-      idle_barrier(g->world);
+      bench_idle_barrier(g->world);
       DPM_MPI_CHECK(MPI_Barrier(g->world)); /* R independent 1-rank jobs at once */
       runner_repeat(&each, steps, out);
       DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &out[1], 1, MPI_DOUBLE, MPI_SUM, g->world));
@@ -275,16 +250,16 @@ static void part_weak(const dpm_dataset *set, const dpm_grid *g, int repeats, in
       if (k >= 0) xK[k] = out[1];
     }
     if (g->rank == 0) {
-      double e1 = median(x1, repeats), ec = median(xc, repeats), eR = median(xR, repeats);
+      double e1 = bench_median(x1, repeats), ec = bench_median(xc, repeats), eR = bench_median(xR, repeats);
       printf("  %-15s 1 rank: %7.3f ms/step %8.0f ex/s; %d ranks: %7.3f ms/step %8.0f ex/s; efficiency %.3f "
-             "(goal >= 0.90)\n", names[mi], 1e3 * median(t1, repeats), e1, g->size, 1e3 * median(tR, repeats), eR,
+             "(goal >= 0.90)\n", names[mi], 1e3 * bench_median(t1, repeats), e1, g->size, 1e3 * bench_median(tR, repeats), eR,
              eR / (g->size * e1));
       printf("  %-15s %d ranks: allreduce in step max %.3f ms (incl. waiting for the slowest rank), last-in %.3f ms\n",
-             "", g->size, 1e3 * median(am, repeats), 1e3 * median(al, repeats));
+             "", g->size, 1e3 * bench_median(am, repeats), 1e3 * bench_median(al, repeats));
       printf("  %-15s %d independent 1-rank jobs at once (machine contention, no communication): %8.0f ex/s in total; "
              "%d ranks against them: %.3f\n", "", g->size, ec, g->size, eR / ec);
       printf("  %-15s without rebalancing the sample (keep_shards): %8.0f ex/s, efficiency %.3f; rebalanced / kept "
-             "%.3f\n", "", median(xK, repeats), median(xK, repeats) / (g->size * e1), eR / median(xK, repeats));
+             "%.3f\n", "", bench_median(xK, repeats), bench_median(xK, repeats) / (g->size * e1), eR / bench_median(xK, repeats));
       runner_free(&solo);
     }
     runner_free(&each);
@@ -321,18 +296,18 @@ static void part_pipeline(const dpm_dataset *set, int repeats, int steps) {
   for (int k = -1; k < repeats; k++) { /* k = -1: warm-up round, not counted */
     if (rank == 0) runner_repeat(&solo, steps, out);
     if (rank == 0 && k >= 0) t1[k] = out[0], x1[k] = out[1];
-    idle_barrier(g.world);
+    bench_idle_barrier(g.world);
     runner_repeat(&flat, steps, out);
     if (k >= 0) tf[k] = out[0], xf[k] = out[1];
     runner_repeat(&dev, steps, out);
     if (k >= 0) td[k] = out[0], xd[k] = out[1];
   }
   if (rank == 0) {
-    double a = median(t1, repeats), f = median(tf, repeats), d = median(td, repeats);
+    double a = bench_median(t1, repeats), f = bench_median(tf, repeats), d = bench_median(td, repeats);
     printf("  stages: layers 1-%d | %d-%d (balanced split)\n", first[1], first[1] + 1, first[2]);
-    printf("  1 x 1 flat        %7.3f ms/step %8.0f ex/s\n", 1e3 * a, median(x1, repeats));
-    printf("  %d x 2 flat        %7.3f ms/step %8.0f ex/s\n", g.replicas, 1e3 * f, median(xf, repeats));
-    printf("  %d x 2 per-device  %7.3f ms/step %8.0f ex/s\n", g.replicas, 1e3 * d, median(xd, repeats));
+    printf("  1 x 1 flat        %7.3f ms/step %8.0f ex/s\n", 1e3 * a, bench_median(x1, repeats));
+    printf("  %d x 2 flat        %7.3f ms/step %8.0f ex/s\n", g.replicas, 1e3 * f, bench_median(xf, repeats));
+    printf("  %d x 2 per-device  %7.3f ms/step %8.0f ex/s\n", g.replicas, 1e3 * d, bench_median(xd, repeats));
     printf("  per-device / flat step time on the pipeline: %.3f; pipeline speedup t(1x1) / t(%dx2 per-device): "
            "%.3f, t(1x1) / t(%dx2 flat): %.3f\n", d / f, g.replicas, a / d, g.replicas, a / f);
     runner_free(&solo);
@@ -357,11 +332,7 @@ int main(int argc, char **argv) {
   dpm_dataset set = {.n_total = N, .begin = 0, .end = N, .C = 1, .H = 28, .W = 28, .num_classes = 10};
   set.x = dpm_malloc_aligned(sizeof(float) * (size_t)N * PIXELS);
   set.y = dpm_malloc(sizeof(int32_t) * (size_t)N);
-  for (int64_t i = 0; i < N; i++) {
-    set.y[i] = (int32_t)(i % 10);
-    for (int k = 0; k < PIXELS; k++)
-      set.x[i * PIXELS + k] = (float)(dpm_u01((uint64_t)(i * PIXELS + k) * 0x9E3779B97F4A7C15ULL) - 0.5);
-  }
+  bench_fill(set.x, set.y, 0, N);
   if (rank == 0)
     printf("bench_grid: %d rank(s), N = %lld, DP-SGD (C = 1, sigma = 1), median of %d repeats x %d steps\n", size,
            (long long)N, repeats, steps);

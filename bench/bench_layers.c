@@ -10,15 +10,7 @@
 
 #include "dpmpi/model.h"
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "benchutil.h"
 
 /* One step; dp selects norms + clipping coefficients (per-layer clip at 1.0). */
 static void step(dpm_model *m, const float *x, const int32_t *y, int B, int dp, float *sq, float *coef) {
@@ -69,7 +61,7 @@ static void bench(const char *name, const char *text, int B, int reps) {
       step(m, x, y, B, dp, sq, coef);
       t[dp][r] = dpm_time() - t0;
     }
-  double t_np = median(t[0], reps), t_dp = median(t[1], reps);
+  double t_np = bench_median(t[0], reps), t_dp = bench_median(t[1], reps);
   char desc[2048];
   dpm_model_describe(m, desc, sizeof desc);
   printf("== %s (batch %d, %d repeats, %zu params)\n%s", name, B, reps, dpm_model_num_params(m), desc);
@@ -88,10 +80,7 @@ static void bench(const char *name, const char *text, int B, int reps) {
 int main(int argc, char **argv) {
   int B = argc > 1 ? atoi(argv[1]) : 256, reps = argc > 2 ? atoi(argv[2]) : 11;
   if (B < 1 || reps < 1) return 2;
-  bench("MLP 784-512-10", "flatten; dense out=512; relu; dense out=10", B, reps);
-  bench("tanh CNN",
-        "conv out=16 kernel=8 stride=2 pad=3; tanh; maxpool kernel=2 stride=1; conv out=32 kernel=4 stride=2; tanh; "
-        "maxpool kernel=2 stride=1; flatten; dense out=32; tanh; dense out=10",
-        B, reps);
+  bench("MLP 784-512-10", BENCH_MLP, B, reps);
+  bench("tanh CNN", BENCH_TANH_CNN, B, reps);
   return 0;
 }

@@ -11,15 +11,7 @@
 
 #include "dpmpi/pca.h"
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof(double), cmp_double);
-  return v[n / 2];
-}
+#include "benchutil.h"
 
 int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
@@ -72,8 +64,8 @@ int main(int argc, char **argv) {
       if (rank == 0)
         printf("d %5d  N %6lld  %s  block %2d:  covariance %7.3f  reduce %7.3f  noise %6.3f  eigenvectors %8.3f  "
                "projection %6.3f  total %8.3f\n",
-               d, N, solver ? "pdsyevd" : "pdsyevr", nb, median(tc, repeats), median(tr, repeats), median(tn, repeats),
-               median(te, repeats), median(tp, repeats), median(tt, repeats));
+               d, N, solver ? "pdsyevd" : "pdsyevr", nb, bench_median(tc, repeats), bench_median(tr, repeats), bench_median(tn, repeats),
+               bench_median(te, repeats), bench_median(tp, repeats), bench_median(tt, repeats));
       fflush(stdout);
     }
     dpm_free(x);

@@ -20,15 +20,7 @@
 #include "dpmpi/dpsgd.h"
 #include "dpmpi/step.h"
 
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
+#include "benchutil.h"
 
 typedef struct {
   const char *name, *layers;
@@ -71,7 +63,7 @@ static double step_time(const char *layers, dpm_dataset *d, int b, size_t *param
   dpm_sgd_free(&opt);
   dpm_step_free(&st);
   dpm_model_free(m);
-  return median(times, 7);
+  return bench_median(times, 7);
 }
 
 static void measure_model(model_rates *mr, dpm_dataset *d) {
@@ -93,8 +85,8 @@ static void measure_model(model_rates *mr, dpm_dataset *d) {
     dpm_sgd_step(&opt, p, g, 1e-3, 0.01);
     tu[r] = dpm_time() - t0;
   }
-  mr->noise = median(tn, 7);
-  mr->update = median(tu, 7);
+  mr->noise = bench_median(tn, 7);
+  mr->update = bench_median(tu, 7);
   dpm_sgd_free(&opt);
   dpm_free(g);
   dpm_free(p);
@@ -144,7 +136,7 @@ int main(int argc, char **argv) {
       MPI_Allreduce(MPI_IN_PLACE, &ts[r], 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     }
     sz[k] = 4.0 * (double)count;
-    tm[k] = median(ts, 9);
+    tm[k] = bench_median(ts, 9);
   }
   dpm_free(buf);
   /* least squares t = alpha + bytes / beta over 8 B .. 4 MiB */
@@ -160,20 +152,14 @@ int main(int argc, char **argv) {
 
   /* ---- compute: rank 0 alone (the others wait) ---- */
   model_rates models[3] = {
-      {.name = "mlp", .layers = "flatten; dense out=512; relu; dense out=10"},
-      {.name = "cnn",
-       .layers = "conv out=16 kernel=8 stride=2 pad=3; tanh; maxpool kernel=2 stride=1; conv out=32 kernel=4 stride=2; "
-                 "tanh; maxpool kernel=2 stride=1; flatten; dense out=32; tanh; dense out=10"},
-      {.name = "wide-mlp", .layers = "flatten; dense out=4096; relu; dense out=2048; relu; dense out=10"}};
+      {.name = "mlp", .layers = BENCH_MLP}, {.name = "cnn", .layers = BENCH_TANH_CNN},
+      {.name = "wide-mlp", .layers = BENCH_WIDE_MLP}};
   if (rank == 0) {
     const int64_t N = 60000;
     dpm_dataset d = {.n_total = N, .begin = 0, .end = N, .C = 1, .H = 28, .W = 28, .num_classes = 10};
     d.x = dpm_malloc(sizeof(float) * (size_t)N * 784);
     d.y = dpm_malloc(sizeof(int32_t) * (size_t)N);
-    for (int64_t i = 0; i < N; i++) {
-      d.y[i] = (int32_t)(i % 10);
-      for (int k = 0; k < 784; k++) d.x[i * 784 + k] = (float)(dpm_u01((uint64_t)(i * 784 + k) * 0x9E3779B97F4A7C15ULL) - 0.5);
-    }
+    bench_fill(d.x, d.y, 0, N);
     for (int i = 0; i < 3; i++) measure_model(&models[i], &d);
     dpm_free(d.x);
     dpm_free(d.y);

@@ -34,47 +34,14 @@
 #include "dpmpi/dpsgd.h"
 #include "dpmpi/step.h"
 
+#include "benchutil.h"
+
 #define N_EXAMPLES 60000
 #define PIXELS 784
 #define MAX_REPEATS 64
 
 static const char *MODEL_KEYS[] = {"mlp", "cnn"};
-static const char *MODEL_LAYERS[] = {
-    "flatten; dense out=512; relu; dense out=10",
-    "conv out=16 kernel=8 stride=2 pad=3; tanh; maxpool kernel=2 stride=1; conv out=32 kernel=4 stride=2; tanh; "
-    "maxpool kernel=2 stride=1; flatten; dense out=32; tanh; dense out=10"};
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n) {
-  double s[MAX_REPEATS];
-  memcpy(s, v, sizeof(double) * (size_t)n);
-  qsort(s, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
-
-static FILE *csv_open(const char *path, const char *header) {
-  FILE *f = fopen(path, "a");
-  if (!f) dpm_fatal("cannot open %s for appending", path);
-  if (ftell(f) == 0) fprintf(f, "%s\n", header);
-  return f;
-}
-
-/* Wait for every rank of comm without spinning a core (rank 0's one-rank baseline runs meanwhile). */
-static void idle_barrier(MPI_Comm comm) {
-  MPI_Request req;
-  int done = 0;
-  struct timespec nap = {0, 200000};
-  DPM_MPI_CHECK(MPI_Ibarrier(comm, &req));
-  for (;;) {
-    DPM_MPI_CHECK(MPI_Test(&req, &done, MPI_STATUS_IGNORE));
-    if (done) break;
-    nanosleep(&nap, NULL);
-  }
-}
+static const char *MODEL_LAYERS[] = {BENCH_MLP, BENCH_TANH_CNN};
 
 /* One training setup on communicator comm (all replicas): model, shard of the replica, step, SGD. */
 typedef struct {
@@ -181,18 +148,14 @@ int main(int argc, char **argv) {
   dpm_dataset set = {.n_total = N, .begin = 0, .end = N, .C = 1, .H = 28, .W = 28, .num_classes = 10};
   set.x = dpm_malloc_aligned(sizeof(float) * (size_t)N * PIXELS);
   set.y = dpm_malloc(sizeof(int32_t) * (size_t)N);
-  for (int64_t i = 0; i < N; i++) {
-    set.y[i] = (int32_t)(i % 10);
-    for (int k = 0; k < PIXELS; k++)
-      set.x[i * PIXELS + k] = (float)(dpm_u01((uint64_t)(i * PIXELS + k) * 0x9E3779B97F4A7C15ULL) - 0.5);
-  }
+  bench_fill(set.x, set.y, 0, N);
   const int over = size > cores;
   FILE *fs = NULL, *fc = NULL;
   if (rank == 0 && csv)
-    fs = csv_open(csv, "model,mode,ranks,cores,oversubscribed,batch_per_rank,total_batch,physical_batch,step_ms,"
+    fs = bench_csv_open(csv, "model,mode,ranks,cores,oversubscribed,batch_per_rank,total_batch,physical_batch,step_ms,"
                        "examples_s,baseline_examples_s,speedup,efficiency,repeats,steps");
   if (rank == 0 && comm_csv)
-    fc = csv_open(comm_csv, "model,mode,ranks,cores,oversubscribed,step_ms,allreduce_ms,wait_ms,allreduce_share,"
+    fc = bench_csv_open(comm_csv, "model,mode,ranks,cores,oversubscribed,step_ms,allreduce_ms,wait_ms,allreduce_share,"
                             "wait_share,comm_share");
   if (rank == 0)
     printf("bench_scaling: %d rank(s) on %d core(s)%s, DP-SGD, median of %d repeats x %d steps, baseline: 1 rank in "
@@ -213,7 +176,7 @@ int main(int argc, char **argv) {
         if (size > 1) {
           if (with_solo) runner_repeat(&solo, steps, out);
           if (with_solo && k >= 0) x1[k] = out[1];
-          idle_barrier(MPI_COMM_WORLD);
+          bench_idle_barrier(MPI_COMM_WORLD);
         }
         runner_repeat(&grid, steps, out);
         if (k < 0) continue;
@@ -221,8 +184,8 @@ int main(int argc, char **argv) {
         if (size == 1) x1[k] = out[1];
       }
       if (rank == 0) {
-        const double t = median(ts, repeats), x = median(xs, repeats), base = median(x1, repeats),
-                     a = median(ar, repeats), w = median(wt, repeats);
+        const double t = bench_median(ts, repeats), x = bench_median(xs, repeats), base = bench_median(x1, repeats),
+                     a = bench_median(ar, repeats), w = bench_median(wt, repeats);
         printf("  %-4s %-6s %d rank(s): %5.0f examples/rank expected, %8.3f ms/step, %8.0f examples/s; 1 rank: %8.0f "
                "examples/s; speedup %.3f, efficiency %.3f; allreduce %.3f ms (%.1f%%), wait %.3f ms (%.1f%%)\n",
                MODEL_KEYS[mi], strong ? "strong" : "weak", size, b_rank, 1e3 * t, x, base, x / base, x / base / size,

@@ -38,6 +38,8 @@
 #include "dpmpi/dpsgd.h"
 #include "dpmpi/step.h"
 
+#include "benchutil.h"
+
 #define N_EXAMPLES 60000
 #define PIXELS 784
 #define MAX_REPEATS 64
@@ -48,32 +50,11 @@ typedef struct {
 } model_def;
 
 static const model_def MODELS[] = {
-    {"mlp", "mlp 784-512-10", "flatten; dense out=512; relu; dense out=10"},
-    {"cnn", "tanh cnn", "conv out=16 kernel=8 stride=2 pad=3; tanh; maxpool kernel=2 stride=1; conv out=32 kernel=4 "
-                        "stride=2; tanh; maxpool kernel=2 stride=1; flatten; dense out=32; tanh; dense out=10"},
-    {"wide", "mlp 784-4096-2048-10", "flatten; dense out=4096; relu; dense out=2048; relu; dense out=10"},
+    {"mlp", "mlp 784-512-10", BENCH_MLP},
+    {"cnn", "tanh cnn", BENCH_TANH_CNN},
+    {"wide", "mlp 784-4096-2048-10", BENCH_WIDE_MLP},
 };
 #define NMODELS (int)(sizeof MODELS / sizeof MODELS[0])
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(const double *v, int n) {
-  double s[MAX_REPEATS];
-  memcpy(s, v, sizeof(double) * (size_t)n);
-  qsort(s, (size_t)n, sizeof(double), cmp_double);
-  return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
-
-/* Open a CSV for appending (rank 0 only); writes the header when the file is new or empty. */
-static FILE *csv_open(const char *path, const char *header) {
-  FILE *f = fopen(path, "a");
-  if (!f) dpm_fatal("cannot open %s for appending", path);
-  if (ftell(f) == 0) fprintf(f, "%s\n", header);
-  return f;
-}
 
 /* A model's dense layers as (C in, O out) pairs, in order; returns how many (0 if it has other layers
  * with parameters, i.e. the GEMM count below does not apply). */
@@ -231,18 +212,14 @@ int main(int argc, char **argv) {
   dpm_dataset d = {.n_total = N, .begin = b, .end = e, .C = 1, .H = 28, .W = 28, .num_classes = 10};
   d.x = dpm_malloc_aligned(sizeof(float) * (size_t)(e - b) * PIXELS);
   d.y = dpm_malloc(sizeof(int32_t) * (size_t)(e - b));
-  for (int64_t i = 0; i < e - b; i++) {
-    d.y[i] = (int32_t)((b + i) % 10);
-    for (int k = 0; k < PIXELS; k++)
-      d.x[i * PIXELS + k] = (float)(dpm_u01((uint64_t)((b + i) * PIXELS + k) * 0x9E3779B97F4A7C15ULL) - 0.5);
-  }
+  bench_fill(d.x, d.y, b, e);
   const double q = (double)batch * size / (double)N;
   FILE *fs = NULL, *fg = NULL;
   if (rank == 0 && csv)
-    fs = csv_open(csv, "model,params,ranks,batch,physical_batch,repeats,steps,nonprivate_ms,dp_ms,ratio,"
+    fs = bench_csv_open(csv, "model,params,ranks,batch,physical_batch,repeats,steps,nonprivate_ms,dp_ms,ratio,"
                        "ratio_paired,nonprivate_ex_s,dp_ex_s");
   if (rank == 0 && gemm_csv)
-    fg = csv_open(gemm_csv, "model,params,batch,gflop_per_step,nonprivate_gflops,dp_gflops,sgemm_shapes_gflops,"
+    fg = bench_csv_open(gemm_csv, "model,params,batch,gflop_per_step,nonprivate_gflops,dp_gflops,sgemm_shapes_gflops,"
                             "sgemm_2048_gflops,nonprivate_eff_shapes,dp_eff_shapes,nonprivate_eff_2048,dp_eff_2048");
   if (rank == 0)
     printf("bench_step: %d rank(s), expected batch %d per rank (q = %.5f, N = %lld), physical batch %d, median of "
@@ -271,12 +248,12 @@ int main(int argc, char **argv) {
     }
     double med[2], exs[2], ex[2], pr[MAX_REPEATS];
     for (int r = 0; r < repeats; r++) pr[r] = t[1][r] / t[0][r];
-    const double paired = median(pr, repeats);
+    const double paired = bench_median(pr, repeats);
     for (int dp = 0; dp < 2; dp++) {
-      med[dp] = median(t[dp], repeats);
+      med[dp] = bench_median(t[dp], repeats);
       double xs[MAX_REPEATS];
       for (int r = 0; r < repeats; r++) xs[r] = x[dp][r] / t[dp][r]; /* x: examples per step, all ranks */
-      exs[dp] = median(xs, repeats);
+      exs[dp] = bench_median(xs, repeats);
       ex[dp] = 0;
       for (int r = 0; r < repeats; r++) ex[dp] += x[dp][r] / repeats;
     }
@@ -292,8 +269,8 @@ int main(int argc, char **argv) {
                 repeats, steps, 1e3 * med[0], 1e3 * med[1], med[1] / med[0], paired, exs[0], exs[1]);
     }
     if (nd > 0) { /* GEMM efficiency; rank 0 reports */
-      const double shapes = step_flops(C, O, nd, B) / median(ts, repeats) * 1e-9,
-                   sq2048 = 2.0 * SQ * SQ * SQ / median(tq, repeats) * 1e-9;
+      const double shapes = step_flops(C, O, nd, B) / bench_median(ts, repeats) * 1e-9,
+                   sq2048 = 2.0 * SQ * SQ * SQ / bench_median(tq, repeats) * 1e-9;
       /* one rank's flops: its share of the examples */
       const double f = step_flops(C, O, nd, ex[0] / size), g0 = f / med[0] * 1e-9,
                    g1 = step_flops(C, O, nd, ex[1] / size) / med[1] * 1e-9;
