@@ -57,7 +57,8 @@ typedef struct {
   dpm_sgd opt;
   int dp, pb, G, nlayers;
   int64_t *sel;
-  float *xb, *sq, *coef;
+  float *xb, *coef;
+  double *sq;
   int32_t *yb;
   uint64_t t;
 } setup;
@@ -84,7 +85,7 @@ static void setup_init(setup *s, const char *layers, int dp, int pb, const dpm_d
   s->sel = dpm_malloc(sizeof(int64_t) * (size_t)(d->end - d->begin + 1));
   s->xb = dpm_malloc_aligned(sizeof(float) * (size_t)pb * PIXELS);
   s->yb = dpm_malloc(sizeof(int32_t) * (size_t)pb);
-  s->sq = dpm_malloc(sizeof(float) * (size_t)s->G * pb);
+  s->sq = dpm_malloc(sizeof(double) * (size_t)s->G * pb);
   s->coef = dpm_malloc(sizeof(float) * (size_t)s->G * pb);
 }
 
@@ -164,8 +165,8 @@ static double dense_norms_seconds(const dpm_model *m, int nlayers, int B, int re
     dpm_model_layer_info(m, i, &info);
     if (info.wrank != 2) continue; /* dense: weights [out, in] */
     const int O = info.wdims[0], C = info.wdims[1];
-    float *a = dpm_malloc_aligned(sizeof(float) * (size_t)B * C), *g = dpm_malloc_aligned(sizeof(float) * (size_t)B * O),
-          *sq = dpm_malloc(sizeof(float) * (size_t)B);
+    float *a = dpm_malloc_aligned(sizeof(float) * (size_t)B * C), *g = dpm_malloc_aligned(sizeof(float) * (size_t)B * O);
+    double *sq = dpm_malloc(sizeof(double) * (size_t)B);
     for (size_t k = 0; k < (size_t)B * C; k++) a[k] = (float)dpm_u01(k * 0x9E3779B97F4A7C15ULL);
     for (size_t k = 0; k < (size_t)B * O; k++) g[k] = (float)dpm_u01(k * 0xBB67AE8584CAA73BULL);
     for (int r = 0; r < repeats; r++) {

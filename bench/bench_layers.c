@@ -13,7 +13,7 @@
 #include "benchutil.h"
 
 /* One step; dp selects norms + clipping coefficients (per-layer clip at 1.0). */
-static void step(dpm_model *m, const float *x, const int32_t *y, int B, int dp, float *sq, float *coef) {
+static void step(dpm_model *m, const float *x, const int32_t *y, int B, int dp, double *sq, float *coef) {
   dpm_model_forward(m, x, y, B, NULL);
   if (!dp) {
     dpm_model_backward(m, NULL);
@@ -22,7 +22,7 @@ static void step(dpm_model *m, const float *x, const int32_t *y, int B, int dp, 
   }
   dpm_model_backward(m, sq);
   const int G = dpm_model_num_groups(m);
-  for (int k = 0; k < G * B; k++) coef[k] = sq[k] > 1.0f ? 1.0f / sqrtf(sq[k]) : 1.0f;
+  for (int k = 0; k < G * B; k++) coef[k] = sq[k] > 1.0 ? (float)(1.0 / sqrt(sq[k])) : 1.0f;
   dpm_model_accumulate(m, coef);
 }
 
@@ -47,7 +47,8 @@ static void bench(const char *name, const char *text, int B, int reps) {
   for (size_t k = 0; k < (size_t)B * 784; k++) x[k] = (float)rand() / RAND_MAX;
   for (int i = 0; i < B; i++) y[i] = rand() % 10;
   const int G = dpm_model_num_groups(m);
-  float *sq = malloc(sizeof(float) * (size_t)G * B), *coef = malloc(sizeof(float) * (size_t)G * B);
+  double *sq = malloc(sizeof(double) * (size_t)G * B);
+  float *coef = malloc(sizeof(float) * (size_t)G * B);
   double *t[2];
   for (int dp = 0; dp < 2; dp++) t[dp] = malloc(sizeof(double) * (size_t)reps);
   for (int w = 0; w < 2; w++) {

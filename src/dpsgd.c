@@ -36,14 +36,21 @@ double dpm_clip_threshold(dpm_clipping mode, double clip, int groups, int stages
   return clip;
 }
 
+/* The coefficient min(1, threshold / norm), shrunk by CLIP_MARGIN and rounded down to float, so that the
+ * clipped gradient as float32 forms it (each entry c g_k rounded once or twice, relative 2^-24 each)
+ * still has norm below the threshold. A norm that is not finite (Inf or NaN: the example's activations
+ * overflowed) gives 0: the example contributes nothing to the group. */
+#define CLIP_MARGIN 0x1p-21
 static float clip_coef(double sqnorm, double threshold) {
-  if (!(sqnorm > threshold * threshold)) return 1.0f;
-  /* round the coefficient down so that coef * norm never exceeds the threshold in float */
-  double c = threshold / sqrt(sqnorm);
-  return nextafterf((float)c, 0.0f);
+  if (!isfinite(sqnorm)) return 0.0f;
+  if (sqnorm <= threshold * threshold) return 1.0f;
+  double c = threshold / sqrt(sqnorm) * (1.0 - CLIP_MARGIN);
+  float f = (float)c;
+  if ((double)f > c) f = nextafterf(f, 0.0f);
+  return f;
 }
 
-void dpm_clip_coefs(const float *sqnorms, int G, int B, dpm_clipping mode, double clip, float *coef) {
+void dpm_clip_coefs(const double *sqnorms, int G, int B, dpm_clipping mode, double clip, float *coef) {
   if (mode != DPM_CLIP_PER_LAYER) {
     for (int i = 0; i < B; i++) {
       double s = 0;

@@ -21,22 +21,69 @@ void dpm_dense_backward_input(float *dinp, const float *dout, const float *w, in
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, C, O, 1.0f, dout, O, w, C, 0.0f, dinp, C);
 }
 
+/* Sum of squares in double: no finite float32 input overflows it (n FLT_MAX^2 < DBL_MAX for any n
+ * below 10^230), and a non-finite entry makes it non-finite (the caller's coefficient is then 0). */
 static double sumsq(const float *v, size_t n) {
-  /* float partial sums in blocks of 8 lanes (vectorizable), double total */
-  float acc[8] = {0};
+  double acc[8] = {0};
   size_t k = 0;
   for (; k + 8 <= n; k += 8)
-    for (int l = 0; l < 8; l++) acc[l] += v[k + l] * v[k + l];
+    for (int l = 0; l < 8; l++) acc[l] += (double)v[k + l] * v[k + l];
   double s = 0;
   for (int l = 0; l < 8; l++) s += acc[l];
   for (; k < n; k++) s += (double)v[k] * v[k];
   return s;
 }
 
-void dpm_dense_sqnorms(float *sq, const float *inp, const float *dout, int has_bias, int B, int C, int O) {
+/* max |v_k|; NaN entries are ignored (callers test finiteness through the norms). */
+static float maxabs(const float *v, size_t n) {
+  float m = 0;
+  for (size_t k = 0; k < n; k++) {
+    const float a = fabsf(v[k]);
+    m = a > m ? a : m;
+  }
+  return m;
+}
+
+/* A clipped row s = c g whose largest entry is below this is formed by rescaling (see
+ * dpm_dense_accumulate): its small entries would otherwise fall into float32's subnormal range and
+ * round by more than half an ulp of the row. */
+#define CLIP_TINY 0x1p-90f
+
+/* 1 if a clipped row s = c g (c < 1) must be rescaled: non-zero but near underflow. A zero row
+ * contributes exactly 0 (its partner rows are finite whenever c > 0: Inf * 0 makes the norm NaN). */
+static int needs_rescale(const float *s, size_t n) {
+  const float m = maxabs(s, n);
+  return m > 0 && m < CLIP_TINY;
+}
+
+/* s = c g (n entries); returns 1 if the example needs the careful path: c == 0 (its norm was not
+ * finite: it contributes nothing and its rows may hold Inf/NaN) or c < 1 with s near underflow. */
+static int scale_row(float *s, const float *g, float c, size_t n) {
+  if (c == 1.0f) {
+    memcpy(s, g, n * sizeof(float));
+    return 0;
+  }
+  for (size_t k = 0; k < n; k++) s[k] = c * g[k];
+  return c == 0.0f || needs_rescale(s, n);
+}
+
+/* The careful form of an extreme example's clipped rows: s = c g is re-formed as (c 2^e) g with the
+ * partner rows a scaled by 2^-e into `row` (exact: powers of two), 2^e ~ max |a|, so that neither
+ * factor underflows or overflows while their products are those of c g a. Returns the partner rows. */
+static const float *rescale_rows(float *s, const float *g, float c, size_t ns, const float *a, size_t na,
+                                 float *row) {
+  int e;
+  frexpf(maxabs(a, na), &e);
+  const double ce = ldexp((double)c, e);
+  for (size_t k = 0; k < ns; k++) s[k] = (float)(ce * g[k]);
+  for (size_t k = 0; k < na; k++) row[k] = ldexpf(a[k], -e);
+  return row;
+}
+
+void dpm_dense_sqnorms(double *sq, const float *inp, const float *dout, int has_bias, int B, int C, int O) {
   for (int i = 0; i < B; i++) {
     double a2 = sumsq(inp + (size_t)i * C, (size_t)C), g2 = sumsq(dout + (size_t)i * O, (size_t)O);
-    sq[i] = (float)((a2 + (has_bias ? 1.0 : 0.0)) * g2);
+    sq[i] = (a2 + (has_bias ? 1.0 : 0.0)) * g2; /* Inf * 0 is NaN: not finite, coefficient 0 */
   }
 }
 
@@ -48,18 +95,27 @@ static void colsum_add(float *db, const float *G, size_t rows, int O) {
 }
 
 void dpm_dense_accumulate(float *dw, float *db, const float *inp, const float *dout, const float *coef,
-                          float *scratch, int B, int C, int O) {
+                          float *scratch, float *row, int B, int C, int O) {
   const float *G = dout;
+  int careful = 0;
   if (coef) {
-    for (int i = 0; i < B; i++) {
-      const float c = coef[i], *g = dout + (size_t)i * O;
-      float *s = scratch + (size_t)i * O;
-      for (int o = 0; o < O; o++) s[o] = c * g[o];
-    }
+    for (int i = 0; i < B; i++) careful |= scale_row(scratch + (size_t)i * O, dout + (size_t)i * O, coef[i], (size_t)O);
     G = scratch;
   }
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, C, B, 1.0f, G, O, inp, C, 1.0f, dw, C);
-  if (db) colsum_add(db, G, (size_t)B, O);
+  if (!careful) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, C, B, 1.0f, G, O, inp, C, 1.0f, dw, C);
+    if (db) colsum_add(db, G, (size_t)B, O);
+    return;
+  }
+  /* a micro-batch with an extreme example: one rank-1 update per example, excluded ones skipped */
+  for (int i = 0; i < B; i++) {
+    const float c = coef[i], *g = dout + (size_t)i * O, *a = inp + (size_t)i * C;
+    float *s = scratch + (size_t)i * O;
+    if (c == 0.0f) continue;
+    if (c < 1.0f && needs_rescale(s, (size_t)O)) a = rescale_rows(s, g, c, (size_t)O, a, (size_t)C, row);
+    cblas_sger(CblasRowMajor, O, C, 1.0f, s, 1, a, 1, dw, C);
+    if (db) colsum_add(db, s, 1, O);
+  }
 }
 
 /* ---- conv2d ----------------------------------------------------------------------------------- */
@@ -154,34 +210,44 @@ void dpm_conv_backward(float *dx, float *G, float *dP, const float *dout, const 
   dpm_col2im(dx, dP, B, C, H, W, K, S, pad, OH, OW);
 }
 
-void dpm_conv_sqnorms_ghost(float *sq, const float *P, const float *G, int has_bias, float *scratch, int B,
-                            int T, int CK, int O) {
-  float *PP = scratch, *GG = scratch + (size_t)T * T;
+/* Positions' cancellation beyond which a ghost example's clipped gradient is formed alone and capped
+ * (dpm_conv_accumulate): S^2 > KAPPA2 T ||grad||^2, i.e. 8 times the sqrt(T) of uncorrelated terms. */
+#define GHOST_ILL_KAPPA2 64.0
+
+void dpm_conv_sqnorms_ghost(double *sq, unsigned char *ill, const float *P, const float *G, int has_bias,
+                            double *scratch, int B, int T, int CK, int O) {
+  /* in double: no finite float32 input overflows (entries <= CK FLT_MAX^2, products < 10^170), and
+     the Gram products of float inputs are exact before their sums round at 2^-53 */
+  double *PP = scratch, *GG = PP + (size_t)T * T, *Pd = GG + (size_t)T * T, *Gd = Pd + (size_t)T * CK;
   for (int i = 0; i < B; i++) {
     const float *Pi = P + (size_t)i * T * CK, *Gi = G + (size_t)i * T * O;
+    for (size_t k = 0; k < (size_t)T * CK; k++) Pd[k] = Pi[k];
+    for (size_t k = 0; k < (size_t)T * O; k++) Gd[k] = Gi[k];
     /* upper triangles only: sum over the full symmetric product = diag + 2 * strict upper */
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, T, CK, 1.0f, Pi, CK, 0.0f, PP, T);
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasNoTrans, T, O, 1.0f, Gi, O, 0.0f, GG, T);
-    double diag = 0, off = 0, gdiag = 0, goff = 0;
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, T, CK, 1.0, Pd, CK, 0.0, PP, T);
+    cblas_dsyrk(CblasRowMajor, CblasUpper, CblasNoTrans, T, O, 1.0, Gd, O, 0.0, GG, T);
+    double diag = 0, off = 0, gdiag = 0, goff = 0, S = 0;
     for (int s = 0; s < T; s++) {
-      const float *pp = PP + (size_t)s * T, *gg = GG + (size_t)s * T;
-      diag += (double)pp[s] * gg[s];
+      const double *pp = PP + (size_t)s * T, *gg = GG + (size_t)s * T;
+      diag += pp[s] * gg[s];
       gdiag += gg[s];
-      float acc = 0, gacc = 0;
+      S += sqrt((pp[s] + (has_bias ? 1.0 : 0.0)) * gg[s]);
       for (int t = s + 1; t < T; t++) {
-        acc += pp[t] * gg[t];
-        gacc += gg[t];
+        off += pp[t] * gg[t];
+        goff += gg[t];
       }
-      off += acc;
-      goff += gacc;
     }
     double v = diag + 2.0 * off;
     if (has_bias) v += gdiag + 2.0 * goff;
-    sq[i] = (float)(v > 0 ? v : 0);
+    /* rounding may leave a tiny negative value; Inf and NaN (non-finite activations) stay: coefficient 0 */
+    sq[i] = v < 0 ? 0 : v;
+    /* ill-conditioned: the positions' terms cancel (S = sum_t ||g_t|| ||(p_t, 1)|| far above the norm),
+       so the float32 GEMM that forms the clipped sum could err by more than the clipping margin */
+    ill[i] = S * S > GHOST_ILL_KAPPA2 * (double)T * sq[i];
   }
 }
 
-void dpm_conv_grads_explicit(float *E, float *sq, const float *P, const float *G, int has_bias, int B, int T,
+void dpm_conv_grads_explicit(float *E, double *sq, const float *P, const float *G, int has_bias, int B, int T,
                              int CK, int O) {
   const size_t N = (size_t)O * CK + (has_bias ? (size_t)O : 0);
   for (int i = 0; i < B; i++) {
@@ -193,35 +259,77 @@ void dpm_conv_grads_explicit(float *E, float *sq, const float *P, const float *G
       memset(eb, 0, (size_t)O * sizeof(float));
       colsum_add(eb, Gi, (size_t)T, O);
     }
-    if (sq) sq[i] = (float)sumsq(Ei, N);
+    if (sq) sq[i] = sumsq(Ei, N);
   }
 }
 
 void dpm_conv_accumulate(float *dw, float *db, const float *P, const float *G, const float *coef,
-                         float *scratch, int B, int T, int CK, int O) {
+                         const double *gsq, const unsigned char *ill, float *scratch, float *row, int B, int T,
+                         int CK, int O) {
   const float *Gs = G;
+  const size_t TO = (size_t)T * O, TCK = (size_t)T * CK, N = (size_t)O * CK + (db ? (size_t)O : 0);
+  int careful = 0;
   if (coef) {
     for (int i = 0; i < B; i++) {
-      const float c = coef[i];
-      const float *g = G + (size_t)i * T * O;
-      float *s = scratch + (size_t)i * T * O;
-      for (size_t k = 0; k < (size_t)T * O; k++) s[k] = c * g[k];
+      careful |= scale_row(scratch + (size_t)i * TO, G + (size_t)i * TO, coef[i], TO);
+      careful |= ill && ill[i] && coef[i] != 0.0f;
     }
     Gs = scratch;
   }
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, CK, B * T, 1.0f, Gs, O, P, CK, 1.0f, dw, CK);
-  if (db) colsum_add(db, Gs, (size_t)B * T, O);
+  if (!careful) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, CK, B * T, 1.0f, Gs, O, P, CK, 1.0f, dw, CK);
+    if (db) colsum_add(db, Gs, (size_t)B * T, O);
+    return;
+  }
+  /* a micro-batch with an extreme or ill-conditioned example: each example's clipped gradient is formed
+     alone (excluded ones skipped); rescaled or ill-conditioned ones are materialized in `row` and capped
+     at c ||grad|| of their ghost norm, whatever the float32 sum over positions made of them */
+  float *E = row + TCK;
+  for (int i = 0; i < B; i++) {
+    const float c = coef[i], *Pi = P + (size_t)i * TCK;
+    float *s = scratch + (size_t)i * TO;
+    if (c == 0.0f) continue;
+    int alone = ill && ill[i];
+    if (c < 1.0f && needs_rescale(s, TO)) Pi = rescale_rows(s, G + (size_t)i * TO, c, TO, Pi, TCK, row), alone = 1;
+    if (!alone || !gsq) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, CK, T, 1.0f, s, O, Pi, CK, 1.0f, dw, CK);
+      if (db) colsum_add(db, s, (size_t)T, O);
+      continue;
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, CK, T, 1.0f, s, O, Pi, CK, 0.0f, E, CK);
+    if (db) {
+      memset(E + (size_t)O * CK, 0, (size_t)O * sizeof(float));
+      colsum_add(E + (size_t)O * CK, s, (size_t)T, O);
+    }
+    const double have = sumsq(E, N), cap = (double)c * c * gsq[i];
+    float f = 1.0f;
+    if (!isfinite(have)) f = 0.0f;
+    else if (have > cap) f = (float)(sqrt(cap / have) * (1.0 - 0x1p-21));
+    if (f == 0.0f) continue;
+    cblas_saxpy((int)((size_t)O * CK), f, E, 1, dw, 1);
+    if (db) cblas_saxpy(O, f, E + (size_t)O * CK, 1, db, 1);
+  }
 }
 
 /* ---- per-example rows ------------------------------------------------------------------------- */
 
-void dpm_rows_sqnorm(float *sq, const float *E, int B, size_t N) {
-  for (int i = 0; i < B; i++) sq[i] = (float)sumsq(E + (size_t)i * N, N);
+void dpm_rows_sqnorm(double *sq, const float *E, int B, size_t N) {
+  for (int i = 0; i < B; i++) sq[i] = sumsq(E + (size_t)i * N, N);
 }
 
 void dpm_rows_accumulate(float *grad, const float *E, const float *coef, int B, size_t N) {
   if (coef) {
-    cblas_sgemv(CblasRowMajor, CblasTrans, B, (int)N, 1.0f, E, (int)N, coef, 1, 1.0f, grad, 1);
+    /* a coefficient 0 marks a row whose norm was not finite: it may hold Inf/NaN and must not enter
+       the GEMV (0 * Inf is NaN). A finite row with c = C / ||E_i|| has entries c E_ik <= C, and its
+       largest is >= C / sqrt(N): nothing overflows or underflows. */
+    int excluded = 0;
+    for (int i = 0; i < B; i++) excluded |= coef[i] == 0.0f;
+    if (!excluded) {
+      cblas_sgemv(CblasRowMajor, CblasTrans, B, (int)N, 1.0f, E, (int)N, coef, 1, 1.0f, grad, 1);
+      return;
+    }
+    for (int i = 0; i < B; i++)
+      if (coef[i] != 0.0f) cblas_saxpy((int)N, coef[i], E + (size_t)i * N, 1, grad, 1);
   } else {
     for (int i = 0; i < B; i++) cblas_saxpy((int)N, 1.0f, E + (size_t)i * N, 1, grad, 1);
   }

@@ -22,12 +22,16 @@ void dpm_dense_forward(float *out, const float *inp, const float *w, const float
 /* dinp = dout W (B x C). */
 void dpm_dense_backward_input(float *dinp, const float *dout, const float *w, int B, int C, int O);
 /* sq[i] = ||inp_i||^2 ||dout_i||^2 + has_bias ||dout_i||^2: exact squared norm of example i's (W, b)
- * gradient, never materialized. */
-void dpm_dense_sqnorms(float *sq, const float *inp, const float *dout, int has_bias, int B, int C, int O);
+ * gradient, never materialized, accumulated in double (finite for every finite float32 input; Inf or
+ * NaN when a row holds Inf or NaN). */
+void dpm_dense_sqnorms(double *sq, const float *inp, const float *dout, int has_bias, int B, int C, int O);
 /* dw += dout^T diag(coef) inp, db += dout^T coef (db may be NULL). coef NULL means all ones.
- * scratch: B x O floats (used only when coef != NULL). */
+ * Clipped (coef != NULL): an example with coef 0 contributes nothing, whatever its rows hold (Inf,
+ * NaN); one whose clipped row c dout_i would underflow (activations near FLT_MAX) is formed with
+ * power-of-two rescaling; such micro-batches take one rank-1 update per example instead of the GEMM.
+ * scratch: B x O floats, row: C floats (used only when coef != NULL). */
 void dpm_dense_accumulate(float *dw, float *db, const float *inp, const float *dout, const float *coef,
-                          float *scratch, int B, int C, int O);
+                          float *scratch, float *row, int B, int C, int O);
 
 /* ---- conv2d via im2col ---------------------------------------------------------------------- */
 /* P ((B*T) x CK) = patches of x (B x C x H x W) for kernel K, stride S, zero padding pad. */
@@ -43,23 +47,30 @@ void dpm_conv_forward(float *out, float *P, float *Y, const float *x, const floa
 void dpm_conv_backward(float *dx, float *G, float *dP, const float *dout, const float *w, int B, int C, int H,
                        int W, int O, int K, int S, int pad, int OH, int OW);
 /* Ghost norms: sq[i] = sum_{s,t} (P_i P_i^T)_st (G_i G_i^T)_st (+ sum_{s,t} (G_i G_i^T)_st for the bias),
- * with P_i, G_i example i's T rows. scratch: 2*T*T floats. Cost ~ B T^2 (CK + O). */
-void dpm_conv_sqnorms_ghost(float *sq, const float *P, const float *G, int has_bias, float *scratch, int B,
-                            int T, int CK, int O);
+ * with P_i, G_i example i's T rows, in double precision (no finite input overflows; Inf/NaN rows give a
+ * non-finite sq). ill[i] = 1 when the positions' terms cancel so much (sum_t ||g_t|| ||p_t|| > 8 sqrt(T)
+ * times the norm) that the float32 GEMM of the clipped sum could err beyond the clipping margin.
+ * scratch: 2*T*T + T*(CK + O) doubles. Cost ~ B T^2 (CK + O) double multiply-adds. */
+void dpm_conv_sqnorms_ghost(double *sq, unsigned char *ill, const float *P, const float *G, int has_bias,
+                            double *scratch, int B, int T, int CK, int O);
 /* Explicit per-example gradients: E_i = [G_i^T P_i (O x CK), has_bias ? colsum(G_i) (O) : nothing],
  * rows of length O*CK + has_bias*O; sq[i] = ||E_i||^2 when sq is not NULL. Cost ~ B T O CK. */
-void dpm_conv_grads_explicit(float *E, float *sq, const float *P, const float *G, int has_bias, int B, int T,
+void dpm_conv_grads_explicit(float *E, double *sq, const float *P, const float *G, int has_bias, int B, int T,
                              int CK, int O);
 /* dw (O x CK) += G^T diag(coef per example, repeated over its T rows) P, db += the same of G's column
- * sums (db may be NULL). One GEMM over all B*T rows. coef NULL means all ones. scratch: B*T*O floats
- * (used only when coef != NULL). */
+ * sums (db may be NULL). One GEMM over all B*T rows. coef NULL means all ones. Clipped: as
+ * dpm_dense_accumulate (coef 0 contributes nothing; extreme examples rescaled, one GEMM per example);
+ * with the ghost norms gsq and flags ill of dpm_conv_sqnorms_ghost (both may be NULL), an extreme or
+ * ill-conditioned example's clipped gradient is formed alone and scaled down to c sqrt(gsq_i) if the
+ * float32 sum over positions came out larger. scratch: B*T*O floats, row: T*CK + O*CK + O floats. */
 void dpm_conv_accumulate(float *dw, float *db, const float *P, const float *G, const float *coef,
-                         float *scratch, int B, int T, int CK, int O);
+                         const double *gsq, const unsigned char *ill, float *scratch, float *row, int B, int T,
+                         int CK, int O);
 
 /* ---- per-example gradient rows ---------------------------------------------------------------- */
-/* sq[i] = ||E_i||^2 for rows E_i of length N. */
-void dpm_rows_sqnorm(float *sq, const float *E, int B, size_t N);
-/* grad (N) += sum_i coef_i E_i (coef NULL: all ones). */
+/* sq[i] = ||E_i||^2 for rows E_i of length N (double accumulation). */
+void dpm_rows_sqnorm(double *sq, const float *E, int B, size_t N);
+/* grad (N) += sum_i coef_i E_i (coef NULL: all ones); rows with coef 0 are skipped, whatever they hold. */
 void dpm_rows_accumulate(float *grad, const float *E, const float *coef, int B, size_t N);
 
 /* ---- pooling (no padding) --------------------------------------------------------------------- */

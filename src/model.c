@@ -37,6 +37,9 @@ typedef struct {
   int E_owned;       /* E allocated outside the arena (forced explicit) */
   int explicit_;     /* conv: explicit per-example gradients when norms are asked for */
   int E_ready;       /* E holds this micro-batch's per-example gradients */
+  double *gsq;       /* conv ghost: this micro-batch's squared norms (B) and ill-conditioning flags (B), */
+  unsigned char *ill; /* kept for the clipped sum (dpm_conv_accumulate caps such examples) */
+  int gsq_ready;
   float *xhat, *rstd; /* groupnorm */
   int32_t *argmax;    /* maxpool */
 } layer;
@@ -50,7 +53,9 @@ struct dpm_model {
   size_t nparams;
   int ngroups, *group_layer, first_param;
   void *arena;
-  float *x, *dx, *probs, *scratch, *ghost;
+  float *x, *dx, *probs, *scratch;
+  double *ghost;     /* conv ghost norms: Gram matrices and the example's rows in double */
+  float *row;        /* clipped sums of extreme examples: one example's rescaled rows */
   int32_t *y;
   int B, have_labels, backward_done, input_grad;
   int layer0;        /* global number of the first layer (pipeline stages): initialization and describe */
@@ -212,7 +217,8 @@ static int conv_pick_explicit(const layer *l, int max_batch) {
   /* multiply-adds per example: ghost = Gram norms + weighted GEMM for the sum; explicit = per-example
    * GEMM + writing and re-reading the rows (memory traffic, weighted) */
   double T = l->T, CK = l->CK, O = l->s.out;
-  double ghost = T * T * (CK + O + 1) + T * O * CK;
+  /* the Gram products run in double (dpm_conv_sqnorms_ghost): twice the cost of float */
+  double ghost = 2 * T * T * (CK + O + 1) + T * O * CK;
   double expl = T * O * CK + 8.0 * (O * CK + O);
   size_t bytes = (size_t)max_batch * (l->wsize + l->bsize) * sizeof(float);
   return expl <= ghost && bytes <= EXPLICIT_MAX_BYTES;
@@ -220,7 +226,7 @@ static int conv_pick_explicit(const layer *l, int max_batch) {
 
 /* Place every buffer (base NULL: only measure). Returns the arena size in bytes. */
 static size_t layout(dpm_model *m, char *base) {
-  size_t cur = 0, scratch = 0, ghost = 0;
+  size_t cur = 0, scratch = 0, ghost = 0, row = 0;
   const size_t B = (size_t)m->max_batch, F = sizeof(float);
   m->x = carve(base, &cur, B * m->in_n * F);
   m->dx = carve(base, &cur, B * m->in_n * F);
@@ -238,6 +244,7 @@ static size_t layout(dpm_model *m, char *base) {
     switch (l->s.kind) {
       case DPM_LAYER_DENSE:
         if (B * l->s.out > scratch) scratch = B * l->s.out;
+        if (l->in_n > row) row = l->in_n;
         break;
       case DPM_LAYER_CONV2D: {
         size_t bt = B * l->T;
@@ -245,7 +252,12 @@ static size_t layout(dpm_model *m, char *base) {
         l->G = carve(base, &cur, bt * l->s.out * F);
         if (bt * l->s.out > scratch) scratch = bt * l->s.out;
         if (bt * l->CK > scratch) scratch = bt * l->CK;
-        if ((size_t)2 * l->T * l->T > ghost) ghost = (size_t)2 * l->T * l->T;
+        const size_t gh = (size_t)l->T * (2 * (size_t)l->T + (size_t)l->CK + (size_t)l->s.out);
+        if (gh > ghost) ghost = gh;
+        const size_t rw = (size_t)l->T * l->CK + (size_t)l->s.out * ((size_t)l->CK + 1);
+        if (rw > row) row = rw;
+        l->gsq = carve(base, &cur, B * sizeof(double));
+        l->ill = carve(base, &cur, B);
         if (l->explicit_ && !l->E_owned) l->E = carve(base, &cur, B * (l->wsize + l->bsize) * F);
         break;
       }
@@ -264,7 +276,8 @@ static size_t layout(dpm_model *m, char *base) {
   const layer *last = &m->L[m->n - 1];
   m->probs = carve(base, &cur, (m->has_loss ? B * last->out_n : 0) * F);
   m->scratch = carve(base, &cur, scratch * F);
-  m->ghost = carve(base, &cur, ghost * F);
+  m->ghost = carve(base, &cur, ghost * sizeof(double));
+  m->row = carve(base, &cur, row * F);
   return cur;
 }
 
@@ -578,6 +591,7 @@ double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, 
     const float *in = i ? m->L[i - 1].out : m->x;
     const float *w = m->params + l->poff, *b = l->bsize ? w + l->wsize : NULL;
     l->E_ready = 0;
+    l->gsq_ready = 0;
     switch (s->kind) {
       case DPM_LAYER_DENSE: dpm_dense_forward(l->out, in, w, b, B, (int)l->in_n, s->out); break;
       case DPM_LAYER_CONV2D:
@@ -617,21 +631,21 @@ double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, 
   return dpm_softmax_xent_forward(m->probs, logits, m->y, B, m->n_classes, n_correct);
 }
 
-static void backward_layers(dpm_model *m, float *sqnorms);
+static void backward_layers(dpm_model *m, double *sqnorms);
 
-void dpm_model_backward(dpm_model *m, float *sqnorms) {
+void dpm_model_backward(dpm_model *m, double *sqnorms) {
   DPM_ASSERT(m->has_loss && m->have_labels);
   dpm_softmax_xent_backward(m->L[m->n - 1].dout, m->probs, m->y, m->B, m->n_classes);
   backward_layers(m, sqnorms);
 }
 
-void dpm_model_backward_output(dpm_model *m, const float *dout, float *sqnorms) {
+void dpm_model_backward_output(dpm_model *m, const float *dout, double *sqnorms) {
   DPM_ASSERT(!m->has_loss && m->B >= 1);
   memcpy(m->L[m->n - 1].dout, dout, (size_t)m->B * m->L[m->n - 1].out_n * sizeof(float));
   backward_layers(m, sqnorms);
 }
 
-static void backward_layers(dpm_model *m, float *sqnorms) {
+static void backward_layers(dpm_model *m, double *sqnorms) {
   const int B = m->B;
   for (int i = m->n - 1; i >= 0; i--) {
     layer *l = &m->L[i];
@@ -641,7 +655,7 @@ static void backward_layers(dpm_model *m, float *sqnorms) {
     /* the input gradient is needed if some earlier layer has parameters, or the caller asked */
     const int need_dx = m->input_grad || (m->first_param >= 0 && m->first_param < i);
     float *dx = need_dx ? (i ? m->L[i - 1].dout : m->dx) : NULL;
-    float *sq = (sqnorms && l->group >= 0) ? sqnorms + (size_t)l->group * B : NULL;
+    double *sq = (sqnorms && l->group >= 0) ? sqnorms + (size_t)l->group * B : NULL;
     const size_t n = (size_t)B * l->out_n;
     switch (s->kind) {
       case DPM_LAYER_DENSE:
@@ -655,7 +669,9 @@ static void backward_layers(dpm_model *m, float *sqnorms) {
           dpm_conv_grads_explicit(l->E, sq, l->P, l->G, s->bias, B, l->T, l->CK, s->out);
           l->E_ready = 1;
         } else if (sq) {
-          dpm_conv_sqnorms_ghost(sq, l->P, l->G, s->bias, m->ghost, B, l->T, l->CK, s->out);
+          dpm_conv_sqnorms_ghost(sq, l->ill, l->P, l->G, s->bias, m->ghost, B, l->T, l->CK, s->out);
+          memcpy(l->gsq, sq, (size_t)B * sizeof(double));
+          l->gsq_ready = 1;
         }
         break;
       case DPM_LAYER_MAXPOOL:
@@ -691,13 +707,15 @@ void dpm_model_accumulate(dpm_model *m, const float *coef) {
     float *dw = m->grads + l->poff, *db = l->bsize ? dw + l->wsize : NULL;
     switch (s->kind) {
       case DPM_LAYER_DENSE:
-        dpm_dense_accumulate(dw, db, i ? m->L[i - 1].out : m->x, l->dout, c, m->scratch, B, (int)l->in_n, s->out);
+        dpm_dense_accumulate(dw, db, i ? m->L[i - 1].out : m->x, l->dout, c, m->scratch, m->row, B, (int)l->in_n,
+                             s->out);
         break;
       case DPM_LAYER_CONV2D:
         if (l->E_ready)
           dpm_rows_accumulate(dw, l->E, c, B, l->wsize + l->bsize);
         else
-          dpm_conv_accumulate(dw, db, l->P, l->G, c, m->scratch, B, l->T, l->CK, s->out);
+          dpm_conv_accumulate(dw, db, l->P, l->G, c, l->gsq_ready ? l->gsq : NULL, l->gsq_ready ? l->ill : NULL,
+                              m->scratch, m->row, B, l->T, l->CK, s->out);
         break;
       case DPM_LAYER_GROUPNORM: dpm_rows_accumulate(dw, l->E, c, B, l->wsize + l->bsize); break;
       default: DPM_ASSERT(0);

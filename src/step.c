@@ -61,7 +61,7 @@ void dpm_step_init(dpm_step *s) {
   s->guest_cap = s->send_cap = 0;
   s->xreq = NULL;
   s->xreq_cap = 0;
-  s->sq = dpm_malloc(sizeof(float) * (size_t)(G ? G : 1) * PB);
+  s->sq = dpm_malloc(sizeof(double) * (size_t)(G ? G : 1) * PB);
   s->coef = dpm_malloc(sizeof(float) * (size_t)(G ? G : 1) * PB);
 }
 
@@ -141,7 +141,9 @@ static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
   dpm_model *m = s->ctx[c];
   const int64_t off = mb_off(w, k);
   const int flat_pipe = s->dp && s->norms != NULL;
-  float *sq = s->dp && !(flat_pipe && w->pass == 1) ? s->sq : NULL;
+  /* DP: norms in both passes of flat clipping on a pipeline too (pass 1 uses the whole-model norms for
+     the coefficients, but ghost conv layers keep their own for the clipped sum's safeguards) */
+  double *sq = s->dp ? s->sq : NULL;
   if (s->stage == s->stages - 1) {
     dpm_model_backward(m, sq);
   } else {
@@ -165,7 +167,7 @@ static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
     return;
   }
   if (flat_pipe) { /* coefficients from the whole-model norms */
-    for (int i = 0; i < B; i++) s->sq[i] = (float)s->norms[off + i];
+    for (int i = 0; i < B; i++) s->sq[i] = s->norms[off + i];
     dpm_clip_coefs(s->sq, 1, B, DPM_CLIP_FLAT, s->threshold, s->coef);
     for (int g = 1; g < G; g++) memcpy(s->coef + (size_t)g * B, s->coef, sizeof(float) * (size_t)B);
   } else {

@@ -47,7 +47,8 @@ static void test_sampling(void) {
 static void test_clipping(void) {
   /* random per-group gradients; the coefficients must bring each example within C and leave small ones alone */
   enum { G = 3, B = 40, P = 7 };
-  float grad[G][B][P], sq[G * B], coef[G * B];
+  float grad[G][B][P], coef[G * B];
+  double sq[G * B];
   dpm_key key = dpm_key_from_seed(11, 0);
   for (int g = 0; g < G; g++)
     for (int i = 0; i < B; i++) {
@@ -58,7 +59,7 @@ static void test_clipping(void) {
     for (int i = 0; i < B; i++) {
       double s = 0;
       for (int p = 0; p < P; p++) s += (double)grad[g][i][p] * grad[g][i][p];
-      sq[g * B + i] = (float)s;
+      sq[g * B + i] = s;
     }
   const double C = 1.5;
   for (int mode = 0; mode < 2; mode++) {

@@ -14,6 +14,7 @@
  * - grid errors: a shape that does not divide the world, more stages than layers, bad explicit splits. */
 // ctest: np=1,2,3,4
 // ctest: timeout=300
+#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +23,7 @@
 #include "dpmpi/step.h"
 #include "testing.h"
 
-enum { N = 37, C_IN = 1, H_IN = 6, W_IN = 6, D_IN = C_IN * H_IN * W_IN, K = 3, N_LAYERS = 7 };
+enum { N = 37, C_IN = 1, H_IN = 6, W_IN = 6, D_IN = C_IN * H_IN * W_IN, K = 3, N_LAYERS = 7, MAX_LAYERS = 16 };
 static const char *LAYERS =
     "conv out=2 kernel=3 stride=1 pad=1; tanh; maxpool kernel=2; flatten; dense out=5; relu; dense out=3";
 static const char *LAYERS_NOBIAS =
@@ -50,6 +51,8 @@ typedef struct {
   /* called after every step with the whole model's gradient sum (gathered) */
   void (*each)(const float *grad, size_t P, int t, void *ctx);
   void *ctx;
+  uint64_t t0;       /* the first step's index (its Poisson sample) */
+  dpm_norm_method norm; /* conv layers' norm method (AUTO: the model's choice) */
 } job;
 
 static void make_data(void) {
@@ -98,11 +101,13 @@ static float *run(MPI_Comm comm, gridspec g, const job *j, size_t *P_out, uint64
   dpm_grid grid;
   if (dpm_grid_create(comm, g.D, g.S, &grid, err)) dpm_fatal("%s", err);
   dpm_layer_spec *specs;
-  int n, first[N_LAYERS + 1];
+  int n, first[MAX_LAYERS + 1];
   dpm_model *full = full_model(j->layers, &specs, &n);
   if (dpm_grid_split_layers(full, n, g.S, g.split, first, err)) dpm_fatal("%s", err);
   dpm_model *m = dpm_grid_stage_model(full, specs, first, grid.stage, g.S, C_IN, H_IN, W_IN, K, j->pb, err);
   if (!m) dpm_fatal("%s", err);
+  if (j->norm != DPM_NORM_AUTO)
+    for (int gr = 0; gr < dpm_model_num_groups(m); gr++) dpm_model_set_norm_method(m, gr, j->norm);
   const size_t P = dpm_model_num_params(full);
   dpm_model_free(full);
   dpm_free(specs);
@@ -123,14 +128,14 @@ static float *run(MPI_Comm comm, gridspec g, const job *j, size_t *P_out, uint64
   double stats[4];
   uint64_t h = 0;
   int steps = j->steps ? j->steps : 1;
-  for (int t = 0; t < steps; t++) {
-    dpm_step_run(&st, (uint64_t)t, stats);
+  for (uint64_t t = j->t0; t < j->t0 + (uint64_t)steps; t++) {
+    dpm_step_run(&st, t, stats);
     /* rebalancing: every replica computes floor or ceil of the mean sample; count what moved */
     long long T = st.nsel;
     DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &T, 1, MPI_LONG_LONG, MPI_SUM, grid.dp));
     const long long want = T * (st.rank + 1) / g.D - T * st.rank / g.D;
     CHECK(st.nwalk == want && st.nkeep <= st.nsel && st.nkeep <= st.nwalk, "%dx%d step %d: replica %d computed %lld "
-          "examples (kept %lld of its %lld), expected %lld of %lld", g.D, g.S, t, st.rank, (long long)st.nwalk,
+          "examples (kept %lld of its %lld), expected %lld of %lld", g.D, g.S, (int)t, st.rank, (long long)st.nwalk,
           (long long)st.nkeep, (long long)st.nsel, want, T);
     examples_moved += st.nwalk - st.nkeep;
     uint64_t hs = 0;
@@ -141,7 +146,7 @@ static float *run(MPI_Comm comm, gridspec g, const job *j, size_t *P_out, uint64
     h = mix(h + hs);
     if (j->each) {
       float *gr = gather(&grid, dpm_model_grads(m), Ps, P);
-      j->each(gr, P, t, j->ctx);
+      j->each(gr, P, (int)(t - j->t0), j->ctx);
       free(gr);
     }
     if (j->steps && j->update)
@@ -182,7 +187,7 @@ static void test_grid_invariance(void) {
   gridspec grids[8];
   int ng = world_grids(grids);
   for (int mode = 0; mode < 3; mode++) {
-    job j = {LAYERS, (dpm_clipping)mode, 50, 0.3, 1.1, 0.5, 3, X, Y, N, 1, NULL, NULL};
+    job j = {LAYERS, (dpm_clipping)mode, 50, 0.3, 1.1, 0.5, 3, X, Y, N, 1, NULL, NULL, 0, DPM_NORM_AUTO};
     for (int gi = 0; gi < ng; gi++) {
       gridspec g = grids[gi];
       size_t P;
@@ -240,7 +245,12 @@ static double *brute_clipped_sum(const job *j, int S, const int *first) {
   }
   double *sum = calloc(P, sizeof(double));
   float *scale = malloc(sizeof(float) * P);
-  for (int64_t i = 0; i < j->n; i++) {
+  /* the step's Poisson sample of the whole dataset, drawn independently of the grid code */
+  int64_t *sel = malloc(sizeof(int64_t) * (size_t)j->n);
+  const dpm_key sk = dpm_key_from_seed(2, DPM_STREAM_SAMPLE);
+  const int64_t nsel = dpm_sample_shard(&sk, j->t0, j->q, 0, j->n, sel);
+  for (int64_t a = 0; a < nsel; a++) {
+    const int64_t i = sel[a];
     dpm_model_zero_grads(m);
     dpm_model_forward(m, j->x + i * D_IN, j->y + i, 1, NULL);
     dpm_model_backward(m, NULL);
@@ -267,6 +277,7 @@ static double *brute_clipped_sum(const job *j, int S, const int *first) {
     for (size_t k = 0; k < P; k++) sum[k] += (double)scale[k] * g[k];
   }
   free(scale);
+  free(sel);
   dpm_model_free(m);
   return sum;
 }
@@ -275,16 +286,19 @@ static void test_clipping_against_brute_force(void) {
   gridspec grids[8];
   int ng = world_grids(grids);
   grids[ng++] = (gridspec){1, 1, NULL};
+  /* q = 1 (every example) and q = 0.6 at step 3 (a Poisson sample, rebalanced over the replicas) */
+  for (int qi = 0; qi < 2; qi++)
   for (int mode = 0; mode < 3; mode++)
     for (int gi = 0; gi < ng; gi++) {
       gridspec g = grids[gi];
       if (g.S > 1 && g.D * g.S != size) continue;
       MPI_Comm comm = g.D * g.S == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD;
-      job j = {LAYERS, (dpm_clipping)mode, 0, 1.0, 0.0, mode == DPM_CLIP_FLAT ? 0.5 : 0.05, 4, X, Y, N, 0, NULL, NULL};
+      job j = {LAYERS, (dpm_clipping)mode, 0, qi ? 0.6 : 1.0, 0.0, mode == DPM_CLIP_FLAT ? 0.5 : 0.05, 4, X, Y, N, 0, NULL,
+               NULL, qi ? 3 : 0, DPM_NORM_AUTO};
       size_t P;
       float *got = run(comm, g, &j, &P, NULL);
       dpm_layer_spec *specs;
-      int n, first[N_LAYERS + 1];
+      int n, first[MAX_LAYERS + 1];
       char err[DPM_ERRLEN];
       dpm_model *full = full_model(LAYERS, &specs, &n);
       if (dpm_grid_split_layers(full, n, g.S, g.split, first, err)) dpm_fatal("%s", err);
@@ -292,8 +306,8 @@ static void test_clipping_against_brute_force(void) {
       dpm_free(specs);
       double *ref = brute_clipped_sum(&j, g.S, first), d = 0, nn = 0;
       for (size_t k = 0; k < P; k++) d += (ref[k] - got[k]) * (ref[k] - got[k]), nn += ref[k] * ref[k];
-      CHECK(sqrt(d / nn) <= 1e-5, "%dx%d %s clipping: the clipped sum differs from brute force by %g relative", g.D, g.S,
-            mode_name(mode), sqrt(d / nn));
+      CHECK(sqrt(d / nn) <= 1e-5, "%dx%d %s clipping, q = %g: the clipped sum differs from brute force by %g relative", g.D,
+            g.S, mode_name(mode), j.q, sqrt(d / nn));
       free(ref);
       free(got);
     }
@@ -313,7 +327,7 @@ static void test_sensitivity(void) {
       /* flat: example 5's whole gradient is far above C; per-layer and per-device: C so small that every
          piece of every example is clipped (tanh saturates example 5's first layer) */
       double C = mode == DPM_CLIP_FLAT ? 0.5 : 1e-4;
-      job j = {LAYERS, (dpm_clipping)mode, 0, 1.0, 0.0, C, 4, X, Y, N, 0, NULL, NULL};
+      job j = {LAYERS, (dpm_clipping)mode, 0, 1.0, 0.0, C, 4, X, Y, N, 0, NULL, NULL, 0, DPM_NORM_AUTO};
       size_t P;
       float *full = run(comm, g, &j, &P, NULL);
       for (int a = 0; a < 3; a++) {
@@ -333,6 +347,171 @@ static void test_sensitivity(void) {
       }
       free(full);
     }
+}
+
+/* The first step >= 0 whose Poisson sample at rate q (the runs' sampling key) contains example k. */
+static uint64_t step_sampling(int64_t k, double q) {
+  const dpm_key sk = dpm_key_from_seed(2, DPM_STREAM_SAMPLE);
+  int64_t one;
+  for (uint64_t t = 0;; t++)
+    if (dpm_sample_shard(&sk, t, q, k, k + 1, &one) == 1) return t;
+}
+
+/* I1 at q < 1: the removed example is the last one, so every other example keeps its global index and
+ * its sampling decision; the shards of N and N - 1 examples differ, and rebalancing moves examples. */
+static void test_sensitivity_sampled(void) {
+  static float XE[N * D_IN];
+  static int32_t YE[N];
+  memcpy(XE, X, sizeof XE);
+  memcpy(YE, Y, sizeof YE);
+  /* the large-gradient example 5 goes last */
+  memcpy(XE + (size_t)(N - 1) * D_IN, X + 5 * D_IN, sizeof(float) * D_IN);
+  memcpy(XE + 5 * D_IN, X + (size_t)(N - 1) * D_IN, sizeof(float) * D_IN);
+  YE[N - 1] = Y[5], YE[5] = Y[N - 1];
+  const double q = 0.6;
+  const uint64_t t = step_sampling(N - 1, q);
+  gridspec grids[8];
+  int ng = world_grids(grids);
+  grids[ng++] = (gridspec){1, 1, NULL};
+  for (int mode = 0; mode < 3; mode++)
+    for (int gi = 0; gi < ng; gi++) {
+      gridspec g = grids[gi];
+      MPI_Comm comm = g.D * g.S == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD;
+      double C = mode == DPM_CLIP_FLAT ? 0.5 : 1e-4;
+      job j = {LAYERS, (dpm_clipping)mode, 0, q, 0.0, C, 4, XE, YE, N, 0, NULL, NULL, t, DPM_NORM_AUTO};
+      size_t P;
+      float *full = run(comm, g, &j, &P, NULL);
+      j.n = N - 1;
+      float *less = run(comm, g, &j, &P, NULL);
+      double d2 = 0;
+      for (size_t k = 0; k < P; k++) d2 += ((double)full[k] - less[k]) * ((double)full[k] - less[k]);
+      CHECK(fabs(sqrt(d2) / C - 1) <= 1e-5, "%dx%d %s, q = %g step %d: removing the large-gradient example moved the "
+            "sum by %g, not C = %g", g.D, g.S, mode_name(mode), q, (int)t, sqrt(d2), C);
+      free(full);
+      free(less);
+    }
+}
+
+/* Adversarial examples: one example whose features are finite float32 values at the extremes (or
+ * subnormal) must still move the pre-noise sum by at most C (and each group or stage by at most its
+ * threshold), and neither sum may hold Inf or NaN; on every grid, every clipping mode, every layer
+ * kind, both conv norm methods, at q < 1 with the sample rebalanced. */
+static const char *ADV_CNN =
+    "conv out=4 kernel=3 stride=1 pad=1; groupnorm groups=2; tanh; avgpool kernel=2; conv out=3 kernel=2; relu; "
+    "maxpool kernel=2; flatten; dense out=6; relu; dense out=3";
+static const char *ADV_MLP = "dense out=8; relu; dense out=8; tanh; dense out=3";
+
+enum { ADV_VALUES = 10 };
+static void adversarial_example(int v, float *x) {
+  for (int k = 0; k < D_IN; k++) {
+    const float alt = k % 2 ? -1.0f : 1.0f, gauss = X[k];
+    switch (v) {
+      case 0: x[k] = 1e19f; break;
+      case 1: x[k] = 3e19f; break;
+      case 2: x[k] = -3e19f; break;
+      case 3: x[k] = 3e19f * alt; break;          /* mixed signs */
+      case 4: x[k] = 1e30f * gauss; break;
+      case 5: x[k] = FLT_MAX; break;
+      case 6: x[k] = -FLT_MAX * alt; break;
+      case 7: x[k] = 1e-40f * alt; break;         /* subnormal */
+      case 8: x[k] = k == 7 ? FLT_MAX : gauss; break; /* one extreme pixel */
+      case 9: x[k] = k % 3 ? FLT_MIN * 0.5f : 1e19f * gauss; break;
+    }
+  }
+}
+
+/* Norms of the pieces of the difference a - b: per group (per-layer) or per stage (per-device). */
+static void piece_norms(const char *layers, dpm_clipping mode, int S, const float *a, const float *b, double *out,
+                        size_t *sizes, int *npieces) {
+  dpm_layer_spec *specs;
+  int n, first[MAX_LAYERS + 1];
+  char err[DPM_ERRLEN];
+  dpm_model *m = full_model(layers, &specs, &n);
+  if (dpm_grid_split_layers(m, n, S, NULL, first, err)) dpm_fatal("%s", err);
+  size_t lo[MAX_LAYERS], hi[MAX_LAYERS];
+  int np = 0;
+  if (mode == DPM_CLIP_PER_LAYER) {
+    for (int g = 0; g < dpm_model_num_groups(m); g++, np++)
+      lo[np] = dpm_model_group_offset(m, g), hi[np] = lo[np] + dpm_model_group_size(m, g);
+  } else {
+    size_t off = 0;
+    for (int s = 0; s < S; s++, np++) {
+      lo[np] = off;
+      for (int i = first[s]; i < first[s + 1]; i++) {
+        dpm_layer_info info;
+        dpm_model_layer_info(m, i, &info);
+        off += info.params;
+      }
+      hi[np] = off;
+    }
+  }
+  for (int p = 0; p < np; p++) {
+    double d2 = 0;
+    for (size_t k = lo[p]; k < hi[p]; k++) d2 += ((double)a[k] - b[k]) * ((double)a[k] - b[k]);
+    out[p] = sqrt(d2);
+    sizes[p] = hi[p] - lo[p];
+  }
+  *npieces = np;
+  dpm_model_free(m);
+  dpm_free(specs);
+}
+
+static void test_adversarial_examples(void) {
+  static float XA[N * D_IN];
+  memcpy(XA, X, sizeof XA);
+  const double q = 0.6;
+  const uint64_t t = step_sampling(N - 1, q);
+  struct { const char *layers; dpm_norm_method norm; } models[] = {
+      {ADV_CNN, DPM_NORM_AUTO}, {ADV_CNN, DPM_NORM_GHOST}, {ADV_CNN, DPM_NORM_EXPLICIT}, {ADV_MLP, DPM_NORM_AUTO}};
+  gridspec grids[8];
+  int ng = world_grids(grids);
+  grids[ng++] = (gridspec){1, 1, NULL};
+  double worst = 0; /* largest move / threshold over everything */
+  int finite_moves = 0;
+  for (int mi = 0; mi < 4; mi++)
+    for (int mode = 0; mode < 3; mode++)
+      for (int gi = 0; gi < ng; gi++) {
+        gridspec g = grids[gi];
+        if (g.split) continue; /* balanced splits only: the explicit ones are for LAYERS */
+        MPI_Comm comm = g.D * g.S == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD;
+        const double C = mode == DPM_CLIP_FLAT ? 0.5 : 0.05;
+        job j = {models[mi].layers, (dpm_clipping)mode, 0, q, 0.0, C, 4, XA, Y, N - 1, 0, NULL, NULL, t, models[mi].norm};
+        size_t P;
+        float *less = run(comm, g, &j, &P, NULL);
+        for (int v = 0; v < ADV_VALUES; v++) {
+          adversarial_example(v, XA + (size_t)(N - 1) * D_IN);
+          j.n = N;
+          float *full = run(comm, g, &j, &P, NULL);
+          int finite = 1;
+          double d2 = 0;
+          for (size_t k = 0; k < P; k++) {
+            finite &= isfinite(full[k]) && isfinite(less[k]);
+            d2 += ((double)full[k] - less[k]) * ((double)full[k] - less[k]);
+          }
+          const double move = sqrt(d2);
+          CHECK(finite, "%s %s %dx%d value %d: the pre-noise sum holds Inf or NaN", mi < 3 ? "cnn" : "mlp",
+                mode_name(mode), g.D, g.S, v);
+          CHECK(move <= C * (1 + 1e-6), "%s (norms %d) %s %dx%d value %d: the extreme example moved the sum by %.9g > "
+                "C = %g", mi < 3 ? "cnn" : "mlp", models[mi].norm, mode_name(mode), g.D, g.S, v, move, C);
+          worst = fmax(worst, move / C);
+          finite_moves += v == 0 && move > 0.5 * C;
+          double pieces[MAX_LAYERS];
+          size_t sizes[MAX_LAYERS];
+          int np = 0;
+          if (mode != DPM_CLIP_FLAT) piece_norms(models[mi].layers, (dpm_clipping)mode, g.S, full, less, pieces, sizes, &np);
+          for (int p = 0; p < np; p++) {
+            const double cp = mode == DPM_CLIP_PER_LAYER
+                                  ? C / sqrt((double)np)
+                                  : dpm_clip_threshold(DPM_CLIP_PER_DEVICE, C, 0, g.S, sizes[p], P, DPM_SPLIT_PARAMS);
+            CHECK(pieces[p] <= cp * (1 + 1e-6), "%s %s %dx%d value %d: piece %d moved by %.9g > its threshold %g",
+                  mi < 3 ? "cnn" : "mlp", mode_name(mode), g.D, g.S, v, p, pieces[p], cp);
+          }
+          free(full);
+        }
+        free(less);
+      }
+  CHECK(finite_moves > 0, "adversarial test too weak: no value-0 example moved the sum by more than C / 2");
+  if (rank == 0) printf("adversarial examples: largest move %.9f C\n", worst);
 }
 
 typedef struct {
@@ -368,7 +547,7 @@ static void test_noise_once(void) {
     for (int gi = 0; gi < ng; gi++) {
       gridspec g = grids[gi];
       MPI_Comm comm = g.D * g.S == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD;
-      job j = {LAYERS_NOBIAS, (dpm_clipping)mode, steps, q, sigma, C, 3, Z, Y, N, 0, noise_each, NULL};
+      job j = {LAYERS_NOBIAS, (dpm_clipping)mode, steps, q, sigma, C, 3, Z, Y, N, 0, noise_each, NULL, 0, DPM_NORM_AUTO};
       size_t P;
       dpm_layer_spec *specs;
       int n;
@@ -459,6 +638,8 @@ int main(int argc, char **argv) {
   test_grid_invariance();
   test_clipping_against_brute_force();
   test_sensitivity();
+  test_sensitivity_sampled();
+  test_adversarial_examples();
   test_noise_once();
   return dpm_test_finish();
 }

@@ -73,14 +73,14 @@ static void lbackward(lctx *c, float *dx, float *dp) {
   switch (c->kind) {
     case DPM_LAYER_DENSE: {
       dpm_dense_backward_input(dx, c->R, c->p, B, c->C, c->O);
-      dpm_dense_accumulate(dp, dp + (size_t)c->O * c->C, c->x, c->R, NULL, NULL, B, c->C, c->O);
+      dpm_dense_accumulate(dp, dp + (size_t)c->O * c->C, c->x, c->R, NULL, NULL, NULL, B, c->C, c->O);
       break;
     }
     case DPM_LAYER_CONV2D: {
       const int T = c->OH * c->OW, CK = c->C * c->K * c->K;
       float *G = malloc(sizeof(float) * (size_t)B * T * c->O), *dP = malloc(sizeof(float) * (size_t)B * T * CK);
       dpm_conv_backward(dx, G, dP, c->R, c->p, B, c->C, c->H, c->W, c->O, c->K, c->S, c->pad, c->OH, c->OW);
-      dpm_conv_accumulate(dp, dp + (size_t)c->O * CK, c->P, G, NULL, NULL, B, T, CK, c->O);
+      dpm_conv_accumulate(dp, dp + (size_t)c->O * CK, c->P, G, NULL, NULL, NULL, NULL, NULL, B, T, CK, c->O);
       free(G);
       free(dP);
       break;
@@ -327,7 +327,8 @@ static void check_norms_and_sums(dpm_model *m, const float *x, const int32_t *y,
   const size_t P = dpm_model_num_params(m);
   const int G = dpm_model_num_groups(m);
   double *pe = per_example_grads(m, x, y, B, d);
-  float *sq = malloc(sizeof(float) * (size_t)G * B), *coef = malloc(sizeof(float) * (size_t)G * B);
+  double *sq = malloc(sizeof(double) * (size_t)G * B);
+  float *coef = malloc(sizeof(float) * (size_t)G * B);
   for (int k = 0; k < G * B; k++) coef[k] = (float)urand();
   dpm_model_forward(m, x, y, B, NULL);
   dpm_model_backward(m, sq);

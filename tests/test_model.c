@@ -180,7 +180,8 @@ static void check_against_brute_force(dpm_model *m, int B, size_t d, const char 
     dpm_model_accumulate(m, NULL);
     for (size_t k = 0; k < P; k++) pe[(size_t)i * P + k] = dpm_model_grads(m)[k];
   }
-  float *sq = malloc(sizeof(float) * (size_t)G * B), *coef = malloc(sizeof(float) * (size_t)G * B);
+  double *sq = malloc(sizeof(double) * (size_t)G * B);
+  float *coef = malloc(sizeof(float) * (size_t)G * B);
   dpm_model_zero_grads(m);
   double loss = dpm_model_forward(m, x, y, B, NULL);
   CHECK(loss > 0 && isfinite(loss), "%s: loss %g", what, loss);

@@ -83,11 +83,15 @@ double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, 
 
 /* Backward through the micro-batch last forwarded with labels. If sqnorms is not NULL it receives,
  * for every group g and example i, sqnorms[g*B + i] = ||d loss_i / d params_g||^2, exactly (ghost norms
- * or explicit, whichever is cheaper). Does not change the grads slab. */
-void dpm_model_backward(dpm_model *m, float *sqnorms);
+ * or explicit, whichever is cheaper), accumulated in double: finite for every finite input whose
+ * activations stay finite, Inf or NaN otherwise (dpm_clip_coefs then gives coefficient 0). Does not
+ * change the grads slab. */
+void dpm_model_backward(dpm_model *m, double *sqnorms);
 
 /* grads += sum_i coef[g*B + i] * (d loss_i / d params_g) for every group g, as one weighted GEMM per
- * layer. coef == NULL means coefficient 1 for all (the non-private sum). */
+ * layer. coef == NULL means coefficient 1 for all (the non-private sum). An example with coefficient 0
+ * adds nothing to its group, even when its activations hold Inf or NaN; one whose clipped gradient
+ * would underflow in float32 is formed with power-of-two rescaling. Call once per backward. */
 void dpm_model_accumulate(dpm_model *m, const float *coef);
 
 /* Zero the grads slab. */
@@ -103,7 +107,7 @@ void dpm_model_set_first_layer(dpm_model *m, int layer0);
 const float *dpm_model_output(const dpm_model *m);
 /* Backward from dout = d loss / d output (B x output_size, B of the last forward); otherwise as
  * dpm_model_backward. */
-void dpm_model_backward_output(dpm_model *m, const float *dout, float *sqnorms);
+void dpm_model_backward_output(dpm_model *m, const float *dout, double *sqnorms);
 
 /* A second model of the same layers, shapes and settings whose params and grads are owner's: several
  * micro-batches in flight on one pipeline stage, each in its own activation buffers. owner must

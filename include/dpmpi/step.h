@@ -75,7 +75,8 @@ typedef struct {
   MPI_Request *xreq;
   int xreq_cap;
   double *norms;           /* flat clipping on S > 1: per sampled example squared norm */
-  float *xb, *doutb, *sq, *coef; /* xb: the micro-batch input (gathered rows, or received activations) */
+  float *xb, *doutb, *coef; /* xb: the micro-batch input (gathered rows, or received activations) */
+  double *sq;              /* per-example squared norms of the micro-batch, G x B */
   int32_t *yb;
   double acc[4];
 } dpm_step;
