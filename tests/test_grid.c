@@ -401,7 +401,7 @@ static const char *ADV_CNN =
     "maxpool kernel=2; flatten; dense out=6; relu; dense out=3";
 static const char *ADV_MLP = "dense out=8; relu; dense out=8; tanh; dense out=3";
 
-enum { ADV_VALUES = 10 };
+enum { ADV_VALUES = 13 };
 static void adversarial_example(int v, float *x) {
   for (int k = 0; k < D_IN; k++) {
     const float alt = k % 2 ? -1.0f : 1.0f, gauss = X[k];
@@ -416,6 +416,9 @@ static void adversarial_example(int v, float *x) {
       case 7: x[k] = 1e-40f * alt; break;         /* subnormal */
       case 8: x[k] = k == 7 ? FLT_MAX : gauss; break; /* one extreme pixel */
       case 9: x[k] = k % 3 ? FLT_MIN * 0.5f : 1e19f * gauss; break;
+      case 10: x[k] = k == 7 ? 1e25f : gauss; break;  /* one large pixel: the positions' terms cancel */
+      case 11: x[k] = k == 7 ? 1e12f : gauss; break;
+      case 12: x[k] = k == 7 ? 3e19f : gauss; break;
     }
   }
 }
@@ -518,6 +521,7 @@ typedef struct {
   float *ref;       /* steps x P: the 1x1 run's noisy sums */
   int record;       /* 1: store into ref; 0: compare with ref and accumulate */
   double scale, sum2;
+  double *total;    /* P: the averaged noisy gradients summed over the steps */
   int identical;
 } noise_ctx;
 
@@ -531,6 +535,7 @@ static void noise_each(const float *g, size_t P, int t, void *vc) {
   for (size_t k = 0; k < P; k++) {
     double v = g[k] * c->scale; /* the averaged noisy gradient: sum / (qN) */
     c->sum2 += v * v;
+    c->total[k] += v;
   }
 }
 
@@ -556,7 +561,7 @@ static void test_noise_once(void) {
       dpm_model_free(full);
       dpm_free(specs);
       noise_ctx c = {.ref = malloc(sizeof(float) * (size_t)steps * P), .record = 1, .scale = 1.0 / (q * N),
-                     .identical = 1};
+                     .total = calloc(P, sizeof(double)), .identical = 1};
       j.ctx = &c;
       free(run(MPI_COMM_SELF, (gridspec){1, 1, NULL}, &j, &P, NULL));
       c.record = 0;
@@ -567,6 +572,15 @@ static void test_noise_once(void) {
       CHECK(fabs(var / expect - 1) < 6 * sqrt(2 / M), "%dx%d %s: variance of the averaged noisy gradient %g, expected "
             "sigma^2 C^2 / (qN)^2 = %g (M = %g)", g.D, g.S, mode_name(mode), var, expect, M);
       CHECK(c.identical, "%dx%d %s: the noise differs from the 1x1 draws", g.D, g.S, mode_name(mode));
+      /* fresh draws every step: the sum over T steps has variance T sigma^2 C^2 / (qN)^2 per coordinate
+         (P samples: relative sd sqrt(2/P), 6 sd); one step's noise reused would give T^2 */
+      double tot2 = 0;
+      for (size_t k = 0; k < P; k++) tot2 += c.total[k] * c.total[k];
+      const double tvar = tot2 / (double)P / steps;
+      CHECK(fabs(tvar / expect - 1) < 6 * sqrt(2.0 / (double)P), "%dx%d %s: the noise of different steps is not "
+            "independent: variance of the %d-step sum / steps = %g, expected %g", g.D, g.S, mode_name(mode), steps, tvar,
+            expect);
+      free(c.total);
       free(c.ref);
     }
 }
