@@ -117,6 +117,15 @@ for np in 1 2; do
     --test "$tmp/test.csv" --label-column nope --out "$tmp/x.h5"
   check "np=$np failed conversions leave no output" test ! -e "$tmp/x.h5"
   expect_usage_error "$np" "missing.h5: cannot open" data info "$tmp/missing.h5"
+  # non-finite features are rejected with the file, line and column (an Inf would escape clipping)
+  for bad in nan inf -Infinity; do
+    printf 'a,label,b\n0.5,0,1\n1.5,1,%s\n' "$bad" >"$tmp/bad.csv"
+    expect_usage_error "$np" "bad.csv:3:7: column 'b': value '$bad' is not finite" data convert --from csv \
+      --train "$tmp/bad.csv" --test "$tmp/test.csv" --label-column label --out "$tmp/x.h5"
+  done
+  printf 'a,label,b\n0.5,0,1\n1.5,1,1e39\n' >"$tmp/bad.csv"
+  expect_usage_error "$np" "bad.csv:3:7: column 'b': value '1e39' is outside the float32 range" data convert --from csv \
+    --train "$tmp/bad.csv" --test "$tmp/test.csv" --label-column label --out "$tmp/x.h5"
   expect_usage_error "$np" "not an HDF5 file" data info "$tmp/train.csv"
   expect_usage_error "$np" "missing the dataset FILE" data info
 done
