@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dpmpi/dpsgd.h"
 #include "dpmpi/model.h"
 #include "layers.h"
 #include "testing.h"
@@ -417,6 +418,54 @@ static void test_norms(void) {
   }
 }
 
+/* Extreme values in the kernels: norms stay finite and correct where float would overflow; a clipped
+ * conv gradient whose positions cancel (p_1 = p_2, g_2 = -(1 - eps) g_1) keeps its norm <= C although
+ * the float32 sum over positions is off by far more than the clipping margin. */
+static void test_extreme_kernels(void) {
+  enum { C = 784, O = 10 };
+  static float a[C], g[O];
+  for (int k = 0; k < C; k++) a[k] = k % 2 ? 3e19f : -3e19f;
+  for (int o = 0; o < O; o++) g[o] = (float)(0.1 * (o + 1));
+  double sq;
+  dpm_dense_sqnorms(&sq, a, g, 1, 1, C, O);
+  const double want = ((double)C * 9e38 + 1) * dot(g, g, O);
+  CHECK(isfinite(sq) && fabs(sq / want - 1) < 1e-6, "dense norm of a 3e19 example: %g, expected %g", sq, want);
+  /* Inf activations with a zero output gradient: NaN, never a small finite norm */
+  a[3] = INFINITY;
+  static float g0[O];
+  dpm_dense_sqnorms(&sq, a, g0, 1, 1, C, O);
+  CHECK(!isfinite(sq), "dense norm with an Inf activation and zero gradient is not finite: %g", sq);
+  a[3] = 3e19f;
+
+  /* conv ghost: T = 2 positions, patches of CK = 3, O = 2 outputs, no bias */
+  enum { T = 2, CK = 3, OC = 2 };
+  float P[T * CK] = {1e19f, -2e19f, 3e19f, 1e19f, -2e19f, 3e19f};
+  const float eps = 0x1p-20f;
+  float G[T * OC] = {0.7f, -1.3f, 0, 0};
+  for (int o = 0; o < OC; o++) G[OC + o] = -(1.0f - eps) * G[o];
+  double gsq, scratch[2 * T * T + T * (CK + OC)];
+  unsigned char ill;
+  dpm_conv_sqnorms_ghost(&gsq, &ill, P, G, 0, scratch, 1, T, CK, OC);
+  /* exact: grad = (g_1 + g_2) p^T, g_1 + g_2 exact in float (Sterbenz) */
+  double gs2 = 0, p2 = 0;
+  for (int o = 0; o < OC; o++) gs2 += ((double)G[o] + G[OC + o]) * ((double)G[o] + G[OC + o]);
+  for (int k = 0; k < CK; k++) p2 += (double)P[k] * P[k];
+  /* the Gram form cancels by eps^2 = 2^-40: double keeps about 2^-53 / eps^2 = 2^-13 of relative accuracy
+     (float would keep none); the cap below does not depend on it */
+  CHECK(isfinite(gsq) && fabs(gsq / (gs2 * p2) - 1) < 8 * 0x1p-53 / ((double)eps * eps),
+        "ghost norm of cancelling positions: %g, expected %g", gsq, gs2 * p2);
+  CHECK(ill == 1, "cancelling positions are flagged ill-conditioned");
+  const double Cclip = 0.5;
+  float coef;
+  dpm_clip_coefs(&gsq, 1, 1, DPM_CLIP_FLAT, Cclip, &coef);
+  float dw[OC * CK] = {0}, sc[T * OC], row[T * CK + OC * (CK + 1)];
+  dpm_conv_accumulate(dw, NULL, P, G, &coef, &gsq, &ill, sc, row, 1, T, CK, OC);
+  double n2 = 0;
+  for (int k = 0; k < OC * CK; k++) n2 += (double)dw[k] * dw[k];
+  CHECK(sqrt(n2) <= Cclip && sqrt(n2) >= 0.99 * Cclip, "clipped conv gradient of cancelling positions has norm %.9g, "
+        "threshold %g", sqrt(n2), Cclip);
+}
+
 /* Model-level finite differences of the summed cross-entropy on parameters and input. */
 static void test_model_fd(void) {
   const int B = 3;
@@ -467,6 +516,7 @@ int main(int argc, char **argv) {
   test_groupnorm_fd();
   test_softmax_xent();
   test_norms();
+  test_extreme_kernels();
   test_model_fd();
   return dpm_test_finish();
 }
