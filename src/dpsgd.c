@@ -36,15 +36,17 @@ double dpm_clip_threshold(dpm_clipping mode, double clip, int groups, int stages
   return clip;
 }
 
-/* The coefficient min(1, threshold / norm), shrunk by CLIP_MARGIN and rounded down to float, so that the
+/* The coefficient min(1, threshold (1 - CLIP_MARGIN) / norm), rounded down to float, so that the
  * clipped gradient as float32 forms it (each entry c g_k rounded once or twice, relative 2^-24 each)
  * still has norm below the threshold. A norm that is not finite (Inf or NaN: the example's activations
  * overflowed) gives 0: the example contributes nothing to the group. */
 #define CLIP_MARGIN 0x1p-21
 static float clip_coef(double sqnorm, double threshold) {
   if (!isfinite(sqnorm)) return 0.0f;
-  if (sqnorm <= threshold * threshold) return 1.0f;
-  double c = threshold / sqrt(sqnorm) * (1.0 - CLIP_MARGIN);
+  /* the margin applies below the threshold too: a gradient of norm just under it, added unscaled, would
+     come out of float32 up to 2^-23 above it */
+  const double c = threshold * (1.0 - CLIP_MARGIN) / sqrt(sqnorm);
+  if (c >= 1.0) return 1.0f;
   float f = (float)c;
   if ((double)f > c) f = nextafterf(f, 0.0f);
   return f;

@@ -22,8 +22,9 @@ int64_t dpm_sample_shard(const dpm_key *key, uint64_t step, double q, int64_t be
  *   flat, per-device: c_gi = min(1, clip / ||g_i||) with ||g_i||^2 = sum_g sqnorms[g*B + i] (the G groups
  *                     given: the whole model, or this stage's piece), the same for every g;
  *   per-layer:        c_gi = min(1, clip / ||g_gi||).
- * Coefficients are shrunk by a relative 2^-21 and rounded down, so that c * norm stays below the
- * threshold even after float32 forms c * g (a rounding of <= 2^-24 per entry, at most twice); a squared
+ * The threshold is applied shrunk by a relative 2^-21 (c = min(1, clip (1 - 2^-21) / ||g||), rounded
+ * down), so that c * norm stays below clip even after float32 forms c * g (a rounding of <= 2^-24 per
+ * entry, at most twice); a squared
  * norm that is Inf or NaN gives c = 0 (the example adds nothing to those groups). coef has G*B entries. */
 void dpm_clip_coefs(const double *sqnorms, int G, int B, dpm_clipping mode, double clip, float *coef);
 
