@@ -350,6 +350,63 @@ int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERR
   return rc;
 }
 
+/* The accountant attribute: an int (dpm_accountant_kind) in checkpoints, a name in exports. -1 if unreadable. */
+static int get_accountant(hid_t f, int is_export) {
+  int kind = -1;
+  if (!is_export) return get_attr(f, "accountant", H5T_NATIVE_INT, &kind) || kind < 0 || kind > 1 ? -1 : kind;
+  char *name = get_str(f, "accountant");
+  dpm_accountant_kind k;
+  if (name && dpm_accountant_parse(name, &k) == 0) kind = (int)k;
+  dpm_free(name);
+  return kind;
+}
+
+int dpm_ckpt_read_privacy(const char *path, dpm_ledger **ledger, dpm_ckpt_privacy *info, char err[DPM_ERRLEN]) {
+  int rc = 0;
+  *ledger = NULL;
+  memset(info, 0, sizeof *info);
+  info->epsilon = NAN;
+  info->stats_printed = 1; /* files without the attribute were written by runs that always printed them */
+  H5E_BEGIN_TRY {
+    hid_t fapl = dpm_h5_fapl(NULL, 0);
+    hid_t f = H5Fis_hdf5(path) > 0 ? H5Fopen(path, H5F_ACC_RDONLY, fapl) : -1;
+    H5Pclose(fapl);
+    char *fmt = f >= 0 ? get_str(f, "format") : NULL;
+    if (fmt) info->is_export = !strcmp(fmt, "dpmpi-model");
+    if (f < 0)
+      rc = dpm_err(err, "%s: not a readable HDF5 file", path);
+    else if (!fmt || (strcmp(fmt, CKPT_FORMAT_NAME) && !info->is_export))
+      rc = dpm_err(err, "%s: not a dpmpi checkpoint or released model (attribute format is %s)", path,
+                   fmt ? fmt : "missing");
+    else if (get_attr(f, "private", H5T_NATIVE_INT, &info->privacy))
+      rc = dpm_err(err, "%s: attribute 'private' is missing or damaged", path);
+    else if (!info->privacy)
+      rc = dpm_err(err, "%s: written by a non-private run (private = 0): there is no privacy guarantee to compute", path);
+    else if (get_attr(f, "delta", H5T_NATIVE_DOUBLE, &info->delta) || !(info->delta > 0 && info->delta < 1))
+      rc = dpm_err(err, "%s: attribute 'delta' is missing or damaged", path);
+    else if ((info->accountant = get_accountant(f, info->is_export)) < 0)
+      rc = dpm_err(err, "%s: attribute 'accountant' is missing or damaged", path);
+    else if (info->is_export && get_attr(f, "epsilon", H5T_NATIVE_DOUBLE, &info->epsilon))
+      rc = dpm_err(err, "%s: attribute 'epsilon' is missing or damaged", path);
+    else if (H5Aexists(f, "stats_printed") > 0 && get_attr(f, "stats_printed", H5T_NATIVE_INT, &info->stats_printed))
+      rc = dpm_err(err, "%s: attribute 'stats_printed' is damaged", path);
+    else if (H5Lexists(f, "privacy", H5P_DEFAULT) <= 0 || H5Lexists(f, "privacy/privacy_ledger", H5P_DEFAULT) <= 0)
+      rc = dpm_err(err, "%s: no privacy ledger /privacy/privacy_ledger (%s)", path,
+                   info->is_export ? "an export written before exports carried the ledger: export the checkpoint again"
+                                   : "damaged checkpoint");
+    if (!rc) {
+      hid_t g = H5Gopen2(f, "privacy", H5P_DEFAULT);
+      char inner[DPM_ERRLEN];
+      if (g < 0) rc = dpm_err(err, "%s: cannot open /privacy", path);
+      else if (dpm_ledger_read_hdf5(ledger, g, inner)) rc = dpm_err(err, "%s: /privacy: %s", path, inner);
+      if (g >= 0) H5Gclose(g);
+    }
+    dpm_free(fmt);
+    if (f >= 0) H5Fclose(f);
+  } H5E_END_TRY;
+  return rc;
+}
+
 int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_ledger **ledger,
                   char err[DPM_ERRLEN]) {
   int rc = 0;
