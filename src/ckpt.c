@@ -194,6 +194,7 @@ static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledg
            put_attr(f, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
            put_str(f, "job", meta->job ? meta->job : "") | put_str(f, "layers", meta->layers ? meta->layers : "");
   if (meta->reproducible) rc |= put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed);
+  rc |= put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
   if (rc) return dpm_err(err, "cannot write the checkpoint's attributes");
   if (meta->pca_components > 0 && write_pca(f, meta)) return dpm_err(err, "cannot write the PCA projection /pca");
   hid_t g = H5Gcreate2(f, "privacy", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -301,6 +302,8 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
                    get_attr(f, "grid_stages", H5T_NATIVE_INT, &meta->stages) |
                    get_attr(f, "reproducible", H5T_NATIVE_INT, &meta->reproducible);
         if (meta->reproducible) miss |= get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed);
+        meta->stats_printed = 1; /* older checkpoints: their runs always printed them */
+        if (H5Aexists(f, "stats_printed") > 0) miss |= get_attr(f, "stats_printed", H5T_NATIVE_INT, &meta->stats_printed);
         meta->job = get_str(f, "job");
         meta->layers = get_str(f, "layers");
         if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step)
@@ -521,7 +524,8 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
               put_attr(dst, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
               put_attr(dst, "steps", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
               put_attr(dst, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
-              put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible);
+              put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
+              put_attr(dst, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
       if (meta->privacy)
         r |= put_attr(dst, "epsilon", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &epsilon) |
              put_attr(dst, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) | put_str(dst, "accountant", acct) |

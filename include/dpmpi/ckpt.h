@@ -38,6 +38,8 @@ typedef struct {
   float *pca_projection;       /* d x k row-major, the projection the run applies (read: allocated) */
   int format;            /* read: format_version */
   char version[32];      /* read: the library version that wrote it */
+  int stats_printed;     /* 1: a segment of the run printed noiseless private-batch statistics (output.private_stats);
+                          * read: 1 when the attribute is missing (older dpmpi always printed them) */
 } dpm_ckpt_meta;
 
 /* This rank's view of the model for writing and reading. */
@@ -88,7 +90,7 @@ int dpm_ckpt_read_privacy(const char *path, dpm_ledger **ledger, dpm_ckpt_privac
 
 /* Serial: the released model OUT of checkpoint CKPT: /model (parameters) and the privacy metadata as root
  * attributes (epsilon, delta, accountant, sampling_rate, noise_multiplier, steps, clipping, clip, n_train,
- * reproducible); no optimizer state, no seed, no keys. Written under a temporary name and renamed. */
+ * reproducible, stats_printed); no optimizer state, no seed, no keys. Written under a temporary name and renamed. */
 int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, double epsilon, char err[DPM_ERRLEN]);
 
 /* `dpmpi ckpt info PATH` and `dpmpi export CKPT OUT`. Return the exit status. */
