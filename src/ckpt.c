@@ -514,6 +514,8 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
       rc = dpm_err(err, "%s: cannot copy /model", ckpt);
     else if (H5Lexists(src, "pca", H5P_DEFAULT) > 0 && H5Ocopy(src, "pca", dst, "pca", H5P_DEFAULT, H5P_DEFAULT) < 0)
       rc = dpm_err(err, "%s: cannot copy /pca (the model's input projection)", ckpt);
+    else if (H5Ocopy(src, "privacy", dst, "privacy", H5P_DEFAULT, H5P_DEFAULT) < 0)
+      rc = dpm_err(err, "%s: cannot copy /privacy (the whole ledger)", ckpt);
     if (!rc) {
       int32_t fmt = 1;
       const char *acct = meta->accountant == 0 ? "rdp" : "tight";

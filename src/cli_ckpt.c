@@ -15,7 +15,8 @@ static const char *EXPORT_USAGE =
     "usage: dpmpi export CKPT OUT\n"
     "Writes the released model OUT (HDF5): the parameters of checkpoint CKPT (file or directory) and its privacy\n"
     "metadata (epsilon, delta, accountant, sampling rate, noise multiplier, steps, clipping, dataset size,\n"
-    "stats_printed); nothing secret and no optimizer state.\n";
+    "stats_printed) with the whole privacy ledger, so that 'dpmpi privacy --ledger OUT' recomputes epsilon;\n"
+    "nothing secret and no optimizer state.\n";
 
 /* The newest readable checkpoint of path (file or directory), its metadata, ledger and epsilon. */
 static int open_ckpt(const char *path, char *found, size_t len, dpm_ckpt_meta *meta, dpm_ledger **L, double *eps,

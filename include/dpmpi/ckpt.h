@@ -88,9 +88,11 @@ typedef struct {
  * dpmpi file, no ledger (an export written before exports carried it), or a non-private run (no guarantee). */
 int dpm_ckpt_read_privacy(const char *path, dpm_ledger **ledger, dpm_ckpt_privacy *info, char err[DPM_ERRLEN]);
 
-/* Serial: the released model OUT of checkpoint CKPT: /model (parameters) and the privacy metadata as root
- * attributes (epsilon, delta, accountant, sampling_rate, noise_multiplier, steps, clipping, clip, n_train,
- * reproducible, stats_printed); no optimizer state, no seed, no keys. Written under a temporary name and renamed. */
+/* Serial: the released model OUT of checkpoint CKPT: /model (parameters), /pca (if any), the whole privacy
+ * ledger /privacy/privacy_ledger (every event, the DP-PCA release included, so epsilon can be recomputed from
+ * OUT alone) and the privacy metadata as root attributes (epsilon, delta, accountant, sampling_rate,
+ * noise_multiplier, steps, clipping, clip, n_train, reproducible, stats_printed); no optimizer state, no seed,
+ * no keys. Written under a temporary name and renamed. */
 int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, double epsilon, char err[DPM_ERRLEN]);
 
 /* `dpmpi ckpt info PATH` and `dpmpi export CKPT OUT`. Return the exit status. */
