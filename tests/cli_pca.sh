@@ -136,6 +136,13 @@ run 2 privacy --ledger "$tmp/model_tight.h5" --json
 h5py_check "tight: privacy --ledger EXPORT = the export's epsilon, bitwise" "$same_eps" "$tmp/out" "$tmp/model_tight.h5"
 check "tight: the run's final epsilon ($eps_tight)" test "$(printf %.4f "$(sed -E 's/.*"epsilon": ([0-9.e+-]+).*/\1/' "$tmp/out")")" = "$eps_tight"
 check "tight: --ledger JSON has the estimate as a secondary field" has "$tmp/out" '"epsilon_estimate": '
+# --delta and --accountant override the file's: a smaller delta costs more, tight is below rdp
+run 1 privacy --ledger "$tmp/model.h5" --delta 1e-6 --accountant all --json
+e6_rdp=$(grep '"rdp"' "$tmp/out" | sed -E 's/.*"epsilon": ([0-9.e+-]+).*/\1/')
+e6_tight=$(grep '"tight"' "$tmp/out" | sed -E 's/.*"epsilon": ([0-9.e+-]+).*/\1/')
+check "--delta 1e-6: rdp $e6_rdp above the file's $ledger_eps at 1e-4, tight $e6_tight below rdp" \
+  awk -v a="$e6_rdp" -v b="$ledger_eps" -v t="$e6_tight" 'BEGIN { exit !(a > b && t > 0 && t < a) }'
+check "--delta 1e-6: two lines, the given delta" test "$(grep -c '"delta": 1e-06,' "$tmp/out")" = 2
 # user errors: not a dpmpi model, an export without a ledger (older dpmpi), events given twice
 expect_usage_error 2 "not a dpmpi checkpoint or released model (attribute format is dpmpi-dataset)" privacy --ledger "$tmp/blobs.h5"
 cp "$tmp/model.h5" "$tmp/old_export.h5"
@@ -153,11 +160,15 @@ check "secure mode announced" has "$tmp/out" "randomness: secure"
 acc=$(last_eval | sed -E 's/test accuracy ([0-9.]+)%.*/\1/')
 awk -v a="$acc" 'BEGIN { exit !(a >= 85) }' && ok || bad "secure PCA run accuracy $acc% < 85%"
 sed -e '/^epsilon = 4$/d' -e '/^epsilon = 1$/d' "$tmp/job.ini" >"$tmp/np.ini"
-run 2 train "$tmp/np.ini" --privacy.enabled=false
+run 2 train "$tmp/np.ini" --privacy.enabled=false --checkpoint.dir="$tmp/cnp"
 [ "$(rc)" = 0 ] && ok || { bad "non-private PCA run (rc $(rc))"; cat "$tmp/err" >&2; }
 check "non-private PCA announced" has "$tmp/out" "pca: 6 -> 4 features (non-private: no noise, rows clipped)"
 acc=$(last_eval | sed -E 's/test accuracy ([0-9.]+)%.*/\1/')
 awk -v a="$acc" 'BEGIN { exit !(a >= 90) }' && ok || bad "non-private PCA accuracy $acc% < 90%"
+"$dpmpi" export "$tmp/cnp" "$tmp/model_np.h5" >/dev/null 2>&1 && ok || bad "export (non-private)"
+for f in "$tmp/cnp" "$tmp/model_np.h5"; do # no guarantee: an error, never "epsilon 0"
+  expect_usage_error 2 "written by a non-private run (private = 0): there is no privacy guarantee to compute" privacy --ledger "$f"
+done
 
 # user errors: status 2 and one line on every rank, never a hang
 expect_usage_error 2 "[pca] components = 7 exceeds the 6 features" train "$tmp/job.ini" --pca.components=7
