@@ -134,8 +134,8 @@ int main(int argc, char **argv) {
       dpm_pld_epsilon(&ev, 1, 1e-5, &res, err);
       t[r] = dpm_time() - t0;
     }
-    printf("tight      q %-7.4g sigma %-4g T %-7lld eps %.4f (upper %.4f, error %.2g)  median %.1f ms\n", c[i].q,
-           c[i].s, c[i].T, res.epsilon, res.epsilon_upper, res.error, 1e3 * bench_median(t, 5));
+    printf("tight      q %-7.4g sigma %-4g T %-7lld eps %.4f (estimate %.4f, error %.2g)  median %.1f ms\n", c[i].q,
+           c[i].s, c[i].T, res.epsilon_upper, res.epsilon_estimate, res.error, 1e3 * bench_median(t, 5));
   }
   return 0;
 }

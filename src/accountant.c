@@ -395,14 +395,18 @@ int dpm_ledger_epsilon(const dpm_ledger *L, double delta, dpm_accountant_kind ki
     *eps = dpm_rdp_to_epsilon(o, tot, no, delta, 0, NULL);
     return 0;
   }
-  int n;
-  dpm_pld_event *ev = ledger_pld_events(L, 0, 0, 0, &n);
   dpm_pld_result r;
-  int rc = dpm_pld_epsilon(ev, n, delta, &r, err);
-  dpm_free(ev);
-  if (rc) return rc;
+  if (dpm_ledger_pld(L, delta, &r, err)) return -1;
   *eps = r.epsilon_upper;
   return 0;
+}
+
+int dpm_ledger_pld(const dpm_ledger *L, double delta, dpm_pld_result *res, char err[DPM_ERRLEN]) {
+  int n;
+  dpm_pld_event *ev = ledger_pld_events(L, 0, 0, 0, &n);
+  int rc = dpm_pld_epsilon(ev, n, delta, res, err);
+  dpm_free(ev);
+  return rc;
 }
 
 #define STEPS_CAP ((int64_t)1 << 62)

@@ -194,6 +194,7 @@ static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledg
            put_attr(f, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
            put_str(f, "job", meta->job ? meta->job : "") | put_str(f, "layers", meta->layers ? meta->layers : "");
   if (meta->reproducible) rc |= put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed);
+  rc |= put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
   if (rc) return dpm_err(err, "cannot write the checkpoint's attributes");
   if (meta->pca_components > 0 && write_pca(f, meta)) return dpm_err(err, "cannot write the PCA projection /pca");
   hid_t g = H5Gcreate2(f, "privacy", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -301,6 +302,8 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
                    get_attr(f, "grid_stages", H5T_NATIVE_INT, &meta->stages) |
                    get_attr(f, "reproducible", H5T_NATIVE_INT, &meta->reproducible);
         if (meta->reproducible) miss |= get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed);
+        meta->stats_printed = 1; /* older checkpoints: their runs always printed them */
+        if (H5Aexists(f, "stats_printed") > 0) miss |= get_attr(f, "stats_printed", H5T_NATIVE_INT, &meta->stats_printed);
         meta->job = get_str(f, "job");
         meta->layers = get_str(f, "layers");
         if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step)
@@ -345,6 +348,63 @@ int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERR
     if (g < 0) rc = dpm_err(err, "%s: no /privacy group", path);
     else if (dpm_ledger_read_hdf5(ledger, g, err)) rc = -1;
     if (g >= 0) H5Gclose(g);
+    if (f >= 0) H5Fclose(f);
+  } H5E_END_TRY;
+  return rc;
+}
+
+/* The accountant attribute: an int (dpm_accountant_kind) in checkpoints, a name in exports. -1 if unreadable. */
+static int get_accountant(hid_t f, int is_export) {
+  int kind = -1;
+  if (!is_export) return get_attr(f, "accountant", H5T_NATIVE_INT, &kind) || kind < 0 || kind > 1 ? -1 : kind;
+  char *name = get_str(f, "accountant");
+  dpm_accountant_kind k;
+  if (name && dpm_accountant_parse(name, &k) == 0) kind = (int)k;
+  dpm_free(name);
+  return kind;
+}
+
+int dpm_ckpt_read_privacy(const char *path, dpm_ledger **ledger, dpm_ckpt_privacy *info, char err[DPM_ERRLEN]) {
+  int rc = 0;
+  *ledger = NULL;
+  memset(info, 0, sizeof *info);
+  info->epsilon = NAN;
+  info->stats_printed = 1; /* files without the attribute were written by runs that always printed them */
+  H5E_BEGIN_TRY {
+    hid_t fapl = dpm_h5_fapl(NULL, 0);
+    hid_t f = H5Fis_hdf5(path) > 0 ? H5Fopen(path, H5F_ACC_RDONLY, fapl) : -1;
+    H5Pclose(fapl);
+    char *fmt = f >= 0 ? get_str(f, "format") : NULL;
+    if (fmt) info->is_export = !strcmp(fmt, "dpmpi-model");
+    if (f < 0)
+      rc = dpm_err(err, "%s: not a readable HDF5 file", path);
+    else if (!fmt || (strcmp(fmt, CKPT_FORMAT_NAME) && !info->is_export))
+      rc = dpm_err(err, "%s: not a dpmpi checkpoint or released model (attribute format is %s)", path,
+                   fmt ? fmt : "missing");
+    else if (get_attr(f, "private", H5T_NATIVE_INT, &info->privacy))
+      rc = dpm_err(err, "%s: attribute 'private' is missing or damaged", path);
+    else if (!info->privacy)
+      rc = dpm_err(err, "%s: written by a non-private run (private = 0): there is no privacy guarantee to compute", path);
+    else if (get_attr(f, "delta", H5T_NATIVE_DOUBLE, &info->delta) || !(info->delta > 0 && info->delta < 1))
+      rc = dpm_err(err, "%s: attribute 'delta' is missing or damaged", path);
+    else if ((info->accountant = get_accountant(f, info->is_export)) < 0)
+      rc = dpm_err(err, "%s: attribute 'accountant' is missing or damaged", path);
+    else if (info->is_export && get_attr(f, "epsilon", H5T_NATIVE_DOUBLE, &info->epsilon))
+      rc = dpm_err(err, "%s: attribute 'epsilon' is missing or damaged", path);
+    else if (H5Aexists(f, "stats_printed") > 0 && get_attr(f, "stats_printed", H5T_NATIVE_INT, &info->stats_printed))
+      rc = dpm_err(err, "%s: attribute 'stats_printed' is damaged", path);
+    else if (H5Lexists(f, "privacy", H5P_DEFAULT) <= 0 || H5Lexists(f, "privacy/privacy_ledger", H5P_DEFAULT) <= 0)
+      rc = dpm_err(err, "%s: no privacy ledger /privacy/privacy_ledger (%s)", path,
+                   info->is_export ? "an export written before exports carried the ledger: export the checkpoint again"
+                                   : "damaged checkpoint");
+    if (!rc) {
+      hid_t g = H5Gopen2(f, "privacy", H5P_DEFAULT);
+      char inner[DPM_ERRLEN];
+      if (g < 0) rc = dpm_err(err, "%s: cannot open /privacy", path);
+      else if (dpm_ledger_read_hdf5(ledger, g, inner)) rc = dpm_err(err, "%s: /privacy: %s", path, inner);
+      if (g >= 0) H5Gclose(g);
+    }
+    dpm_free(fmt);
     if (f >= 0) H5Fclose(f);
   } H5E_END_TRY;
   return rc;
@@ -454,6 +514,8 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
       rc = dpm_err(err, "%s: cannot copy /model", ckpt);
     else if (H5Lexists(src, "pca", H5P_DEFAULT) > 0 && H5Ocopy(src, "pca", dst, "pca", H5P_DEFAULT, H5P_DEFAULT) < 0)
       rc = dpm_err(err, "%s: cannot copy /pca (the model's input projection)", ckpt);
+    else if (H5Ocopy(src, "privacy", dst, "privacy", H5P_DEFAULT, H5P_DEFAULT) < 0)
+      rc = dpm_err(err, "%s: cannot copy /privacy (the whole ledger)", ckpt);
     if (!rc) {
       int32_t fmt = 1;
       const char *acct = meta->accountant == 0 ? "rdp" : "tight";
@@ -464,7 +526,8 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
               put_attr(dst, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
               put_attr(dst, "steps", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
               put_attr(dst, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
-              put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible);
+              put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
+              put_attr(dst, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
       if (meta->privacy)
         r |= put_attr(dst, "epsilon", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &epsilon) |
              put_attr(dst, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) | put_str(dst, "accountant", acct) |

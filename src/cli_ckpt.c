@@ -14,7 +14,8 @@ static const char *CKPT_USAGE =
 static const char *EXPORT_USAGE =
     "usage: dpmpi export CKPT OUT\n"
     "Writes the released model OUT (HDF5): the parameters of checkpoint CKPT (file or directory) and its privacy\n"
-    "metadata (epsilon, delta, accountant, sampling rate, noise multiplier, steps, clipping, dataset size);\n"
+    "metadata (epsilon, delta, accountant, sampling rate, noise multiplier, steps, clipping, dataset size,\n"
+    "stats_printed) with the whole privacy ledger, so that 'dpmpi privacy --ledger OUT' recomputes epsilon;\n"
     "nothing secret and no optimizer state.\n";
 
 /* The newest readable checkpoint of path (file or directory), its metadata, ledger and epsilon. */
@@ -82,6 +83,8 @@ static int info_work(char **args, char *err) {
     printf("privacy: none (non-private run)\n");
   printf("randomness: %s\n", meta.reproducible ? "SEEDED (reproducible; not for a private release)"
                                                : "secure (no key stored)");
+  printf("private-batch statistics: %s\n", meta.stats_printed ? "printed by the run (noiseless; not covered by epsilon)"
+                                                               : "not printed (output.private_stats = false throughout)");
   printf("ledger (%d rows):\n", dpm_ledger_size(L));
   for (int i = 0; i < dpm_ledger_size(L); i++) {
     int kind;

@@ -47,6 +47,8 @@ static const char *usage_convert =
     "  --pixel-stats-from-data   use the training pixels' own mean and std instead; these are\n"
     "                        computed from the private data without noise and are NOT covered by\n"
     "                        the DP guarantee\n"
+    "  --print-stats         show the training pixels' exact mean and std on the progress line (off by\n"
+    "                        default: they are statistics of the private data, NOT covered by DP)\n"
     "\n"
     "CSV (--from csv): a header line of column names, then one example per line; every field\n"
     "is a number. The label column holds integers 0..K-1 (every class present in training);\n"
@@ -88,7 +90,7 @@ static int bad_option(const char *cmd, char **argv, int optind_after, int opt) {
 }
 
 static int cmd_convert(int argc, char **argv) {
-  enum { O_FROM = 256, O_TRI, O_TRL, O_TEI, O_TEL, O_TRAIN, O_TEST, O_LABEL, O_OUT, O_MEAN, O_STD, O_FROMDATA };
+  enum { O_FROM = 256, O_TRI, O_TRL, O_TEI, O_TEL, O_TRAIN, O_TEST, O_LABEL, O_OUT, O_MEAN, O_STD, O_FROMDATA, O_PRINTSTATS };
   static const struct option opts[] = {
       {"from", required_argument, NULL, O_FROM},          {"train-images", required_argument, NULL, O_TRI},
       {"train-labels", required_argument, NULL, O_TRL},   {"test-images", required_argument, NULL, O_TEI},
@@ -97,10 +99,11 @@ static int cmd_convert(int argc, char **argv) {
       {"out", required_argument, NULL, O_OUT},
       {"pixel-mean", required_argument, NULL, O_MEAN},    {"pixel-std", required_argument, NULL, O_STD},
       {"pixel-stats-from-data", no_argument, NULL, O_FROMDATA},            {"quiet", no_argument, NULL, 'q'},
+      {"print-stats", no_argument, NULL, O_PRINTSTATS},
       {"help", no_argument, NULL, 'h'},                   {NULL, 0, NULL, 0}};
   const char *from = NULL, *tri = NULL, *trl = NULL, *tei = NULL, *tel = NULL, *train = NULL, *test = NULL,
              *label = NULL, *out = NULL;
-  int quiet = 0, c, pixel_from_data = 0;
+  int quiet = 0, c, pixel_from_data = 0, print_stats = 0;
   double pixel_mean = 0.5, pixel_std = 0.5;
   optind = 0;
   opterr = 0;
@@ -125,6 +128,7 @@ static int cmd_convert(int argc, char **argv) {
         break;
       }
       case O_FROMDATA: pixel_from_data = 1; break;
+      case O_PRINTSTATS: print_stats = 1; break;
       case 'q': quiet = 1; break;
       case 'h': fputs(usage_convert, stdout); return 0;
       default: return bad_option("convert", argv, optind, c);
@@ -140,15 +144,18 @@ static int cmd_convert(int argc, char **argv) {
   if (strcmp(from, "idx") == 0) {
     if (train || test || label)
       return usage_error("convert", "--%s is for --from csv", train ? "train" : test ? "test" : "label-column");
+    if (print_stats && quiet) return usage_error("convert", "--print-stats prints on the progress lines: drop -q");
     if (!tri || !trl || !tei || !tel)
       return usage_error("convert", "--from idx needs --%s", !tri ? "train-images" : !trl ? "train-labels"
                                                              : !tei ? "test-images" : "test-labels");
     dpm_data_set_normalization(pixel_mean, pixel_std, pixel_from_data);
+    dpm_data_set_print_stats(print_stats);
     rc = dpm_convert_idx(tri, trl, tei, tel, out, err);
+    dpm_data_set_print_stats(0);
   } else if (strcmp(from, "csv") == 0) {
-    if (tri || trl || tei || tel)
-      return usage_error("convert", "--%s is for --from idx",
-                         tri ? "train-images" : trl ? "train-labels" : tei ? "test-images" : "test-labels");
+    if (tri || trl || tei || tel || print_stats)
+      return usage_error("convert", "--%s is for --from idx", tri ? "train-images" : trl ? "train-labels"
+                         : tei ? "test-images" : tel ? "test-labels" : "print-stats");
     if (!train || !test || !label)
       return usage_error("convert", "--from csv needs --%s", !train ? "train" : !test ? "test" : "label-column");
     rc = dpm_convert_csv(train, test, label, out, err);

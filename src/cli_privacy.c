@@ -1,6 +1,9 @@
-/* `dpmpi privacy`: epsilon for (q, sigma, steps, delta), or sigma for a target epsilon, with the RDP
- * and/or tight accountant; text or one JSON object per accountant per line. Runs identically on every
- * rank (pure computation), only rank 0 prints; a user error exits with status 2 on every rank. */
+/* `dpmpi privacy`: epsilon for (q, sigma, steps, delta), or sigma for a target epsilon, or epsilon of the
+ * whole ledger of a checkpoint or released model (--ledger FILE), with the RDP and/or tight accountant;
+ * text or one JSON object per accountant per line. The tight accountant's headline "epsilon" is its
+ * certified upper bound; the Richardson estimate is a secondary figure ("epsilon_estimate"). Runs
+ * identically on every rank (pure computation; with --ledger every rank reads the file), only rank 0
+ * prints; a user error exits with status 2 on every rank. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -8,21 +11,27 @@
 #include <string.h>
 
 #include "dpmpi/accountant.h"
+#include "dpmpi/ckpt.h"
 
 static const char *usage =
     "usage: dpmpi privacy --sampling-rate Q --noise-multiplier S --steps T --delta D [options]\n"
     "       dpmpi privacy --target-epsilon E --sampling-rate Q --steps T --delta D [options]\n"
+    "       dpmpi privacy --ledger FILE [--delta D] [options]\n"
     "Epsilon of T steps of DP-SGD (Poisson sampling with rate Q, Gaussian noise multiplier S, add/remove-one\n"
-    "adjacency), or the smallest noise multiplier whose epsilon is at most E.\n"
+    "adjacency), or the smallest noise multiplier whose epsilon is at most E, or the epsilon of every event in\n"
+    "the privacy ledger of a checkpoint or of a released model (dpmpi export), DP-PCA included.\n"
     "  -q, --sampling-rate Q      in (0, 1] (expected batch size / dataset size)\n"
     "  -s, --noise-multiplier S   > 0 (noise std / clipping norm)\n"
     "  -T, --steps T              >= 1\n"
     "  -d, --delta D              in (0, 1)\n"
     "  -e, --target-epsilon E     calibrate: print the noise multiplier instead of epsilon\n"
+    "  -l, --ledger FILE          a checkpoint (file or directory: its newest) or an export; --delta and\n"
+    "                             --accountant default to the file's own\n"
     "  -a, --accountant A         rdp (default), tight, or all\n"
     "      --json                 one JSON object per accountant per line\n"
     "  -h, --help                 this text\n"
-    "RDP prints the optimal order; tight prints a certified upper bound and the discretization error.\n";
+    "RDP prints the optimal order. tight prints its certified upper bound as epsilon, then the discretization\n"
+    "error and, as a secondary figure, the Richardson estimate (not a bound: it may be below the true epsilon).\n";
 
 static int parse_double(const char *s, const char *name, double *out, char *err) {
   char *end;
@@ -43,7 +52,8 @@ static int parse_steps(const char *s, int64_t *out, char *err) {
 typedef struct {
   double q, sigma, delta, target;
   int64_t steps;
-  int has_q, has_sigma, has_delta, has_target, has_steps, json, help, acct_mask;
+  int has_q, has_sigma, has_delta, has_target, has_steps, json, help, acct_mask, has_acct;
+  const char *ledger; /* --ledger FILE, or NULL */
 } privacy_args;
 
 static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
@@ -53,6 +63,7 @@ static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
                                        {"delta", required_argument, 0, 'd'},
                                        {"target-epsilon", required_argument, 0, 'e'},
                                        {"accountant", required_argument, 0, 'a'},
+                                       {"ledger", required_argument, 0, 'l'},
                                        {"json", no_argument, 0, 'j'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
@@ -61,7 +72,7 @@ static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
   optind = 0; /* full reset of getopt's state (glibc), argv[0] is "privacy" */
   opterr = 0;
   int c;
-  while ((c = getopt_long(argc, argv, "q:s:T:d:e:a:h", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "q:s:T:d:e:a:l:h", opts, NULL)) != -1) {
     switch (c) {
     case 'q': if (parse_double(optarg, "sampling-rate", &a->q, err)) return -1; a->has_q = 1; break;
     case 's': if (parse_double(optarg, "noise-multiplier", &a->sigma, err)) return -1; a->has_sigma = 1; break;
@@ -73,7 +84,9 @@ static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
       else if (!strcmp(optarg, "tight")) a->acct_mask = 2;
       else if (!strcmp(optarg, "all")) a->acct_mask = 3;
       else return dpm_err(err, "--accountant: '%s' is not one of rdp, tight, all", optarg);
+      a->has_acct = 1;
       break;
+    case 'l': a->ledger = optarg; break;
     case 'j': a->json = 1; break;
     case 'h': a->help = 1; return 0;
     default:
@@ -82,6 +95,13 @@ static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
     }
   }
   if (optind < argc) return dpm_err(err, "privacy: unexpected argument '%s' (see --help)", argv[optind]);
+  if (a->ledger) {
+    if (a->has_q || a->has_sigma || a->has_steps || a->has_target)
+      return dpm_err(err, "privacy: --ledger takes the events from the file: drop --%s", a->has_q ? "sampling-rate"
+                     : a->has_sigma ? "noise-multiplier" : a->has_steps ? "steps" : "target-epsilon");
+    if (a->has_delta && !(a->delta > 0 && a->delta < 1)) return dpm_err(err, "--delta %g is outside (0, 1)", a->delta);
+    return 0;
+  }
   if (!a->has_q) return dpm_err(err, "privacy: --sampling-rate is required");
   if (!a->has_steps) return dpm_err(err, "privacy: --steps is required");
   if (!a->has_delta) return dpm_err(err, "privacy: --delta is required");
@@ -96,18 +116,49 @@ static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
 
 typedef struct {
   dpm_accountant_kind kind;
-  double eps, sigma, order, upper, error, grid;
+  double eps;      /* the headline: RDP's epsilon, or the tight accountant's certified upper bound */
+  double sigma, order, upper, estimate, error, grid; /* tight: upper = eps (kept apart for the JSON field) */
 } privacy_line;
 
-static void print_line(const privacy_args *a, const privacy_line *l) {
+/* The file of --ledger and what it says (read on every rank). */
+typedef struct {
+  char path[4096];
+  dpm_ledger *L;
+  dpm_ckpt_privacy info;
+} ledger_file;
+
+static void json_str(const char *s) {
+  putchar('"');
+  for (; *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') printf("\\%c", c);
+    else if (c < 0x20) printf("\\u%04x", c);
+    else putchar(c);
+  }
+  putchar('"');
+}
+
+static void print_line(const privacy_args *a, const ledger_file *lf, const privacy_line *l) {
   const char *name = dpm_accountant_name(l->kind);
   if (a->json) {
-    printf("{\"accountant\": \"%s\", \"epsilon\": %.17g, \"delta\": %.15g, \"sampling_rate\": %.17g, "
-           "\"noise_multiplier\": %.17g, \"steps\": %lld",
-           name, l->eps, a->delta, a->q, l->sigma, (long long)a->steps);
+    printf("{\"accountant\": \"%s\", \"epsilon\": %.17g, \"delta\": %.15g", name, l->eps, a->delta);
+    if (lf) {
+      printf(", \"ledger\": ");
+      json_str(lf->path);
+      printf(", \"ledger_rows\": %d, \"file\": \"%s\", \"stats_printed\": %s", dpm_ledger_size(lf->L),
+             lf->info.is_export ? "export" : "checkpoint", lf->info.stats_printed ? "true" : "false");
+      if (lf->info.is_export)
+        printf(", \"recorded_epsilon\": %.17g, \"recorded_delta\": %.15g, \"recorded_accountant\": \"%s\"",
+               lf->info.epsilon, lf->info.delta, dpm_accountant_name((dpm_accountant_kind)lf->info.accountant));
+    } else {
+      printf(", \"sampling_rate\": %.17g, \"noise_multiplier\": %.17g, \"steps\": %lld", a->q, l->sigma,
+             (long long)a->steps);
+    }
     if (a->has_target) printf(", \"target_epsilon\": %.17g", a->target);
-    if (l->kind == DPM_ACCT_RDP) printf(", \"order\": %.17g", l->order);
-    else printf(", \"epsilon_upper\": %.17g, \"epsilon_error\": %.3g, \"loss_grid\": %.3g", l->upper, l->error, l->grid);
+    if (l->kind == DPM_ACCT_RDP && !lf) printf(", \"order\": %.17g", l->order);
+    if (l->kind == DPM_ACCT_TIGHT)
+      printf(", \"epsilon_upper\": %.17g, \"epsilon_estimate\": %.17g, \"epsilon_error\": %.3g, \"loss_grid\": %.3g",
+             l->upper, l->estimate, l->error, l->grid);
     printf("}\n");
     return;
   }
@@ -116,27 +167,72 @@ static void print_line(const privacy_args *a, const privacy_line *l) {
            a->delta);
   else
     printf("%-5s epsilon %.6g  (delta %g", name, l->eps, a->delta);
-  if (l->kind == DPM_ACCT_RDP) printf(", optimal order %g)\n", l->order);
-  else printf(", upper bound %.6g, discretization error %.2g, loss grid %.2g)\n", l->upper, l->error, l->grid);
+  if (l->kind == DPM_ACCT_TIGHT)
+    printf(", certified upper bound; discretization error %.2g, loss grid %.2g, estimate %.6g (not a bound)", l->error,
+           l->grid, l->estimate);
+  else if (!lf)
+    printf(", optimal order %g", l->order);
+  printf(")\n");
 }
 
-static int compute(const privacy_args *a, dpm_accountant_kind kind, privacy_line *l, char *err) {
+/* The ledger's rows and what the file records, after the epsilon lines (text output). */
+static void print_ledger(const ledger_file *lf) {
+  printf("ledger of %s (%s, %d rows):\n", lf->path, lf->info.is_export ? "released model" : "checkpoint",
+         dpm_ledger_size(lf->L));
+  for (int i = 0; i < dpm_ledger_size(lf->L); i++) {
+    int kind;
+    double q, sigma;
+    int64_t count;
+    dpm_ledger_event(lf->L, i, &kind, &q, &sigma, &count);
+    printf("  %s q %.8g sigma %.6g x %lld\n", kind == 0 ? "subsampled-gaussian" : "gaussian", q, sigma, (long long)count);
+  }
+  if (lf->info.is_export)
+    printf("the file records epsilon %.6f at delta %g (%s accountant)\n", lf->info.epsilon, lf->info.delta,
+           dpm_accountant_name((dpm_accountant_kind)lf->info.accountant));
+  if (lf->info.stats_printed)
+    printf("note: the run printed noiseless statistics of private batches (output.private_stats): not covered by "
+           "this epsilon\n");
+}
+
+static int compute(const privacy_args *a, const ledger_file *lf, dpm_accountant_kind kind, privacy_line *l, char *err) {
   memset(l, 0, sizeof *l);
   l->kind = kind;
   l->sigma = a->sigma;
-  if (a->has_target && dpm_calibrate_sigma(a->target, a->delta, a->q, a->steps, kind, &l->sigma, err)) return -1;
-  if (kind == DPM_ACCT_RDP) {
-    l->eps = dpm_rdp_epsilon(a->q, l->sigma, a->steps, a->delta, &l->order);
-    return 0;
-  }
-  dpm_pld_event ev = {a->q, l->sigma, a->steps};
   dpm_pld_result r;
-  if (dpm_pld_epsilon(&ev, 1, a->delta, &r, err)) return -1;
-  l->eps = r.epsilon;
+  if (lf) {
+    if (kind == DPM_ACCT_RDP) return dpm_ledger_epsilon(lf->L, a->delta, kind, &l->eps, err);
+    if (dpm_ledger_pld(lf->L, a->delta, &r, err)) return -1;
+  } else {
+    if (a->has_target && dpm_calibrate_sigma(a->target, a->delta, a->q, a->steps, kind, &l->sigma, err)) return -1;
+    if (kind == DPM_ACCT_RDP) {
+      l->eps = dpm_rdp_epsilon(a->q, l->sigma, a->steps, a->delta, &l->order);
+      return 0;
+    }
+    dpm_pld_event ev = {a->q, l->sigma, a->steps};
+    if (dpm_pld_epsilon(&ev, 1, a->delta, &r, err)) return -1;
+  }
+  l->eps = r.epsilon_upper; /* certified: the headline */
   l->upper = r.epsilon_upper;
+  l->estimate = r.epsilon_estimate;
   l->error = r.error;
   l->grid = r.grid;
   return 0;
+}
+
+/* --ledger PATH: a file, or a checkpoint directory (its newest file that reads). */
+static int open_ledger(const char *path, ledger_file *lf, char *err) {
+  char **list = NULL;
+  int n = dpm_ckpt_list(path, &list, err), rc = -1;
+  if (n == 0) dpm_err(err, "--ledger %s: no checkpoint files ckpt-STEP.h5 in the directory", path);
+  for (int i = 0; i < n; i++) {
+    if (rc && dpm_ckpt_read_privacy(list[i], &lf->L, &lf->info, err) == 0) {
+      snprintf(lf->path, sizeof lf->path, "%s", list[i]);
+      rc = 0;
+    }
+    dpm_free(list[i]);
+  }
+  dpm_free(list);
+  return rc;
 }
 
 int dpm_cmd_privacy(int argc, char **argv) {
@@ -149,17 +245,29 @@ int dpm_cmd_privacy(int argc, char **argv) {
     if (rank == 0) fputs(usage, stdout);
     return 0;
   }
+  ledger_file lf_store, *lf = NULL;
+  if (a.ledger) {
+    memset(&lf_store, 0, sizeof lf_store);
+    lf = &lf_store;
+    failed = open_ledger(a.ledger, lf, err) != 0;
+    dpm_exit_if_error(MPI_COMM_WORLD, failed, err);
+    if (!a.has_delta) a.delta = lf->info.delta;
+    if (!a.has_acct) a.acct_mask = lf->info.accountant == DPM_ACCT_RDP ? 1 : 2;
+  }
   privacy_line lines[2];
   int n = 0;
   for (int k = 0; k < 2 && !failed; k++) {
     if (!(a.acct_mask & (1 << k))) continue;
-    failed = compute(&a, k == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT, &lines[n], err) != 0;
+    failed = compute(&a, lf, k == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT, &lines[n], err) != 0;
     n++;
   }
+  if (failed && lf) dpm_ledger_free(lf->L);
   dpm_exit_if_error(MPI_COMM_WORLD, failed, err);
   if (rank == 0) {
-    for (int i = 0; i < n; i++) print_line(&a, &lines[i]);
+    for (int i = 0; i < n; i++) print_line(&a, lf, &lines[i]);
+    if (lf && !a.json) print_ledger(lf);
     fflush(stdout);
   }
+  if (lf) dpm_ledger_free(lf->L);
   return 0;
 }

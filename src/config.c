@@ -98,6 +98,11 @@ static const key_def KEYS[] = {
    "from the operating system's CSPRNG and are never stored (the secure mode for real releases)."},
   {"output", "metrics", K_STR, OFF(metrics), NULL, NULL, "JSON-lines file: one object per evaluation (directories are not created)."},
   {"output", "log_every", K_POS_INT, OFF(log_every), NULL, NULL, "Progress line every this many steps (default: about 10 per epoch)."},
+  {"output", "private_stats", K_BOOL, OFF(private_stats), "true", NULL,
+   "true: progress lines show noiseless statistics of the private batches (loss, train accuracy, clipped fraction, "
+   "examples/s of the realized batches), which epsilon does NOT cover. false (for a release run): only DP-safe values "
+   "(step, epoch, lr, epsilon, ETA, wall time, throughput from the expected batch q*N). Checkpoints and exports record "
+   "whether any segment of the run printed them (stats_printed)."},
 };
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])
 

@@ -38,6 +38,8 @@ void dpm_data_set_normalization(double mean, double std, int from_data) {
   norm_std = std;
   norm_from_data = from_data;
 }
+static int print_stats = 0;
+void dpm_data_set_print_stats(int on) { print_stats = on; }
 
 static void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void progress(const char *fmt, ...) {
@@ -811,9 +813,12 @@ int dpm_convert_idx(const char *train_images, const char *train_labels, const ch
   if (norm_from_data)
     progress("%d classes, pixel mean %.6f std %.6f of the training pixels / 255 (NOT covered by the DP guarantee: "
              "computed from the private data without noise)", K, mean, std);
+  else if (print_stats)
+    progress("%d classes, fixed normalization mean %g std %g (data-independent); the training pixels have mean %.6f "
+             "std %.6f (/ 255; exact statistics of the private data, NOT covered by the DP guarantee)", K, norm_mean,
+             norm_std, mean, std);
   else
-    progress("%d classes, fixed normalization mean %g std %g (data-independent; the training pixels have mean %.4f "
-             "std %.4f)", K, norm_mean, norm_std, mean, std);
+    progress("%d classes, fixed normalization mean %g std %g (data-independent)", K, norm_mean, norm_std);
   rc = out_commit(&o, err);
   if (!rc) progress("wrote %s", out);
 done:

@@ -13,8 +13,8 @@
  *
  * Error. The chord adds at most h^2/4 of variance per step to the loss; we choose h = 0.2 x (the
  * smallest per-step loss standard deviation), compute the bound on grids h and 2h (nested, so
- * eps(2h) >= eps(h)) and report estimate = eps(h) - (eps(2h) - eps(h)) / 3 (the O(h^2) error
- * extrapolated) with error = eps(2h) - eps(h). */
+ * eps(2h) >= eps(h)) and report the bound eps(h), the error eps(2h) - eps(h) and, as a secondary figure,
+ * the estimate eps(h) - (eps(2h) - eps(h)) / 3 (the O(h^2) error extrapolated; not a bound). */
 #include <complex.h>
 #include <fftw3.h>
 #include <math.h>
@@ -310,6 +310,6 @@ int dpm_pld_epsilon(const dpm_pld_event *ev, int n, double delta, dpm_pld_result
   double d = e2h - eh;
   if (!(d >= 0)) d = 0;
   res->error = d;
-  res->epsilon = fmax(0, eh - d / 3);
+  res->epsilon_estimate = fmax(0, eh - d / 3);
   return 0;
 }

@@ -80,6 +80,7 @@ typedef struct {
   float *pca_V;           /* d x k projection: computed, or read from the checkpoint on --resume */
   int pca_resumed;        /* 1: pca_V came from the checkpoint */
   dpm_pca_stats pca_st;
+  int stats_printed;      /* 1: this or an earlier segment printed private-batch statistics (output.private_stats) */
 } trainer;
 
 static void fmt_duration(double s, char *buf, size_t len) {
@@ -238,6 +239,9 @@ static void print_header(trainer *tr) {
              tr->pca_st.pr, tr->pca_st.pc, tr->pca_st.block, tr->pca_st.t_cov, tr->pca_st.t_reduce, tr->pca_st.t_noise,
              tr->pca_st.t_eig, tr->pca_st.t_proj);
   }
+  if (tr->dp && cfg->private_stats)
+    printf("note: progress lines show noiseless statistics of the private batches (loss, train accuracy, clipped "
+           "fraction, examples/s), not covered by epsilon; output.private_stats = false prints only DP-safe values\n");
   if (cfg->has_seed)
     printf("randomness: SEEDED with run.seed = %llu: reproducible, the noise is predictable — not for a private "
            "release\n",
@@ -267,10 +271,11 @@ static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s
             "{\"step\": %lld, \"epoch\": %.4f, \"epsilon\": %s, \"delta\": %g, \"accountant\": \"%s\", "
             "\"test_accuracy\": %.6f, \"test_loss\": %.6f, \"examples_per_second\": %.1f, \"private\": %s, "
             "\"noise_multiplier\": %.6g, \"sampling_rate\": %.8g, \"clip\": %g, \"clipping\": \"%s\", "
-            "\"reproducible\": %s}\n",
+            "\"reproducible\": %s, \"private_stats\": %s}\n",
             (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, loss, ex_per_s,
             tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
-            tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->cfg.has_seed ? "true" : "false");
+            tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->cfg.has_seed ? "true" : "false",
+            tr->cfg.private_stats ? "true" : "false");
     fflush(tr->metrics);
   }
 }
@@ -290,6 +295,7 @@ static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
                         .reproducible = cfg->has_seed, .seed = cfg->has_seed ? cfg->seed : 0, .job = cfg->text,
                         .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
                         .pca_sigma = tr->dp ? tr->pca_sigma : 0, .pca_clip = cfg->pca_clip, .pca_projection = tr->pca_V};
+  meta.stats_printed = tr->stats_printed;
   return meta;
 }
 
@@ -313,6 +319,12 @@ static void write_checkpoint(trainer *tr, int64_t step) {
     dpm_free(list[i]);
   }
   if (n >= 0) dpm_free(list);
+}
+
+/* Throughput from the expected batch size q*N (public), never the realized one: steps done in this segment
+ * times q*N over the training time. The DP-safe figure of output.private_stats = false. */
+static double expected_per_s(const trainer *tr, int64_t done, double t_train) {
+  return (double)(done - tr->start) * tr->q * (double)tr->N / (t_train > 0 ? t_train : 1);
 }
 
 static void train_loop(trainer *tr) {
@@ -350,16 +362,23 @@ static void train_loop(trainer *tr) {
         fmt_duration((dpm_time() - t_start) / (double)(done - tr->start) * (double)(tr->steps - done), eta, sizeof eta);
         if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "eps %.4f", eps); else snprintf(epsbuf, sizeof epsbuf, "non-private");
         double n = win[1] > 0 ? win[1] : 1;
-        printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
-               (int)log10((double)tr->steps) + 1, (long long)done, (long long)tr->steps,
-               (double)done / tr->steps_per_epoch, win[0] / n, win[2] / n, 100 * win[3] / (n * (G > 0 ? G : 1)), lr,
-               examples_total / t_train, epsbuf, eta, cfg->has_seed ? "  [seeded]" : "");
+        const int w = (int)log10((double)tr->steps) + 1;
+        if (cfg->private_stats)
+          printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
+                 w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win[0] / n, win[2] / n,
+                 100 * win[3] / (n * (G > 0 ? G : 1)), lr, examples_total / t_train, epsbuf, eta,
+                 cfg->has_seed ? "  [seeded]" : "");
+        else /* DP-safe values only: no statistic of a private batch, its realized size included */
+          printf("step %*lld/%lld  epoch %.2f  lr %.4g  ex/s %.0f (expected batch)  %s  ETA %s  elapsed %.0fs%s\n", w,
+                 (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, lr,
+                 expected_per_s(tr, done, t_train), epsbuf, eta, dpm_time() - t_start, cfg->has_seed ? "  [seeded]" : "");
         fflush(stdout);
       }
       memset(win, 0, sizeof win);
     }
     if (done % eval_every == 0 || done == tr->steps)
-      report_eval(tr, done, (double)done / tr->steps_per_epoch, examples_total / t_train);
+      report_eval(tr, done, (double)done / tr->steps_per_epoch,
+                  cfg->private_stats ? examples_total / t_train : expected_per_s(tr, done, t_train));
     int stop = stop_signal;
     DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, tr->comm));
     if (cfg->ckpt_dir && (done == tr->steps || stop || (cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0)))
@@ -379,8 +398,12 @@ static void train_loop(trainer *tr) {
   if (tr->rank == 0) {
     char wall[32];
     fmt_duration(dpm_time() - t_start, wall, sizeof wall);
-    printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)(tr->steps - tr->start), wall,
-           examples_total / (t_train > 0 ? t_train : 1));
+    if (cfg->private_stats)
+      printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)(tr->steps - tr->start), wall,
+             examples_total / (t_train > 0 ? t_train : 1));
+    else
+      printf("done: %lld steps in %s (%.0f examples/s in training steps, from the expected batch)",
+             (long long)(tr->steps - tr->start), wall, expected_per_s(tr, tr->steps, t_train));
     if (tr->dp) printf(", epsilon %.4f at delta %g", epsilon_now(tr), cfg->delta);
     printf("\n");
   }
@@ -648,6 +671,8 @@ int dpm_cmd_train(int argc, char **argv) {
              (long long)meta.step, (long long)meta.steps_total, meta.replicas, meta.stages, meta.version,
              cfg->has_seed ? "" : "; new secret sampling and noise keys for the remaining steps");
   }
+  /* a segment that printed private-batch statistics marks the whole run, whatever later segments do */
+  tr.stats_printed = cfg->private_stats || (resume && meta.stats_printed);
   dpm_ckpt_meta_free(&meta);
   if (cfg->ckpt_dir && tr.rank == 0 && mkdir(cfg->ckpt_dir, 0777) && errno != EEXIST)
     failed = 1, dpm_err(err, "%s: [checkpoint] dir = %s: cannot create: %s", cfg->path, cfg->ckpt_dir, strerror(errno));

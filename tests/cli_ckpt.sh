@@ -4,7 +4,8 @@
 # another grid (2x1 -> 1x2) it ends within 1e-5; SIGUSR1/SIGTERM finish the step, checkpoint and exit 75
 # on every rank, and the run resumes; secure runs store no seed; truncated and bit-flipped checkpoints
 # are rejected cleanly (status 2, one message) or, when the damage misses every byte that matters,
-# resume to the exact uninterrupted result — never a crash; a different model is rejected by name.
+# resume to the exact uninterrupted result — never a crash; a different model is rejected by name;
+# stats_printed (output.private_stats) is carried over resumes into the export.
 # Usage: bash tests/cli_ckpt.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=600
 source "$(dirname "$0")/lib_cli.sh"
@@ -137,6 +138,33 @@ assert "job" not in r.attrs and "seed" not in r.attrs and "optimizer" not in r
 assert np.array_equal(r["model/layer_001/weight"][:], w[:])
 ' "$ref" "$tmp/released.h5"
 expect_usage_error 1 "expected 2 arguments" export "$tmp/full"
+
+# stats_printed: 1 if any segment of the run printed private-batch statistics (output.private_stats),
+# carried over resumes in both orders; 0 only when no segment did. The export and --ledger report it.
+attr() { h5dump -a "$2" "$1" 2>/dev/null | sed -nE 's/^ *\(0\): ([0-9]+)$/\1/p'; }
+check "default run: the checkpoint records stats_printed 1" test "$(attr "$ref" stats_printed)" = 1
+check "default run: the export records stats_printed 1" test "$(attr "$tmp/released.h5" stats_printed)" = 1
+run 2 train "$tmp/job.ini" --checkpoint.dir="$tmp/quiet" --output.private_stats=false --checkpoint.keep=10
+[ "$(rc)" = 0 ] && ok || { bad "release-mode run"; cat "$tmp/err" >&2; }
+check "release run: same model as the default run" same_h5 "$ref" "$tmp/quiet/ckpt-00000020.h5" /model
+check "release run: stats_printed 0" test "$(attr "$tmp/quiet/ckpt-00000020.h5" stats_printed)" = 0
+run 1 export "$tmp/quiet" "$tmp/quiet.h5"
+check "release run: the export records stats_printed 0" test "$(attr "$tmp/quiet.h5" stats_printed)" = 0
+run 1 privacy --ledger "$tmp/quiet.h5" --json
+check "privacy --ledger: stats_printed false" has "$tmp/out" '"stats_printed": false'
+run 1 ckpt info "$tmp/quiet"
+check "ckpt info: not printed" has "$tmp/out" "private-batch statistics: not printed"
+resume_stats() { # resume_stats FROM_CKPT PRIVATE_STATS: resume to the end, print the final stats_printed
+  rm -rf "$tmp/mix" && mkdir -p "$tmp/mix" && cp "$1" "$tmp/mix/"
+  run 2 train "$tmp/job.ini" --checkpoint.dir="$tmp/mix" --resume "$tmp/mix" --output.private_stats="$2"
+  [ "$(rc)" = 0 ] || { bad "resume $1 with private_stats $2"; cat "$tmp/err" >&2; }
+  attr "$tmp/mix/ckpt-00000020.h5" stats_printed
+}
+check "printed, then a release segment: still 1" test "$(resume_stats "$tmp/full/ckpt-00000010.h5" false)" = 1
+run 1 export "$tmp/mix" "$tmp/mix.h5"
+check "printed, then a release segment: the export records 1" test "$(attr "$tmp/mix.h5" stats_printed)" = 1
+check "release segment, then printed: 1" test "$(resume_stats "$tmp/quiet/ckpt-00000010.h5" true)" = 1
+check "release segments only: 0" test "$(resume_stats "$tmp/quiet/ckpt-00000010.h5" false)" = 0
 
 # errors: missing, a different model, a complete run
 expect_usage_error 1 "no-such" train "$tmp/job.ini" --resume "$tmp/no-such"

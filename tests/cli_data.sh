@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `dpmpi data`: convert the real Fashion-MNIST files, check `data info` and the HDF5 layout (h5dump),
-# and check that bad invocations exit 2 with exactly one "dpmpi: error:" line, on 1 and 2 ranks.
+# that conversion prints no exact statistic of the training pixels unless --print-stats, and that bad
+# invocations exit 2 with exactly one "dpmpi: error:" line, on 1 and 2 ranks.
 # Usage: bash tests/cli_data.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=300
 fm=${DPM_FASHION_MNIST:-/usr/share/datasets/fashion-mnist}
@@ -38,6 +39,18 @@ for np in 1 2; do
   check "info: Fletcher32 checksums" has "$tmp/out" "checksums: Fletcher32 on every chunk of x and y"
   check "np=$np info prints once" test "$(grep -c '^train:' "$tmp/out")" = 1
 done
+
+# --- the default conversion prints no statistic of the private training pixels; --print-stats does ---
+# (exact figures of Fashion-MNIST's training pixels: mean 0.286041 std 0.353024; any leading digits count)
+run 1 data convert "${idx_args[@]}" --out "$tmp/fm_quiet.h5"
+check "default convert exits 0" test "$(rc)" = 0
+check "default convert: the fixed normalization is named" has "$tmp/out" "fixed normalization mean 0.5 std 0.5 (data-independent)"
+check "default convert: no training-pixel mean or std printed" test "$(grep -cE '0\.28[0-9]|0\.35[0-9]|training pixels have' "$tmp/out")" = 0
+run 1 data convert "${idx_args[@]}" --print-stats --out "$tmp/fm_print.h5"
+check "--print-stats: the exact statistics, marked as not covered" has "$tmp/out" "the training pixels have mean 0.286041 std 0.353024 (/ 255; exact statistics of the private data, NOT covered by the DP guarantee)"
+check "--print-stats stores the same fixed normalization" h5diff -q "$tmp/fm_quiet.h5" "$tmp/fm_print.h5"
+expect_usage_error 1 "--print-stats is for --from idx" data convert --from csv --train a --test b --label-column y --print-stats --out "$tmp/x.h5"
+expect_usage_error 2 "--print-stats prints on the progress lines: drop -q" data convert "${idx_args[@]}" --print-stats -q --out "$tmp/x.h5"
 
 # --- normalization from the training pixels (opt-in, not covered by DP) and public constants ---
 run 1 data convert "${idx_args[@]}" --pixel-stats-from-data --out "$tmp/fm_stats.h5"

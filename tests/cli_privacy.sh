@@ -19,6 +19,27 @@ check "tight json has epsilon_upper" '[[ $out == *"\"accountant\": \"tight\""* &
 eps=$(grep tight <<<"$out" | sed -E 's/.*"epsilon": ([0-9.e+-]+).*/\1/')
 check "tight epsilon 0.9470 within 1%" 'awk -v e="$eps" "BEGIN{exit !(e > 0.9375 && e < 0.9565)}"'
 
+# the tight headline is the certified upper bound, the Richardson estimate a secondary field
+num() { sed -E "s/.*\"$1\": ([0-9.e+-]+).*/\1/" <<<"$2"; }
+out=$(run -q 0.01 -s 4 -T 10000 -d 1e-5 --accountant tight --json)
+check "tight json: epsilon is epsilon_upper" '[[ $(num epsilon "$out") == $(num epsilon_upper "$out") ]]'
+check "tight json: estimate is a separate field, not above the bound" 'awk -v e="$(num epsilon "$out")" -v s="$(num epsilon_estimate "$out")" "BEGIN{exit !(s > 0 && s <= e)}"'
+txt=$(run -q 0.01 -s 4 -T 10000 -d 1e-5 --accountant tight)
+check "tight text headline = the bound ($txt)" '[[ $txt == "tight epsilon $(printf %.6g "$(num epsilon "$out")")  (delta 1e-05, certified upper bound;"* ]]'
+# one step at q 0.3, sigma 10, delta 1e-5: the row of ../shared/refs/exact_single_step.csv where the
+# estimate is below the exact epsilon (an independent closed-form computation); the headline must not be
+ref=${DPM_SHARED_DIR:-$2/../shared}/refs/exact_single_step.csv
+exact=$(awk -F, '$1 == 0.3 && $2 == 10 && $3 == 1e-05 { print $4 }' "$ref")
+check "exact single-step epsilon found in $ref" '[[ -n $exact ]]'
+out=$(run -q 0.3 -s 10 -T 1 -d 1e-5 --accountant tight --json)
+check "single step: estimate below the exact $exact (so the check below means something)" 'awk -v s="$(num epsilon_estimate "$out")" -v x="$exact" "BEGIN{exit !(s < x)}"'
+check "single step: headline epsilon $(num epsilon "$out") >= exact $exact" 'awk -v e="$(num epsilon "$out")" -v x="$exact" "BEGIN{exit !(e >= x)}"'
+# calibration with tight: the reported epsilon is the bound at the calibrated sigma, and at most the target
+out=$(run --target-epsilon 1 -q 0.004266666666666667 -T 3515 -d 1e-5 --accountant tight --json)
+sig=$(num noise_multiplier "$out")
+again=$(run -q 0.004266666666666667 -s "$sig" -T 3515 -d 1e-5 --accountant tight --json)
+check "tight calibration: epsilon $(num epsilon "$out") = bound at sigma $sig, <= target 1" 'awk -v e="$(num epsilon "$out")" -v b="$(num epsilon_upper "$again")" "BEGIN{exit !(e == b && e <= 1)}"'
+
 out=$(run --target-epsilon 1 -q 0.004266666666666667 -T 3515 -d 1e-5 --json)
 sig=$(sed -E 's/.*"noise_multiplier": ([0-9.e+-]+).*/\1/' <<<"$out")
 check "calibrated sigma within 1% of 1.2695 (sigma_rdp)" 'awk -v s="$sig" "BEGIN{exit !(s > 1.2568 && s <= 1.26953125)}"'

@@ -2,7 +2,7 @@
 # `dpmpi train` end to end on a small synthetic CSV dataset: DP and non-private runs learn, the output
 # has progress, evaluation and epsilon lines and a JSON-lines metrics file with the contract keys, the
 # seeded mode says so everywhere, calibration meets the target epsilon, a 2-rank run with run.seed ends
-# at the same accuracy as the 1-rank run; user errors exit 2 on every rank with one message, never hang.
+# at the same accuracy as the 1-rank run; output.private_stats = false prints only DP-safe values; user errors exit 2 on every rank with one message, never hang.
 # Usage: bash tests/cli_train.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=300
 source "$(dirname "$0")/lib_cli.sh"
@@ -53,6 +53,30 @@ run 2 train "$tmp/job.ini" --run.seed=7 --output.metrics="$tmp/s2.jsonl"
 l2=$(grep '^eval' "$tmp/out" | tail -1 | sed -E 's/.*test loss ([0-9.]+).*/\1/')
 [ -n "$l1" ] && [ "$l1" = "$l2" ] && ok || bad "seeded test loss 1 rank $l1 != 2 ranks $l2"
 has_re "$tmp/s2.jsonl" '"reproducible": true' && ok || bad "metrics: reproducible true"
+
+# release mode (output.private_stats = false): progress, done and metrics lines carry DP-safe values only.
+# Seed 12 with an expected batch of 2 (q = 0.001) draws an empty first batch: the private line shows the
+# realized throughput (0 examples/s); the release line must show the expected batch's (q*N / time > 0)
+# and nothing else of the batch (no loss, train accuracy, clipped fraction)
+one=(--run.seed=12 --train.batch_size=2 --train.steps=1 --privacy.epsilon=50)
+run 1 train "$tmp/job.ini" "${one[@]}" --output.metrics="$tmp/p1.jsonl"
+check "private stats on (default): the seed's batch is empty (ex/s 0)" has_re "$tmp/out" "^step 1/1 .* loss .* train acc .* clipped .* ex/s 0  eps"
+check "private stats on: the header discloses it" has "$tmp/out" "note: progress lines show noiseless statistics of the private batches"
+check "metrics: private_stats true" has_re "$tmp/p1.jsonl" '"examples_per_second": 0.0, .*"private_stats": true'
+run 1 train "$tmp/job.ini" "${one[@]}" --output.private_stats=false --output.metrics="$tmp/r1.jsonl"
+check "release run exits 0" test "$(rc)" = 0
+check "release progress line: only step, epoch, lr, expected ex/s, epsilon, ETA, elapsed" \
+  has_re "$tmp/out" "^step 1/1  epoch [0-9.]+  lr [0-9.e+-]+  ex/s [1-9][0-9]* \(expected batch\)  eps [0-9.]+  ETA [0-9hms?]+  elapsed [0-9]+s  \[seeded\]$"
+check "release: no progress line with batch statistics" test "$(grep '^step' "$tmp/out" | grep -cE 'loss|train acc|clipped')" = 0
+check "release: no disclosure note" test "$(grep -c 'noiseless statistics' "$tmp/out")" = 0
+check "release done line: expected-batch throughput" has_re "$tmp/out" "^done: 1 steps in .* \([1-9][0-9]* examples/s in training steps, from the expected batch\)"
+check "release metrics: examples_per_second from the expected batch, private_stats false" \
+  has_re "$tmp/r1.jsonl" '"examples_per_second": [1-9][0-9.]*, .*"private_stats": false'
+run 2 train "$tmp/job.ini" --run.seed=7 --output.private_stats=false --output.metrics="$tmp/r2.jsonl"
+check "release run on 2 ranks, 60 steps: every progress line DP-safe" \
+  test "$(grep -cE '^step +[0-9]+/60  epoch [0-9.]+  lr [0-9.e+-]+  ex/s [0-9]+ \(expected batch\)  eps [0-9.]+  ETA [0-9hms?]+  elapsed [0-9]+s  \[seeded\]$' "$tmp/out")" = "$(grep -c '^step' "$tmp/out")"
+l2r=$(grep '^eval' "$tmp/out" | tail -1 | sed -E 's/.*test loss ([0-9.]+).*/\1/')
+check "release mode trains the same model (test loss $l2r = $l2)" test "$l2r" = "$l2"
 
 # non-private baseline on the same path
 run 2 train "$tmp/job.ini" --privacy.enabled=false --output.metrics="$tmp/np.jsonl" 2>/dev/null

@@ -38,6 +38,8 @@ typedef struct {
   float *pca_projection;       /* d x k row-major, the projection the run applies (read: allocated) */
   int format;            /* read: format_version */
   char version[32];      /* read: the library version that wrote it */
+  int stats_printed;     /* 1: a segment of the run printed noiseless private-batch statistics (output.private_stats);
+                          * read: 1 when the attribute is missing (older dpmpi always printed them) */
 } dpm_ckpt_meta;
 
 /* This rank's view of the model for writing and reading. */
@@ -70,9 +72,27 @@ int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_
 /* Serial: the ledger of a checkpoint. */
 int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERRLEN]);
 
-/* Serial: the released model OUT of checkpoint CKPT: /model (parameters) and the privacy metadata as root
- * attributes (epsilon, delta, accountant, sampling_rate, noise_multiplier, steps, clipping, clip, n_train,
- * reproducible); no optimizer state, no seed, no keys. Written under a temporary name and renamed. */
+/* What a checkpoint or a released model (dpmpi export) says about its privacy: enough to recompute epsilon
+ * from the file alone (`dpmpi privacy --ledger FILE`). */
+typedef struct {
+  int is_export;          /* 1: a released model ("dpmpi-model"), 0: a checkpoint */
+  int privacy;            /* 1: DP-SGD run */
+  double delta;           /* the run's delta (valid when privacy = 1) */
+  int accountant;         /* dpm_accountant_kind the run reported with */
+  double epsilon;         /* the epsilon the export records (NAN for a checkpoint: it records none) */
+  int stats_printed;      /* 1: noiseless statistics of private batches were printed (see docs/accountant.md) */
+} dpm_ckpt_privacy;
+
+/* Serial: the ledger (/privacy/privacy_ledger: every event, the DP-PCA release included) and the privacy
+ * attributes of a checkpoint or of a released model. Returns 0, or -1 with err naming the file: not HDF5, not a
+ * dpmpi file, no ledger (an export written before exports carried it), or a non-private run (no guarantee). */
+int dpm_ckpt_read_privacy(const char *path, dpm_ledger **ledger, dpm_ckpt_privacy *info, char err[DPM_ERRLEN]);
+
+/* Serial: the released model OUT of checkpoint CKPT: /model (parameters), /pca (if any), the whole privacy
+ * ledger /privacy/privacy_ledger (every event, the DP-PCA release included, so epsilon can be recomputed from
+ * OUT alone) and the privacy metadata as root attributes (epsilon, delta, accountant, sampling_rate,
+ * noise_multiplier, steps, clipping, clip, n_train, reproducible, stats_printed); no optimizer state, no seed,
+ * no keys. Written under a temporary name and renamed. */
 int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, double epsilon, char err[DPM_ERRLEN]);
 
 /* `dpmpi ckpt info PATH` and `dpmpi export CKPT OUT`. Return the exit status. */

@@ -61,6 +61,7 @@ typedef struct {
   /* [output] */
   char *metrics;              /* JSON-lines path, may be NULL */
   int64_t log_every;          /* progress line every this many steps (0 = about 20 per epoch) */
+  int private_stats;          /* 1: progress lines show noiseless private-batch statistics (not covered by DP) */
   /* provenance */
   char *path;                 /* the job file */
   char *text;                 /* job file text followed by the overrides, for checkpoints */

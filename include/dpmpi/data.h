@@ -63,6 +63,10 @@ void dpm_data_set_verbose(int on);
  * independent of the data (so it costs no privacy). from_data = 1 stores the training pixels' own mean
  * and std instead, which the DP guarantee does not cover. */
 void dpm_data_set_normalization(double mean, double std, int from_data);
+/* IDX conversion's progress line shows the training pixels' exact mean and std (1) or not (0, the default):
+ * they are statistics of the private data computed without noise. With from_data they are stored in the
+ * file anyway and are always shown. */
+void dpm_data_set_print_stats(int on);
 
 /* `dpmpi data ...` subcommand (convert, info). Returns the process exit status. */
 int dpm_cmd_data(int argc, char **argv);
