@@ -181,6 +181,13 @@ static int world_grids(gridspec *out) {
   return n;
 }
 
+/* world_grids and 1x1 (the reference grid, run on every rank alone) */
+static int world_grids_and_1x1(gridspec *out) {
+  int n = world_grids(out);
+  out[n++] = (gridspec){1, 1, NULL};
+  return n;
+}
+
 static const char *mode_name(dpm_clipping m) { return dpm_clipping_name(m); }
 
 static void test_grid_invariance(void) {
@@ -284,8 +291,7 @@ static double *brute_clipped_sum(const job *j, int S, const int *first) {
 
 static void test_clipping_against_brute_force(void) {
   gridspec grids[8];
-  int ng = world_grids(grids);
-  grids[ng++] = (gridspec){1, 1, NULL};
+  int ng = world_grids_and_1x1(grids);
   /* q = 1 (every example) and q = 0.6 at step 3 (a Poisson sample, rebalanced over the replicas) */
   for (int qi = 0; qi < 2; qi++)
   for (int mode = 0; mode < 3; mode++)
@@ -318,8 +324,7 @@ static void test_sensitivity(void) {
   static int32_t Y2[N];
   const int ks[] = {5, 0, 20};
   gridspec grids[8];
-  int ng = world_grids(grids);
-  grids[ng++] = (gridspec){1, 1, NULL};
+  int ng = world_grids_and_1x1(grids);
   for (int mode = 0; mode < 3; mode++)
     for (int gi = 0; gi < ng; gi++) {
       gridspec g = grids[gi];
@@ -371,8 +376,7 @@ static void test_sensitivity_sampled(void) {
   const double q = 0.6;
   const uint64_t t = step_sampling(N - 1, q);
   gridspec grids[8];
-  int ng = world_grids(grids);
-  grids[ng++] = (gridspec){1, 1, NULL};
+  int ng = world_grids_and_1x1(grids);
   for (int mode = 0; mode < 3; mode++)
     for (int gi = 0; gi < ng; gi++) {
       gridspec g = grids[gi];
@@ -467,8 +471,7 @@ static void test_adversarial_examples(void) {
   struct { const char *layers; dpm_norm_method norm; } models[] = {
       {ADV_CNN, DPM_NORM_AUTO}, {ADV_CNN, DPM_NORM_GHOST}, {ADV_CNN, DPM_NORM_EXPLICIT}, {ADV_MLP, DPM_NORM_AUTO}};
   gridspec grids[8];
-  int ng = world_grids(grids);
-  grids[ng++] = (gridspec){1, 1, NULL};
+  int ng = world_grids_and_1x1(grids);
   double worst = 0; /* largest move / threshold over everything */
   int finite_moves = 0;
   for (int mi = 0; mi < 4; mi++)
@@ -546,8 +549,7 @@ static void test_noise_once(void) {
   const double sigma = 1.3, C = 0.5, q = 0.3;
   const int steps = 200;
   gridspec grids[8];
-  int ng = world_grids(grids);
-  grids[ng++] = (gridspec){1, 1, NULL};
+  int ng = world_grids_and_1x1(grids);
   for (int mode = 0; mode < 3; mode += 2) /* flat (two pipeline passes on S > 1) and per-device */
     for (int gi = 0; gi < ng; gi++) {
       gridspec g = grids[gi];
