@@ -228,6 +228,20 @@ static void test_grid_invariance(void) {
   }
 }
 
+/* The global parameter range [lo[s], hi[s]) of each stage s of the split first (S stages) of model m. */
+static void stage_ranges(const dpm_model *m, int S, const int *first, size_t *lo, size_t *hi) {
+  size_t off = 0;
+  for (int s = 0; s < S; s++) {
+    lo[s] = off;
+    for (int i = first[s]; i < first[s + 1]; i++) {
+      dpm_layer_info info;
+      dpm_model_layer_info(m, i, &info);
+      off += info.params;
+    }
+    hi[s] = off;
+  }
+}
+
 /* Brute force on one rank: sum over examples of clip(grad_i), each gradient computed alone, clipped by
  * the rule of `mode` with the pieces of the split `first` (S stages). */
 static double *brute_clipped_sum(const job *j, int S, const int *first) {
@@ -239,17 +253,8 @@ static double *brute_clipped_sum(const job *j, int S, const int *first) {
   dpm_model_init_params(m, &ik);
   const size_t P = dpm_model_num_params(m);
   const int G = dpm_model_num_groups(m);
-  /* parameter range of each stage */
-  size_t lo[8], hi[8], off = 0;
-  for (int s = 0; s < S; s++) {
-    lo[s] = off;
-    for (int i = first[s]; i < first[s + 1]; i++) {
-      dpm_layer_info info;
-      dpm_model_layer_info(m, i, &info);
-      off += info.params;
-    }
-    hi[s] = off;
-  }
+  size_t lo[8], hi[8];
+  stage_ranges(m, S, first, lo, hi);
   double *sum = calloc(P, sizeof(double));
   float *scale = malloc(sizeof(float) * P);
   /* the step's Poisson sample of the whole dataset, drawn independently of the grid code */
@@ -441,16 +446,8 @@ static void piece_norms(const char *layers, dpm_clipping mode, int S, const floa
     for (int g = 0; g < dpm_model_num_groups(m); g++, np++)
       lo[np] = dpm_model_group_offset(m, g), hi[np] = lo[np] + dpm_model_group_size(m, g);
   } else {
-    size_t off = 0;
-    for (int s = 0; s < S; s++, np++) {
-      lo[np] = off;
-      for (int i = first[s]; i < first[s + 1]; i++) {
-        dpm_layer_info info;
-        dpm_model_layer_info(m, i, &info);
-        off += info.params;
-      }
-      hi[np] = off;
-    }
+    stage_ranges(m, S, first, lo, hi);
+    np = S;
   }
   for (int p = 0; p < np; p++) {
     double d2 = 0;
