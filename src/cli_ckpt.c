@@ -17,9 +17,10 @@ static const char *EXPORT_USAGE =
     "metadata (epsilon, delta, accountant, sampling rate, noise multiplier, steps, clipping, dataset size);\n"
     "nothing secret and no optimizer state.\n";
 
-/* The newest readable checkpoint of path (file or directory), its metadata, ledger and epsilon. */
+/* The newest readable checkpoint of path (file or directory), its metadata, ledger and epsilon; the ledger
+ * includes the *extra steps its run journal records beyond it (run later, or lost in a crash). */
 static int open_ckpt(const char *path, char *found, size_t len, dpm_ckpt_meta *meta, dpm_ledger **L, double *eps,
-                     char *err) {
+                     int64_t *extra, char *err) {
   char **list = NULL;
   int n = dpm_ckpt_list(path, &list, err), rc = -1;
   if (n == 0) dpm_err(err, "%s: no checkpoint files ckpt-STEP.h5", path);
@@ -36,6 +37,17 @@ static int open_ckpt(const char *path, char *found, size_t len, dpm_ckpt_meta *m
   }
   dpm_free(list);
   if (rc) return -1;
+  /* the steps the run journal knows of beyond this checkpoint's ledger count too (docs/accountant.md) */
+  char dir[4096];
+  dpm_journal j;
+  dpm_ckpt_dirname(found, dir, sizeof dir);
+  if (dpm_journal_read(dir, meta->run_id, &j, err)) {
+    dpm_ckpt_meta_free(meta);
+    dpm_ledger_free(*L);
+    return -1;
+  }
+  *extra = meta->privacy && j.total > dpm_journal_ledger_steps(*L) ? j.total - dpm_journal_ledger_steps(*L) : 0;
+  if (*extra > 0) dpm_ledger_add_sgm(*L, meta->q, meta->sigma, *extra);
   *eps = 0;
   if (meta->privacy && dpm_ledger_size(*L) > 0 &&
       dpm_ledger_epsilon(*L, meta->delta, meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT, eps, err)) {
@@ -67,8 +79,9 @@ static int info_work(char **args, char *err) {
   dpm_ckpt_meta meta;
   dpm_ledger *L = NULL;
   double eps;
+  int64_t extra;
   char found[4096];
-  if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, err)) return -1;
+  if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, &extra, err)) return -1;
   const char *clip_names[] = {"flat", "per-layer", "per-device"};
   printf("checkpoint: %s (format %d, written by dpmpi %s)\n", found, meta.format, meta.version);
   printf("step: %lld of %lld (%.2f epochs of %lld examples)\n", (long long)meta.step, (long long)meta.steps_total,
@@ -80,8 +93,16 @@ static int info_work(char **args, char *err) {
            meta.q, meta.sigma, meta.clipping >= 0 && meta.clipping <= 2 ? clip_names[meta.clipping] : "?", meta.clip);
   else
     printf("privacy: none (non-private run)\n");
-  printf("randomness: %s\n", meta.reproducible ? "SEEDED (reproducible; not for a private release)"
-                                               : "secure (no key stored)");
+  if (meta.privacy && meta.epsilon > 0) printf("budget: epsilon %g (privacy.epsilon, held on resume)\n", meta.epsilon);
+  if (meta.reproducible) {
+    printf("randomness: SEEDED (reproducible; not for a private release): steps");
+    for (int i = 0; i < meta.n_seeded; i++)
+      printf("%s [%lld, %lld)", i ? "," : "", (long long)meta.seeded_steps[2 * i], (long long)meta.seeded_steps[2 * i + 1]);
+    printf(" ran seeded, run.seed = %llu last\n", (unsigned long long)meta.seed);
+  } else {
+    printf("randomness: secure (no key stored)\n");
+  }
+  printf("run: %s, training data digest %016llx\n", meta.run_id, (unsigned long long)meta.data_digest);
   printf("ledger (%d rows):\n", dpm_ledger_size(L));
   for (int i = 0; i < dpm_ledger_size(L); i++) {
     int kind;
@@ -90,6 +111,12 @@ static int info_work(char **args, char *err) {
     dpm_ledger_event(L, i, &kind, &q, &sigma, &count);
     printf("  %s q %.8g sigma %.6g x %lld\n", kind == 0 ? "subsampled-gaussian" : "gaussian", q, sigma, (long long)count);
   }
+  if (extra > 0)
+    printf("  including %lld steps the run journal records beyond this checkpoint (run after it, or lost in a crash)\n",
+           (long long)extra);
+  if (meta.steps_abandoned + extra > 0)
+    printf("  of which %lld steps this model did not use (abandoned branches, steps lost in a crash)\n",
+           (long long)(meta.steps_abandoned + extra));
   printf("model.layers: %s\njob:\n%s\n", meta.layers, meta.job);
   dpm_ledger_free(L);
   dpm_ckpt_meta_free(&meta);
@@ -100,8 +127,9 @@ static int export_work(char **args, char *err) {
   dpm_ckpt_meta meta;
   dpm_ledger *L = NULL;
   double eps;
+  int64_t extra;
   char found[4096];
-  if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, err)) return -1;
+  if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, &extra, err)) return -1;
   int rc = dpm_ckpt_export(found, args[1], &meta, eps, err);
   if (!rc) printf("exported %s -> %s (step %lld, epsilon %.6f at delta %g)\n", found, args[1], (long long)meta.step, eps,
                   meta.delta);
