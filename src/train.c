@@ -850,13 +850,11 @@ int dpm_cmd_train(int argc, char **argv) {
     meta.pca_projection = NULL;
     tr.pca_resumed = tr.pca_V != NULL;
     tr.data_digest = meta.data_digest; /* compared with the job's data once loaded */
-    if (tr.dp) resume_history(&tr, &meta, resume_path, resume_branch);
     if (tr.rank == 0)
       printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", resume_path,
              (long long)meta.step, (long long)meta.steps_total, meta.replicas, meta.stages, meta.version,
              cfg->has_seed ? "" : "; new secret sampling and noise keys for the remaining steps");
   }
-  dpm_ckpt_meta_free(&meta);
   if (cfg->ckpt_dir && tr.rank == 0 && mkdir(cfg->ckpt_dir, 0777) && errno != EEXIST)
     failed = 1, dpm_err(err, "%s: [checkpoint] dir = %s: cannot create: %s", cfg->path, cfg->ckpt_dir, strerror(errno));
   dpm_exit_if_error(tr.comm, failed, err);
@@ -888,6 +886,8 @@ int dpm_cmd_train(int argc, char **argv) {
                         (unsigned long long)digest, (unsigned long long)tr.data_digest);
   dpm_exit_if_error(tr.comm, failed, err);
   tr.data_digest = digest;
+  if (resume && tr.dp) resume_history(&tr, &meta, resume_path, resume_branch); /* the same run on the same data */
+  dpm_ckpt_meta_free(&meta);
   if (tr.pca_k > 0) run_pca(&tr);
 
   tr.step = (dpm_step){.comm = tr.grid.dp, .pipe = tr.grid.pipe, .model = tr.model, .data = &tr.train, .q = tr.q,
