@@ -88,9 +88,10 @@ static int info_work(char **args, char *err) {
          (double)meta.step * meta.q, (long long)meta.n_train);
   printf("grid: %d replicas x %d stages\n", meta.replicas, meta.stages);
   if (meta.privacy)
-    printf("privacy: epsilon %.6f at delta %g (%s accountant) after %lld steps; sampling rate %.8g, noise multiplier "
-           "%.6g, %s clipping C = %g\n", eps, meta.delta, meta.accountant == 0 ? "rdp" : "tight", (long long)meta.step,
-           meta.q, meta.sigma, meta.clipping >= 0 && meta.clipping <= 2 ? clip_names[meta.clipping] : "?", meta.clip);
+    printf("privacy: epsilon %.6f at delta %g (%s accountant) after %lld steps of the ledger; sampling rate %.8g, "
+           "noise multiplier %.6g, %s clipping C = %g\n", eps, meta.delta, meta.accountant == 0 ? "rdp" : "tight",
+           (long long)dpm_journal_ledger_steps(L), meta.q, meta.sigma,
+           meta.clipping >= 0 && meta.clipping <= 2 ? clip_names[meta.clipping] : "?", meta.clip);
   else
     printf("privacy: none (non-private run)\n");
   if (meta.privacy && meta.epsilon > 0) printf("budget: epsilon %g (privacy.epsilon, held on resume)\n", meta.epsilon);

@@ -349,7 +349,8 @@ static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
                         .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = (int)cfg->clipping,
                         .accountant = (int)tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
                         .reproducible = n_seeded > 0, .seed = cfg->has_seed ? cfg->seed : tr->seed_last,
-                        .job = cfg->text, .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
+                        .job = cfg->text,
+                        .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
                         .pca_sigma = tr->dp ? tr->pca_sigma : 0, .pca_clip = cfg->pca_clip, .pca_projection = tr->pca_V,
                         .epsilon = tr->dp ? cfg->epsilon : 0, .data_digest = tr->data_digest,
                         .steps_abandoned = tr->abandoned, .n_seeded = n_seeded, .seeded_steps = tr->seeded_out};
@@ -399,10 +400,11 @@ static void train_loop(trainer *tr) {
   tr->announced = tr->start;
   for (int64_t t = tr->start; t < tr->steps; t++) {
     if (t == tr->announced) { /* the journal first: a crash in the block still counts all of it */
-      int64_t to = (t / log_every + 1) * log_every;
-      if (cfg->ckpt_every > 0 && (t / cfg->ckpt_every + 1) * cfg->ckpt_every < to) to = (t / cfg->ckpt_every + 1) * cfg->ckpt_every;
+      int64_t to = (t / log_every + 1) * log_every, every = cfg->ckpt_every;
+      if (every > 0 && (t / every + 1) * every < to) to = (t / every + 1) * every;
       if (to > tr->steps) to = tr->steps;
-      journal(tr, "run %lld %lld %lld", (long long)t, (long long)to, (long long)(dpm_journal_ledger_steps(tr->ledger) + to - t));
+      journal(tr, "run %lld %lld %lld", (long long)t, (long long)to,
+              (long long)(dpm_journal_ledger_steps(tr->ledger) + to - t));
       tr->announced = to;
     }
     double t0 = dpm_time(), stats[4];
@@ -617,8 +619,10 @@ static void set_aside_branch(trainer *tr, const char *dir, int64_t step, int64_t
         if (!strcmp(m.run_id, tr->run_id) && m.step > step) {
           char to[4200], *base = strrchr(list[i], '/');
           snprintf(to, sizeof to, "%s/abandoned-%lld-%s", d, (long long)total, base ? base + 1 : list[i]);
-          if (rename(list[i], to) == 0) printf("note: %s belongs to the abandoned branch: renamed to %s\n", list[i], to);
-          else fprintf(stderr, "dpmpi: warning: cannot rename %s (abandoned branch): %s\n", list[i], strerror(errno));
+          if (rename(list[i], to) == 0)
+            printf("note: %s belongs to the abandoned branch: renamed to %s\n", list[i], to);
+          else
+            fprintf(stderr, "dpmpi: warning: cannot rename %s (abandoned branch): %s\n", list[i], strerror(errno));
         }
         dpm_ckpt_meta_free(&m);
       }

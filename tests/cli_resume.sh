@@ -119,6 +119,11 @@ run 2 train "$tmp/job.ini" "${fixed[@]}" --checkpoint.dir="$tmp/crash" --resume 
 check "crash: the lost steps are announced" has "$tmp/out" "records 5 steps beyond this checkpoint's ledger (run after it and lost"
 run 1 ckpt info "$tmp/crash"
 check "crash: the ledger holds 20 + 5 lost steps (got $(ledger_count))" test "$(ledger_count)" = 25
+# a damaged journal line is an error naming the file and line, not a guess
+mkdir -p "$tmp/dj" && cp "$tmp/c0/ckpt-00000010.h5" "$tmp/dj/"
+{ sed '/^run 10 15 15$/q' "$tmp/c0/$j"; echo "run 15 2O 20"; } >"$tmp/dj/$j"
+expect_usage_error 2 "$tmp/dj/$j:8: damaged journal line 'run 15 2O 20'" train "$tmp/job.ini" "${fixed[@]}" \
+  --checkpoint.dir="$tmp/dj" --resume "$tmp/dj"
 # a clean stop by a signal inside a long announced block adds no phantom steps on resume
 long=(--train.steps=400000 --output.log_every=200000 --train.eval_every=100000 --checkpoint.every=100000000
       --checkpoint.dir="$tmp/sig")
