@@ -119,6 +119,34 @@ run 2 train "$tmp/job.ini" "${fixed[@]}" --checkpoint.dir="$tmp/crash" --resume 
 check "crash: the lost steps are announced" has "$tmp/out" "records 5 steps beyond this checkpoint's ledger (run after it and lost"
 run 1 ckpt info "$tmp/crash"
 check "crash: the ledger holds 20 + 5 lost steps (got $(ledger_count))" test "$(ledger_count)" = 25
+# the same with a real kill -9 inside a block of 50000 announced steps: the resumed ledger holds what the
+# journal announced beyond the newest checkpoint
+kill9=(--train.steps=400000 --output.log_every=50000 --checkpoint.every=50000 --train.eval_every=100000
+       --checkpoint.dir="$tmp/k9")
+timeout 120 "$dpmpi" train "$tmp/job.ini" "${fixed[@]}" "${kill9[@]}" >"$tmp/k9.out" 2>&1 &
+pid=$!
+for i in $(seq 400); do ls "$tmp/k9"/ckpt-*.h5 >/dev/null 2>&1 && break; sleep 0.05; done
+sleep 0.5
+kill -9 $(pgrep -P $pid); { wait $pid; } 2>/dev/null
+newest=$(ls "$tmp/k9"/ckpt-*.h5 | sort | tail -1)
+announced=$(awk 'NF >= 3 && $1 != "#" { t = ($1 == "run" ? $4 : ($1 == "ckpt" && $3 < t ? t : $3)) } END { print t }' "$tmp/k9"/journal-*)
+lost=$(( announced - $(attr "$newest" step) ))
+check "kill -9: the journal announced steps beyond the newest checkpoint ($lost)" test "$lost" -gt 0
+signal_run1() { # a 1-rank run of ARGS, SIGUSR1 half a second into its steps
+  timeout 120 "$dpmpi" train "$tmp/job.ini" "$@" >"$tmp/sig.out" 2>"$tmp/sig.err" &
+  local pid=$!
+  for i in $(seq 200); do grep -aq '^randomness' "$tmp/sig.out" 2>/dev/null && break; sleep 0.05; done
+  sleep 0.5
+  kill -USR1 $(pgrep -P $pid) # dpmpi, not timeout
+  wait $pid
+  echo $? >"$tmp/sig.rc"
+}
+signal_run1 "${fixed[@]}" "${kill9[@]}" --resume "$tmp/k9"
+check "kill -9: resumed, stopped by a signal (got $(cat "$tmp/sig.rc"))" test "$(cat "$tmp/sig.rc")" = 75
+check "kill -9: the lost steps are announced" has "$tmp/sig.out" "records $lost steps beyond this checkpoint's ledger"
+run 1 ckpt info "$tmp/k9"
+step=$(sed -nE 's/^step: ([0-9]+) of .*/\1/p' "$tmp/out")
+check "kill -9: the ledger ($(ledger_count)) = steps run ($step) + the $lost lost" test "$(ledger_count)" = $((step + lost))
 # a damaged journal line is an error naming the file and line, not a guess
 mkdir -p "$tmp/dj" && cp "$tmp/c0/ckpt-00000010.h5" "$tmp/dj/"
 { sed '/^run 10 15 15$/q' "$tmp/c0/$j"; echo "run 15 2O 20"; } >"$tmp/dj/$j"
@@ -127,15 +155,7 @@ expect_usage_error 2 "$tmp/dj/$j:8: damaged journal line 'run 15 2O 20'" train "
 # a clean stop by a signal inside a long announced block adds no phantom steps on resume
 long=(--train.steps=400000 --output.log_every=200000 --train.eval_every=100000 --checkpoint.every=100000000
       --checkpoint.dir="$tmp/sig")
-signal_stop() { # signal_stop ARGS: a 1-rank run, SIGUSR1 half a second into its steps
-  timeout 120 "$dpmpi" train "$tmp/job.ini" "${fixed[@]}" "${long[@]}" "$@" >"$tmp/sig.out" 2>"$tmp/sig.err" &
-  local pid=$!
-  for i in $(seq 200); do grep -aq '^randomness' "$tmp/sig.out" 2>/dev/null && break; sleep 0.05; done
-  sleep 0.5
-  kill -USR1 $(pgrep -P $pid) # dpmpi, not timeout
-  wait $pid
-  echo $? >"$tmp/sig.rc"
-}
+signal_stop() { signal_run1 "${fixed[@]}" "${long[@]}" "$@"; }
 signal_stop
 check "signal: stopped with 75 (got $(cat "$tmp/sig.rc"))" test "$(cat "$tmp/sig.rc")" = 75
 signal_stop --resume "$tmp/sig"
