@@ -44,6 +44,38 @@ static int get_attr(hid_t obj, const char *name, hid_t mtype, void *v) {
 
 static char *get_str(hid_t obj, const char *name) { return dpm_h5_get_str(obj, name); }
 
+/* seeded_steps: int64 [n, 2] of [begin, end) step ranges; written only when n > 0 */
+static int put_ranges(hid_t obj, const char *name, const int64_t *r, int n) {
+  hsize_t dims[2] = {(hsize_t)n, 2};
+  hid_t sp = H5Screate_simple(2, dims, NULL), a = H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+  int rc = (a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, r) >= 0) ? 0 : -1;
+  if (a >= 0) H5Aclose(a);
+  H5Sclose(sp);
+  return rc;
+}
+
+/* Read ranges written by put_ranges (absent: n = 0); -1 if damaged or not increasing disjoint ranges
+ * within [0, step]. */
+static int get_ranges(hid_t obj, const char *name, int64_t step, int64_t **r, int *n) {
+  *r = NULL, *n = 0;
+  if (H5Aexists(obj, name) <= 0) return 0;
+  hid_t a = H5Aopen(obj, name, H5P_DEFAULT), sp = a >= 0 ? H5Aget_space(a) : -1;
+  hsize_t dims[2] = {0, 0};
+  int rc = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 2 && H5Sget_simple_extent_dims(sp, dims, NULL) == 2 &&
+           dims[1] == 2 && dims[0] >= 1 && dims[0] < (1u << 20) ? 0 : -1;
+  if (!rc) {
+    *r = dpm_malloc(sizeof(int64_t) * 2 * (size_t)dims[0]);
+    *n = (int)dims[0];
+    rc = H5Aread(a, H5T_NATIVE_INT64, *r) >= 0 ? 0 : -1;
+    for (int i = 0; !rc && i < *n; i++)
+      if ((*r)[2 * i] < (i ? (*r)[2 * i - 1] : 0) || (*r)[2 * i + 1] <= (*r)[2 * i] || (*r)[2 * i + 1] > step) rc = -1;
+  }
+  if (sp >= 0) H5Sclose(sp);
+  if (a >= 0) H5Aclose(a);
+  if (rc) dpm_free(*r), *r = NULL, *n = 0;
+  return rc;
+}
+
 /* ---- layers ----------------------------------------------------------------------------------- */
 
 /* The datasets of layer i: "weight" and "bias" (groupnorm: gamma, beta) in group base/layer_III. */
@@ -192,8 +224,14 @@ static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledg
            put_attr(f, "grid_replicas", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->replicas) |
            put_attr(f, "grid_stages", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stages) |
            put_attr(f, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
-           put_str(f, "job", meta->job ? meta->job : "") | put_str(f, "layers", meta->layers ? meta->layers : "");
-  if (meta->reproducible) rc |= put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed);
+           put_str(f, "job", meta->job ? meta->job : "") | put_str(f, "layers", meta->layers ? meta->layers : "") |
+           put_attr(f, "epsilon_budget", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->epsilon) |
+           put_attr(f, "data_digest", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->data_digest) |
+           put_str(f, "run_id", meta->run_id) |
+           put_attr(f, "steps_abandoned", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->steps_abandoned);
+  DPM_ASSERT(meta->reproducible == (meta->n_seeded > 0));
+  if (meta->reproducible) rc |= put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed) |
+                                put_ranges(f, "seeded_steps", meta->seeded_steps, meta->n_seeded);
   rc |= put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
   if (rc) return dpm_err(err, "cannot write the checkpoint's attributes");
   if (meta->pca_components > 0 && write_pca(f, meta)) return dpm_err(err, "cannot write the PCA projection /pca");
@@ -282,8 +320,9 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
       if (!fmt || strcmp(fmt, CKPT_FORMAT_NAME)) {
         rc = dpm_err(err, "%s: not a dpmpi checkpoint (attribute format is %s)", path, fmt ? fmt : "missing");
       } else if (get_attr(f, "format_version", H5T_NATIVE_INT, &meta->format) || meta->format != DPM_CKPT_FORMAT) {
-        rc = dpm_err(err, "%s: checkpoint format version %d, this dpmpi reads version %d", path, meta->format,
-                     DPM_CKPT_FORMAT);
+        rc = dpm_err(err, "%s: checkpoint format version %d, this dpmpi reads version %d%s", path, meta->format,
+                     DPM_CKPT_FORMAT, meta->format == 1 ? " (version 1 has no run journal, budget, data digest or "
+                     "seeded-step record; finish that run with the dpmpi that wrote it)" : "");
       } else {
         char *ver = get_str(f, "library_version");
         snprintf(meta->version, sizeof meta->version, "%s", ver ? ver : "?");
@@ -300,13 +339,23 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
                    get_attr(f, "accountant", H5T_NATIVE_INT, &meta->accountant) |
                    get_attr(f, "grid_replicas", H5T_NATIVE_INT, &meta->replicas) |
                    get_attr(f, "grid_stages", H5T_NATIVE_INT, &meta->stages) |
-                   get_attr(f, "reproducible", H5T_NATIVE_INT, &meta->reproducible);
-        if (meta->reproducible) miss |= get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed);
-        meta->stats_printed = 1; /* older checkpoints: their runs always printed them */
+                   get_attr(f, "reproducible", H5T_NATIVE_INT, &meta->reproducible) |
+                   get_attr(f, "epsilon_budget", H5T_NATIVE_DOUBLE, &meta->epsilon) |
+                   get_attr(f, "data_digest", H5T_NATIVE_UINT64, &meta->data_digest) |
+                   get_attr(f, "steps_abandoned", H5T_NATIVE_INT64, &meta->steps_abandoned);
+        if (meta->reproducible) miss |= get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed) |
+                                        get_ranges(f, "seeded_steps", meta->step, &meta->seeded_steps, &meta->n_seeded);
+        if (meta->reproducible != (meta->n_seeded > 0)) miss = 1;
+        char *id = get_str(f, "run_id");
+        if (!id || strlen(id) != 16 || strspn(id, "0123456789abcdef") != 16) miss = 1;
+        else snprintf(meta->run_id, sizeof meta->run_id, "%s", id);
+        dpm_free(id);
+        meta->stats_printed = 1; /* a checkpoint without the attribute: its run printed them */
         if (H5Aexists(f, "stats_printed") > 0) miss |= get_attr(f, "stats_printed", H5T_NATIVE_INT, &meta->stats_printed);
         meta->job = get_str(f, "job");
         meta->layers = get_str(f, "layers");
-        if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step)
+        if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step ||
+            !(meta->epsilon >= 0) || meta->steps_abandoned < 0)
           rc = dpm_err(err, "%s: checkpoint attributes are missing or damaged", path);
         else if (read_pca(f, meta))
           rc = dpm_err(err, "%s: /pca (the PCA projection) is damaged", path);
@@ -333,8 +382,11 @@ void dpm_ckpt_meta_free(dpm_ckpt_meta *meta) {
   dpm_free(meta->job);
   dpm_free(meta->layers);
   dpm_free(meta->pca_projection);
+  dpm_free(meta->seeded_steps);
   meta->job = meta->layers = NULL;
   meta->pca_projection = NULL;
+  meta->seeded_steps = NULL;
+  meta->n_seeded = 0;
 }
 
 int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERRLEN]) {
@@ -498,7 +550,8 @@ int dpm_ckpt_list(const char *path, char ***paths, char err[DPM_ERRLEN]) {
   return n;
 }
 
-int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, double epsilon, char err[DPM_ERRLEN]) {
+int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, const dpm_ledger *ledger,
+                    double epsilon, char err[DPM_ERRLEN]) {
   size_t len = strlen(out) + 8;
   char *tmp = dpm_malloc(len);
   snprintf(tmp, len, "%s.tmp", out);
@@ -514,8 +567,14 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
       rc = dpm_err(err, "%s: cannot copy /model", ckpt);
     else if (H5Lexists(src, "pca", H5P_DEFAULT) > 0 && H5Ocopy(src, "pca", dst, "pca", H5P_DEFAULT, H5P_DEFAULT) < 0)
       rc = dpm_err(err, "%s: cannot copy /pca (the model's input projection)", ckpt);
-    else if (H5Ocopy(src, "privacy", dst, "privacy", H5P_DEFAULT, H5P_DEFAULT) < 0)
-      rc = dpm_err(err, "%s: cannot copy /privacy (the whole ledger)", ckpt);
+    if (!rc) { /* the whole ledger the exported epsilon is computed from (journal steps included) */
+      hid_t g = H5Gcreate2(dst, "privacy", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      if (g < 0) rc = dpm_err(err, "%s: cannot create /privacy", tmp);
+      else {
+        rc = dpm_ledger_write_hdf5(ledger, g, err);
+        H5Gclose(g);
+      }
+    }
     if (!rc) {
       int32_t fmt = 1;
       const char *acct = meta->accountant == 0 ? "rdp" : "tight";
@@ -528,6 +587,7 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
               put_attr(dst, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
               put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
               put_attr(dst, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
+      if (meta->n_seeded > 0) r |= put_ranges(dst, "seeded_steps", meta->seeded_steps, meta->n_seeded);
       if (meta->privacy)
         r |= put_attr(dst, "epsilon", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &epsilon) |
              put_attr(dst, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) | put_str(dst, "accountant", acct) |
@@ -543,4 +603,119 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
   if (rc) unlink(tmp);
   dpm_free(tmp);
   return rc;
+}
+
+/* ---- the run journal ---------------------------------------------------------------------------- */
+
+void dpm_ckpt_dirname(const char *path, char *out, size_t len) {
+  snprintf(out, len, "%s", path);
+  char *slash = strrchr(out, '/');
+  if (slash == out) out[1] = '\0';
+  else if (slash) *slash = '\0';
+  else snprintf(out, len, ".");
+}
+
+int64_t dpm_journal_ledger_steps(const dpm_ledger *L) {
+  int64_t n = 0;
+  for (int i = 0; i < dpm_ledger_size(L); i++) {
+    int kind;
+    int64_t count;
+    dpm_ledger_event(L, i, &kind, NULL, NULL, &count);
+    if (kind == 0) n += count;
+  }
+  return n;
+}
+
+void dpm_journal_name(const char *dir, const char *run_id, char *out, size_t len) {
+  snprintf(out, len, "%s/journal-%s", dir, run_id);
+}
+
+int dpm_journal_read(const char *dir, const char *run_id, dpm_journal *j, char err[DPM_ERRLEN]) {
+  memset(j, 0, sizeof *j);
+  char path[4096], line[256];
+  dpm_journal_name(dir, run_id, path, sizeof path);
+  FILE *fp = fopen(path, "r");
+  if (!fp) return errno == ENOENT ? 0 : dpm_err(err, "%s: cannot read the run journal: %s", path, strerror(errno));
+  j->found = 1;
+  int rc = 0, ln = 0;
+  while (!rc && fgets(line, sizeof line, fp)) {
+    ln++;
+    size_t len = strlen(line);
+    if (len == 0 || line[len - 1] != '\n') {
+      if (!feof(fp)) rc = dpm_err(err, "%s:%d: line too long (damaged journal)", path, ln);
+      break; /* the last line, cut by a crash before its fsync: its steps never started */
+    }
+    if (line[0] == '#') continue;
+    /* WORD and 2 or 3 non-negative integers, nothing else */
+    char word[16] = "", *tok[5], *save = NULL, copy[256];
+    long long v[3] = {-1, -1, -1};
+    int n = 0, bad = 0;
+    snprintf(copy, sizeof copy, "%.*s", (int)len - 1, line);
+    for (char *t = strtok_r(copy, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+      if (n < 5) tok[n] = t;
+      n++;
+    }
+    if (n >= 3 && n <= 4 && strlen(tok[0]) < sizeof word) {
+      snprintf(word, sizeof word, "%s", tok[0]);
+      for (int k = 1; k < n; k++) {
+        char *end;
+        errno = 0;
+        v[k - 1] = strtoll(tok[k], &end, 10);
+        if (*end || end == tok[k] || errno || v[k - 1] < 0) bad = 1;
+      }
+    } else {
+      bad = 1;
+    }
+    long long a = v[0], b = v[1], c = v[2];
+    int64_t total = -1;
+    if (bad) n = 0;
+    if (n == 3 && (!strcmp(word, "start") || !strcmp(word, "ckpt") || !strcmp(word, "end"))) total = b;
+    else if (n == 4 && (!strcmp(word, "run") || !strcmp(word, "branch"))) total = !strcmp(word, "run") ? c : b;
+    if (total < 0 || a < 0 || (n == 4 && c < 0))
+      rc = dpm_err(err, "%s:%d: damaged journal line '%.*s'", path, ln, (int)len - 1, line);
+    else if (!strcmp(word, "ckpt")) /* within an announced block: it lowers nothing */
+      j->has_ckpt = 1, j->ckpt_step = a, j->ckpt_total = b, j->total = total > j->total ? total : j->total;
+    else
+      j->total = total; /* run: announced; end: what ran; start, branch: the ledger of a new segment */
+  }
+  if (!rc && ferror(fp)) rc = dpm_err(err, "%s: read error", path);
+  fclose(fp);
+  return rc;
+}
+
+int dpm_journal_append(const char *dir, const char *run_id, const char *line, char err[DPM_ERRLEN]) {
+  char path[4096];
+  dpm_journal_name(dir, run_id, path, sizeof path);
+  int fresh = access(path, F_OK) != 0;
+  int fd = open(path, O_RDWR | O_APPEND | O_CREAT, 0666);
+  if (fd < 0) return dpm_err(err, "%s: cannot open the run journal for appending: %s", path, strerror(errno));
+  /* a last line cut by a crash (no newline) was never synced as a whole: drop it before appending */
+  off_t size = lseek(fd, 0, SEEK_END), keep = size;
+  char c = '\n';
+  while (keep > 0 && pread(fd, &c, 1, keep - 1) == 1 && c != '\n') keep--;
+  if (keep < size && ftruncate(fd, keep)) {
+    dpm_err(err, "%s: cannot drop the cut last line of the run journal: %s", path, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  char buf[320];
+  int len = snprintf(buf, sizeof buf, "%s\n", line);
+  int rc = write(fd, buf, (size_t)len) == len && fsync(fd) == 0 ? 0 : -1;
+  if (rc) dpm_err(err, "%s: cannot append to the run journal: %s", path, strerror(errno));
+  close(fd);
+  if (!rc && fresh) sync_path(dir, 1); /* the new file's directory entry */
+  return rc;
+}
+
+int dpm_journal_add_extra(const char *ckpt, const dpm_ckpt_meta *meta, dpm_ledger *ledger, int64_t *extra,
+                          char err[DPM_ERRLEN]) {
+  char dir[4096];
+  dpm_journal j;
+  *extra = 0;
+  dpm_ckpt_dirname(ckpt, dir, sizeof dir);
+  if (dpm_journal_read(dir, meta->run_id, &j, err)) return -1;
+  const int64_t have = dpm_journal_ledger_steps(ledger);
+  *extra = meta->privacy && j.total > have ? j.total - have : 0;
+  if (*extra > 0) dpm_ledger_add_sgm(ledger, meta->q, meta->sigma, *extra);
+  return 0;
 }

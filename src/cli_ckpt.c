@@ -18,9 +18,10 @@ static const char *EXPORT_USAGE =
     "stats_printed) with the whole privacy ledger, so that 'dpmpi privacy --ledger OUT' recomputes epsilon;\n"
     "nothing secret and no optimizer state.\n";
 
-/* The newest readable checkpoint of path (file or directory), its metadata, ledger and epsilon. */
+/* The newest readable checkpoint of path (file or directory), its metadata, ledger and epsilon; the ledger
+ * includes the *extra steps its run journal records beyond it (run later, or lost in a crash). */
 static int open_ckpt(const char *path, char *found, size_t len, dpm_ckpt_meta *meta, dpm_ledger **L, double *eps,
-                     char *err) {
+                     int64_t *extra, char *err) {
   char **list = NULL;
   int n = dpm_ckpt_list(path, &list, err), rc = -1;
   if (n == 0) dpm_err(err, "%s: no checkpoint files ckpt-STEP.h5", path);
@@ -37,6 +38,11 @@ static int open_ckpt(const char *path, char *found, size_t len, dpm_ckpt_meta *m
   }
   dpm_free(list);
   if (rc) return -1;
+  if (dpm_journal_add_extra(found, meta, *L, extra, err)) {
+    dpm_ckpt_meta_free(meta);
+    dpm_ledger_free(*L);
+    return -1;
+  }
   *eps = 0;
   if (meta->privacy && dpm_ledger_size(*L) > 0 &&
       dpm_ledger_epsilon(*L, meta->delta, meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT, eps, err)) {
@@ -68,21 +74,31 @@ static int info_work(char **args, char *err) {
   dpm_ckpt_meta meta;
   dpm_ledger *L = NULL;
   double eps;
+  int64_t extra;
   char found[4096];
-  if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, err)) return -1;
+  if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, &extra, err)) return -1;
   const char *clip_names[] = {"flat", "per-layer", "per-device"};
   printf("checkpoint: %s (format %d, written by dpmpi %s)\n", found, meta.format, meta.version);
   printf("step: %lld of %lld (%.2f epochs of %lld examples)\n", (long long)meta.step, (long long)meta.steps_total,
          (double)meta.step * meta.q, (long long)meta.n_train);
   printf("grid: %d replicas x %d stages\n", meta.replicas, meta.stages);
   if (meta.privacy)
-    printf("privacy: epsilon %.6f at delta %g (%s accountant) after %lld steps; sampling rate %.8g, noise multiplier "
-           "%.6g, %s clipping C = %g\n", eps, meta.delta, meta.accountant == 0 ? "rdp" : "tight", (long long)meta.step,
-           meta.q, meta.sigma, meta.clipping >= 0 && meta.clipping <= 2 ? clip_names[meta.clipping] : "?", meta.clip);
+    printf("privacy: epsilon %.6f at delta %g (%s accountant) after %lld steps of the ledger; sampling rate %.8g, "
+           "noise multiplier %.6g, %s clipping C = %g\n", eps, meta.delta, meta.accountant == 0 ? "rdp" : "tight",
+           (long long)dpm_journal_ledger_steps(L), meta.q, meta.sigma,
+           meta.clipping >= 0 && meta.clipping <= 2 ? clip_names[meta.clipping] : "?", meta.clip);
   else
     printf("privacy: none (non-private run)\n");
-  printf("randomness: %s\n", meta.reproducible ? "SEEDED (reproducible; not for a private release)"
-                                               : "secure (no key stored)");
+  if (meta.privacy && meta.epsilon > 0) printf("budget: epsilon %g (privacy.epsilon, held on resume)\n", meta.epsilon);
+  if (meta.reproducible) {
+    printf("randomness: SEEDED (reproducible; not for a private release): steps");
+    for (int i = 0; i < meta.n_seeded; i++)
+      printf("%s [%lld, %lld)", i ? "," : "", (long long)meta.seeded_steps[2 * i], (long long)meta.seeded_steps[2 * i + 1]);
+    printf(" ran seeded, run.seed = %llu last\n", (unsigned long long)meta.seed);
+  } else {
+    printf("randomness: secure (no key stored)\n");
+  }
+  printf("run: %s, training data digest %016llx\n", meta.run_id, (unsigned long long)meta.data_digest);
   printf("private-batch statistics: %s\n", meta.stats_printed ? "printed by the run (noiseless; not covered by epsilon)"
                                                                : "not printed (output.private_stats = false throughout)");
   printf("ledger (%d rows):\n", dpm_ledger_size(L));
@@ -93,6 +109,12 @@ static int info_work(char **args, char *err) {
     dpm_ledger_event(L, i, &kind, &q, &sigma, &count);
     printf("  %s q %.8g sigma %.6g x %lld\n", kind == 0 ? "subsampled-gaussian" : "gaussian", q, sigma, (long long)count);
   }
+  if (extra > 0)
+    printf("  including %lld steps the run journal records beyond this checkpoint (run after it, or lost in a crash)\n",
+           (long long)extra);
+  if (meta.steps_abandoned + extra > 0)
+    printf("  of which %lld steps this model did not use (abandoned branches, steps lost in a crash)\n",
+           (long long)(meta.steps_abandoned + extra));
   printf("model.layers: %s\njob:\n%s\n", meta.layers, meta.job);
   dpm_ledger_free(L);
   dpm_ckpt_meta_free(&meta);
@@ -103,9 +125,10 @@ static int export_work(char **args, char *err) {
   dpm_ckpt_meta meta;
   dpm_ledger *L = NULL;
   double eps;
+  int64_t extra;
   char found[4096];
-  if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, err)) return -1;
-  int rc = dpm_ckpt_export(found, args[1], &meta, eps, err);
+  if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, &extra, err)) return -1;
+  int rc = dpm_ckpt_export(found, args[1], &meta, L, eps, err);
   if (!rc) printf("exported %s -> %s (step %lld, epsilon %.6f at delta %g)\n", found, args[1], (long long)meta.step, eps,
                   meta.delta);
   dpm_ledger_free(L);

@@ -219,6 +219,16 @@ static int compute(const privacy_args *a, const ledger_file *lf, dpm_accountant_
   return 0;
 }
 
+/* A checkpoint's ledger gets the steps its run journal knows of beyond it (an export holds them already). */
+static int add_journal_steps(const char *ckpt, dpm_ledger *L, char *err) {
+  dpm_ckpt_meta meta;
+  if (dpm_ckpt_read_meta(MPI_COMM_SELF, ckpt, &meta, err)) return -1;
+  int64_t extra;
+  int rc = dpm_journal_add_extra(ckpt, &meta, L, &extra, err);
+  dpm_ckpt_meta_free(&meta);
+  return rc;
+}
+
 /* --ledger PATH: a file, or a checkpoint directory (its newest file that reads). */
 static int open_ledger(const char *path, ledger_file *lf, char *err) {
   char **list = NULL;
@@ -228,6 +238,11 @@ static int open_ledger(const char *path, ledger_file *lf, char *err) {
     if (rc && dpm_ckpt_read_privacy(list[i], &lf->L, &lf->info, err) == 0) {
       snprintf(lf->path, sizeof lf->path, "%s", list[i]);
       rc = 0;
+      if (!lf->info.is_export && add_journal_steps(list[i], lf->L, err)) {
+        dpm_ledger_free(lf->L);
+        lf->L = NULL;
+        rc = -1;
+      }
     }
     dpm_free(list[i]);
   }

@@ -64,6 +64,10 @@ static const key_def KEYS[] = {
    "per-device clipping: thresholds C_s = C/sqrt(S) (even) or C*sqrt(P_s/P) by the stage's share of parameters."},
   {"privacy", "accountant", K_ENUM, OFF(accountant), "rdp", "rdp|tight",
    "Accountant for calibration, budget and reporting: rdp (Renyi DP) or tight (privacy loss distribution)."},
+  {"privacy", "rebudget", K_BOOL, OFF(rebudget), "false", NULL,
+   "With --resume: accept an epsilon or delta different from the checkpoint's. The new values then hold for the "
+   "whole ledger (every step already run is accounted at the new delta, the new epsilon is the budget of the whole "
+   "run) and are stored in the following checkpoints. Without it such a resume is refused."},
   /* ---- [pca]: DP-PCA preprocessing (src/pca.c, docs/pca.md) ---- */
   {"pca", "components", K_INT, OFF(pca_components), "0", NULL,
    "Project every example onto the top k principal directions of the training data before training "

@@ -1083,3 +1083,36 @@ done:
   dpm_free(counts);
   return rc;
 }
+
+/* ---- digest (resume checks the data; dpmpi/data.h) ----------------------------------------------- */
+
+static uint64_t digest_mix(uint64_t z) { /* splitmix64's finalizer */
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+uint64_t dpm_dataset_digest(const dpm_dataset *d, int64_t n) {
+  const size_t F = (size_t)d->C * (size_t)d->H * (size_t)d->W;
+  uint64_t sum = 0;
+  for (int64_t r = 0; r < n; r++) {
+    const float *x = d->x + (size_t)r * F;
+    uint64_t h[4] = {1, 2, 3, 4}; /* four FNV-1a lanes over the 32-bit words: independent multiplies */
+    size_t j = 0;
+    for (; j + 4 <= F; j += 4)
+      for (int l = 0; l < 4; l++) {
+        uint32_t w;
+        memcpy(&w, x + j + l, 4);
+        h[l] = (h[l] ^ w) * 0x100000001b3ULL;
+      }
+    for (; j < F; j++) {
+      uint32_t w;
+      memcpy(&w, x + j, 4);
+      h[0] = (h[0] ^ w) * 0x100000001b3ULL;
+    }
+    uint64_t row = digest_mix((uint64_t)(d->begin + r) ^ digest_mix((uint64_t)(uint32_t)d->y[r] + 0x9e3779b97f4a7c15ULL));
+    for (int l = 0; l < 4; l++) row = digest_mix(row ^ h[l]);
+    sum += row;
+  }
+  return sum;
+}

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +42,8 @@ static const char *USAGE =
     "Overrides replace job-file values, e.g. --train.epochs=5 --privacy.epsilon=3.\n"
     "\n"
     "  --resume PATH   continue from a checkpoint file, or from the newest valid checkpoint of a directory\n"
+    "  --resume-branch with --resume: accept a checkpoint older than the run's newest (the run journal in its\n"
+    "                  directory says so); the steps run after it stay in the ledger (docs/accountant.md)\n"
     "\n"
     "Checkpoints (checkpoint.dir): every checkpoint.every steps, at the end, and on SIGTERM or SIGUSR1 (the\n"
     "signals Slurm sends before a time limit): the current step finishes, a checkpoint is written and every\n"
@@ -81,6 +84,17 @@ typedef struct {
   int pca_resumed;        /* 1: pca_V came from the checkpoint */
   dpm_pca_stats pca_st;
   int stats_printed;      /* 1: this or an earlier segment printed private-batch statistics (output.private_stats) */
+  /* what resume must hold to (docs/accountant.md, "What the ledger counts") */
+  char run_id[24];        /* the run's id (every segment), names the journal */
+  const char *journal_dir;/* where this segment appends to the run journal (NULL: no journal) */
+  int64_t announced;      /* the journal announces every step below this */
+  int64_t abandoned;      /* ledger steps this model did not use (abandoned branches, lost in a crash) */
+  int64_t *seeded;        /* [begin, end) ranges that ran seeded before this segment; room for n_seeded + 1 */
+  int64_t *seeded_out;    /* the same plus this segment's, for a checkpoint */
+  int n_seeded;
+  int any_seeded;         /* 1: some step of this model's history ran seeded, or will */
+  uint64_t seed_last;     /* run.seed of the last seeded segment */
+  uint64_t data_digest;   /* of the training split (dpm_dataset_digest), the same on every grid */
 } trainer;
 
 static void fmt_duration(double s, char *buf, size_t len) {
@@ -102,6 +116,38 @@ static double epsilon_now(trainer *tr) {
   char err[DPM_ERRLEN];
   if (dpm_ledger_epsilon(tr->ledger, tr->cfg.delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
   return eps;
+}
+
+/* Epsilon once the run is complete: the ledger as it stands plus the steps still to run. */
+static double epsilon_after_run(trainer *tr) {
+  dpm_ledger *l = dpm_ledger_create();
+  for (int i = 0; i < dpm_ledger_size(tr->ledger); i++) {
+    int kind;
+    double q, sigma;
+    int64_t count;
+    dpm_ledger_event(tr->ledger, i, &kind, &q, &sigma, &count);
+    if (kind == 0) dpm_ledger_add_sgm(l, q, sigma, count);
+    else dpm_ledger_add_gaussian(l, sigma, count);
+  }
+  dpm_ledger_add_sgm(l, tr->q, tr->sigma, tr->steps - tr->start);
+  double eps = 0;
+  char err[DPM_ERRLEN];
+  if (dpm_ledger_epsilon(l, tr->cfg.delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
+  dpm_ledger_free(l);
+  return eps;
+}
+
+/* Collective: rank 0 appends one line to the run journal and fsyncs it (nothing without a journal). */
+static void journal(trainer *tr, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void journal(trainer *tr, const char *fmt, ...) {
+  if (!tr->journal_dir) return;
+  char line[256], err[DPM_ERRLEN] = "";
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  int failed = tr->rank == 0 && dpm_journal_append(tr->journal_dir, tr->run_id, line, err) != 0;
+  dpm_exit_if_error(tr->comm, failed, err);
 }
 
 static void setup_privacy(trainer *tr) {
@@ -194,13 +240,7 @@ static void print_header(trainer *tr) {
          (long long)tr->steps, tr->steps / tr->steps_per_epoch, (long long)cfg->batch_size, tr->q,
          (long long)cfg->physical_batch_size, cfg->lr, cfg->momentum);
   if (tr->dp) {
-    dpm_ledger *l = dpm_ledger_create();
-    if (tr->pca_k > 0) dpm_ledger_add_gaussian(l, tr->pca_sigma, 1); /* DP-PCA */
-    dpm_ledger_add_sgm(l, tr->q, tr->sigma, tr->steps);
-    double eps = 0;
-    char err[DPM_ERRLEN];
-    if (dpm_ledger_epsilon(l, cfg->delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
-    dpm_ledger_free(l);
+    double eps = epsilon_after_run(tr); /* the ledger (DP-PCA, steps already run) and the steps to come */
     if (cfg->clipping == DPM_CLIP_FLAT && tr->grid.stages > 1)
       printf("note: flat clipping on %d pipeline stages runs every micro-batch twice (per-example norms, then the "
              "clipped sum); privacy.clipping = per-device needs one pass\n", tr->grid.stages);
@@ -248,6 +288,13 @@ static void print_header(trainer *tr) {
            (unsigned long long)cfg->seed);
   else
     printf("randomness: secure (keys from the operating system's CSPRNG, never stored)\n");
+  if (!cfg->has_seed && tr->n_seeded > 0) {
+    printf("randomness: but steps");
+    for (int i = 0; i < tr->n_seeded; i++)
+      printf("%s [%lld, %lld)", i ? "," : "", (long long)tr->seeded[2 * i], (long long)tr->seeded[2 * i + 1]);
+    printf(" of this model ran SEEDED (run.seed = %llu): the run stays labelled reproducible — not for a private "
+           "release\n", (unsigned long long)tr->seed_last);
+  }
   fflush(stdout);
 }
 
@@ -259,7 +306,7 @@ static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s
   const char *acct = tr->acct == DPM_ACCT_RDP ? "rdp" : "tight";
   if (tr->dp)
     printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  epsilon %.4f (delta %g, %s)%s\n",
-           (long long)step, epoch, 100 * acc, loss, eps, tr->cfg.delta, acct, tr->cfg.has_seed ? "  [seeded]" : "");
+           (long long)step, epoch, 100 * acc, loss, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
   else
     printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  (non-private)\n", (long long)step,
            epoch, 100 * acc, loss);
@@ -274,7 +321,7 @@ static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s
             "\"reproducible\": %s, \"private_stats\": %s}\n",
             (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, loss, ex_per_s,
             tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
-            tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->cfg.has_seed ? "true" : "false",
+            tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->any_seeded ? "true" : "false",
             tr->cfg.private_stats ? "true" : "false");
     fflush(tr->metrics);
   }
@@ -287,14 +334,33 @@ static dpm_ckpt_model ckpt_model(trainer *tr) {
   return cm;
 }
 
+/* The seeded ranges of the model at `step`: the history's, and [start, step) if this segment is seeded
+ * (merged with a range ending at start). Fills tr->seeded_out; returns the count. */
+static int seeded_ranges(trainer *tr, int64_t step) {
+  int n = tr->n_seeded;
+  int64_t *r = tr->seeded_out;
+  if (n > 0) memcpy(r, tr->seeded, sizeof(int64_t) * 2 * (size_t)n);
+  if (tr->cfg.has_seed && step > tr->start) {
+    if (n > 0 && r[2 * n - 1] == tr->start) r[2 * n - 1] = step;
+    else r[2 * n] = tr->start, r[2 * n + 1] = step, n++;
+  }
+  return n;
+}
+
 static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
   dpm_config *cfg = &tr->cfg;
+  const int n_seeded = seeded_ranges(tr, step);
   dpm_ckpt_meta meta = {.step = step, .steps_total = tr->steps, .n_train = tr->N, .q = tr->q, .sigma = tr->sigma,
                         .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = (int)cfg->clipping,
                         .accountant = (int)tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
-                        .reproducible = cfg->has_seed, .seed = cfg->has_seed ? cfg->seed : 0, .job = cfg->text,
+                        .reproducible = n_seeded > 0, .seed = cfg->has_seed ? cfg->seed : tr->seed_last,
+                        .job = cfg->text,
                         .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
-                        .pca_sigma = tr->dp ? tr->pca_sigma : 0, .pca_clip = cfg->pca_clip, .pca_projection = tr->pca_V};
+                        .pca_sigma = tr->dp ? tr->pca_sigma : 0, .pca_clip = cfg->pca_clip, .pca_projection = tr->pca_V,
+                        .epsilon = tr->dp ? cfg->epsilon : 0, .data_digest = tr->data_digest,
+                        .steps_abandoned = tr->abandoned, .n_seeded = n_seeded, .seeded_steps = tr->seeded_out};
+  snprintf(meta.run_id, sizeof meta.run_id, "%s", tr->run_id);
+  if (n_seeded == 0) meta.seed = 0;
   meta.stats_printed = tr->stats_printed;
   return meta;
 }
@@ -309,6 +375,7 @@ static void write_checkpoint(trainer *tr, int64_t step) {
   double t0 = dpm_time();
   int failed = dpm_ckpt_write(tr->comm, path, &cm, tr->ledger, &meta, err) != 0;
   dpm_exit_if_error(tr->comm, failed, err);
+  journal(tr, "ckpt %lld %lld", (long long)step, (long long)dpm_journal_ledger_steps(tr->ledger));
   if (tr->rank != 0) return;
   printf("checkpoint: %s (step %lld, %.2f s)\n", path, (long long)step, dpm_time() - t0);
   fflush(stdout);
@@ -342,7 +409,16 @@ static void train_loop(trainer *tr) {
 
   double t_start = dpm_time(), t_train = 0, win[4] = {0, 0, 0, 0}; /* loss, examples, correct, clipped */
   double examples_total = 0;
+  tr->announced = tr->start;
   for (int64_t t = tr->start; t < tr->steps; t++) {
+    if (t == tr->announced) { /* the journal first: a crash in the block still counts all of it */
+      int64_t to = (t / log_every + 1) * log_every, every = cfg->ckpt_every;
+      if (every > 0 && (t / every + 1) * every < to) to = (t / every + 1) * every;
+      if (to > tr->steps) to = tr->steps;
+      journal(tr, "run %lld %lld %lld", (long long)t, (long long)to,
+              (long long)(dpm_journal_ledger_steps(tr->ledger) + to - t));
+      tr->announced = to;
+    }
     double t0 = dpm_time(), stats[4];
     double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, total_epochs);
     dpm_step_run(st, (uint64_t)t, stats);
@@ -367,11 +443,11 @@ static void train_loop(trainer *tr) {
           printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
                  w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win[0] / n, win[2] / n,
                  100 * win[3] / (n * (G > 0 ? G : 1)), lr, examples_total / t_train, epsbuf, eta,
-                 cfg->has_seed ? "  [seeded]" : "");
+                 tr->any_seeded ? "  [seeded]" : "");
         else /* DP-safe values only: no statistic of a private batch, its realized size included */
           printf("step %*lld/%lld  epoch %.2f  lr %.4g  ex/s %.0f (expected batch)  %s  ETA %s  elapsed %.0fs%s\n", w,
                  (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, lr,
-                 expected_per_s(tr, done, t_train), epsbuf, eta, dpm_time() - t_start, cfg->has_seed ? "  [seeded]" : "");
+                 expected_per_s(tr, done, t_train), epsbuf, eta, dpm_time() - t_start, tr->any_seeded ? "  [seeded]" : "");
         fflush(stdout);
       }
       memset(win, 0, sizeof win);
@@ -384,6 +460,7 @@ static void train_loop(trainer *tr) {
     if (cfg->ckpt_dir && (done == tr->steps || stop || (cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0)))
       write_checkpoint(tr, done);
     if (stop) {
+      journal(tr, "end %lld %lld", (long long)done, (long long)dpm_journal_ledger_steps(tr->ledger));
       if (tr->rank == 0) {
         printf("stopped by signal %d after step %lld: %s; exiting with status %d\n", stop, (long long)done,
                cfg->ckpt_dir ? "checkpoint written, resume with --resume" : "no checkpoint.dir, progress is lost",
@@ -395,6 +472,7 @@ static void train_loop(trainer *tr) {
       exit(DPM_EXIT_SIGNALLED);
     }
   }
+  journal(tr, "end %lld %lld", (long long)tr->steps, (long long)dpm_journal_ledger_steps(tr->ledger));
   if (tr->rank == 0) {
     char wall[32];
     fmt_duration(dpm_time() - t_start, wall, sizeof wall);
@@ -509,6 +587,12 @@ static void check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pat
             meta->clip, dpm_clipping_name(cfg->clipping), cfg->clip);
   else if (meta->privacy && cfg->noise_multiplier > 0 && cfg->noise_multiplier != meta->sigma)
     dpm_err(err, "%s: noise multiplier %g, the job says %g", path, meta->sigma, cfg->noise_multiplier);
+  else if (meta->privacy && !cfg->rebudget && cfg->delta != meta->delta)
+    dpm_err(err, "%s: the run's guarantee is at privacy.delta = %g, the job says %g (--privacy.rebudget=true "
+            "accounts the whole ledger at the new delta)", path, meta->delta, cfg->delta);
+  else if (meta->privacy && !cfg->rebudget && cfg->epsilon != meta->epsilon)
+    dpm_err(err, "%s: the run's budget is privacy.epsilon = %g, the job says %g (0: none; --privacy.rebudget=true "
+            "makes the new one the budget of the whole ledger)", path, meta->epsilon, cfg->epsilon);
   else if (meta->steps_total != tr->steps && !(cfg->noise_multiplier > 0 && cfg->epsilon > 0))
     dpm_err(err, "%s: the run has %lld steps, the job now asks for %lld", path, (long long)meta->steps_total,
             (long long)tr->steps);
@@ -532,6 +616,115 @@ static void check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pat
   tr->sigma = meta->sigma;
   tr->steps = meta->steps_total;
   tr->pca_sigma = meta->pca_sigma;
+  /* the history this model carries: its run, the seeded ranges, the steps it did not use */
+  snprintf(tr->run_id, sizeof tr->run_id, "%s", meta->run_id);
+  tr->n_seeded = meta->n_seeded;
+  tr->seeded = dpm_malloc(sizeof(int64_t) * 2 * (size_t)(tr->n_seeded + 1));
+  tr->seeded_out = dpm_malloc(sizeof(int64_t) * 2 * (size_t)(tr->n_seeded + 1));
+  if (tr->n_seeded > 0) memcpy(tr->seeded, meta->seeded_steps, sizeof(int64_t) * 2 * (size_t)tr->n_seeded);
+  tr->seed_last = meta->seed;
+  tr->abandoned = meta->steps_abandoned;
+}
+
+/* A forced branch at `step`: the run's checkpoints of later steps (in dir and in checkpoint.dir) belong to
+ * the abandoned branch; rank 0 renames them to abandoned-TOTAL-ckpt-STEP.h5, so the directory's newest
+ * checkpoint is this branch's and nothing resumes the old one by accident. Their steps stay in the ledger. */
+static void set_aside_branch(trainer *tr, const char *dir, int64_t step, int64_t total) {
+  if (tr->rank != 0) return;
+  for (int k = 0; k < 2; k++) {
+    const char *d = k ? tr->cfg.ckpt_dir : dir;
+    if (!d || (k && !strcmp(d, dir))) continue;
+    char err[DPM_ERRLEN], **list = NULL;
+    int n = dpm_ckpt_list(d, &list, err);
+    for (int i = 0; i < n; i++) {
+      dpm_ckpt_meta m;
+      if (dpm_ckpt_read_meta(MPI_COMM_SELF, list[i], &m, err) == 0) {
+        if (!strcmp(m.run_id, tr->run_id) && m.step > step) {
+          char to[4200], *base = strrchr(list[i], '/');
+          snprintf(to, sizeof to, "%s/abandoned-%lld-%s", d, (long long)total, base ? base + 1 : list[i]);
+          if (rename(list[i], to) == 0)
+            printf("note: %s belongs to the abandoned branch: renamed to %s\n", list[i], to);
+          else
+            fprintf(stderr, "dpmpi: warning: cannot rename %s (abandoned branch): %s\n", list[i], strerror(errno));
+        }
+        dpm_ckpt_meta_free(&m);
+      }
+      dpm_free(list[i]);
+    }
+    if (n > 0) dpm_free(list);
+  }
+  fflush(stdout);
+}
+
+/* After the checkpoint's ledger is read: the steps the run journal knows of beyond it (steps lost in a
+ * crash after the checkpoint, or a newer branch) join the ledger; a checkpoint older than the run's newest
+ * needs --resume-branch. Then the budget: the remaining steps stop before it would be exceeded. */
+static void resume_history(trainer *tr, const dpm_ckpt_meta *meta, const char *path, int branch_ok) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "", dir[4096];
+  int failed = 0;
+  dpm_ckpt_dirname(path, dir, sizeof dir);
+  /* the journal next to the checkpoint and the one this segment appends to, if elsewhere */
+  dpm_journal j, j2;
+  memset(&j, 0, sizeof j), memset(&j2, 0, sizeof j2);
+  if (tr->rank == 0) {
+    failed = dpm_journal_read(dir, tr->run_id, &j, err) != 0;
+    if (!failed && tr->journal_dir && strcmp(tr->journal_dir, dir))
+      failed = dpm_journal_read(tr->journal_dir, tr->run_id, &j2, err) != 0;
+    if (!failed && j2.found) {
+      j.found = 1;
+      if (j2.total > j.total) j.total = j2.total;
+      if (j2.has_ckpt && (!j.has_ckpt || j2.ckpt_total > j.ckpt_total))
+        j.has_ckpt = 1, j.ckpt_step = j2.ckpt_step, j.ckpt_total = j2.ckpt_total;
+    }
+  }
+  dpm_exit_if_error(tr->comm, failed, err);
+  DPM_MPI_CHECK(MPI_Bcast(&j, (int)sizeof j, MPI_BYTE, 0, tr->comm));
+  const int64_t have = dpm_journal_ledger_steps(tr->ledger), extra = j.total > have ? j.total - have : 0;
+  const int older = j.has_ckpt && j.ckpt_total > have;
+  if (older && !branch_ok)
+    failed = 1, dpm_err(err, "%s: step %lld is not the run's newest checkpoint: its journal %s/journal-%s records "
+                        "ckpt-%08lld.h5 (step %lld) and %lld steps run in all, %lld more than this checkpoint's ledger; "
+                        "resuming here re-runs steps with fresh noise (--resume-branch does it, and the ledger keeps "
+                        "those %lld steps)", path, (long long)meta->step, dir, tr->run_id, (long long)j.ckpt_step,
+                        (long long)j.ckpt_step, (long long)j.total, (long long)extra, (long long)extra);
+  dpm_exit_if_error(tr->comm, failed, err);
+  if (extra > 0) {
+    dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, extra);
+    tr->abandoned += extra;
+    if (tr->rank == 0)
+      printf("note: the run journal records %lld steps beyond this checkpoint's ledger (%s); the ledger counts "
+             "them: %lld steps, %lld of them not used by this model\n", (long long)extra,
+             older ? "a newer branch, abandoned with --resume-branch" : "run after it and lost, e.g. in a crash",
+             (long long)(have + extra), (long long)tr->abandoned);
+  }
+  const int rebudget = cfg->rebudget && (cfg->delta != meta->delta || cfg->epsilon != meta->epsilon);
+  if (rebudget && tr->rank == 0)
+    printf("note: privacy.rebudget: the whole ledger is accounted at delta %g (was %g), budget epsilon %g (was %g; "
+           "0: none)\n", cfg->delta, meta->delta, cfg->epsilon, meta->epsilon);
+  if (cfg->epsilon > 0) {
+    int64_t allowed = 0;
+    if (dpm_ledger_max_steps(tr->ledger, tr->q, tr->sigma, cfg->epsilon, cfg->delta, tr->acct, &allowed, err))
+      dpm_fatal("accountant: %s", err);
+    if (allowed < 1)
+      failed = 1, dpm_err(err, "%s: the budget privacy.epsilon = %g is spent: the ledger's %lld steps are at epsilon %g "
+                          "(delta %g); not one more step fits", path, cfg->epsilon, (long long)(have + extra),
+                          epsilon_now(tr), cfg->delta);
+    dpm_exit_if_error(tr->comm, failed, err);
+    if (allowed < tr->steps - tr->start) {
+      if (tr->rank == 0)
+        printf("note: the budget epsilon = %g allows %lld of the %lld remaining steps; training stops at step %lld\n",
+               cfg->epsilon, (long long)allowed, (long long)(tr->steps - tr->start), (long long)(tr->start + allowed));
+      tr->steps = tr->start + allowed;
+    }
+  }
+  /* the segment begins: recorded only once it is sure to run */
+  journal(tr, older ? "branch %lld %lld %lld" : "start %lld %lld", (long long)meta->step, (long long)(have + extra),
+          (long long)extra);
+  if (rebudget)
+    journal(tr, "# rebudget: delta %g -> %g, epsilon %g -> %g (0: no budget), for the whole ledger", meta->delta,
+            cfg->delta, meta->epsilon, cfg->epsilon);
+  if (older) set_aside_branch(tr, dir, meta->step, have + extra);
 }
 
 /* DP-PCA (src/pca.c): fit the projection on the training shards (unless it came from the checkpoint)
@@ -571,7 +764,7 @@ int dpm_cmd_train(int argc, char **argv) {
   int failed = 0;
 
   const char *job = NULL, *resume = NULL;
-  int n_over = 0;
+  int n_over = 0, resume_branch = 0;
   char **over = dpm_malloc(sizeof(char *) * (size_t)(argc + 1));
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -593,11 +786,16 @@ int dpm_cmd_train(int argc, char **argv) {
       resume = argv[i] + 9;
       continue;
     }
+    if (!strcmp(argv[i], "--resume-branch")) {
+      resume_branch = 1;
+      continue;
+    }
     if (!strncmp(argv[i], "--", 2)) over[n_over++] = argv[i];
     else if (!job) job = argv[i];
     else if (!failed) failed = 1, dpm_err(err, "train: unexpected argument '%s' (one job file, then --section.key=value)", argv[i]);
   }
   if (!job && !failed) failed = 1, dpm_err(err, "train: no job file given (usage: dpmpi train JOBFILE [--section.key=value ...])");
+  if (resume_branch && !resume && !failed) failed = 1, dpm_err(err, "train: --resume-branch needs --resume PATH");
   dpm_exit_if_error(tr.comm, failed, err);
 
   failed = dpm_config_load(job, n_over, over, &tr.cfg, err) != 0;
@@ -645,13 +843,25 @@ int dpm_cmd_train(int argc, char **argv) {
 
   dpm_ckpt_meta meta;
   memset(&meta, 0, sizeof meta);
-  char resume_path[4096] = "";
+  char resume_path[4096] = "", resume_dir[4096] = "";
   if (resume) find_resume(&tr, resume, &meta, resume_path, sizeof resume_path);
   if (resume) {
     check_resume(&tr, &meta, resume_path);
   } else {
     setup_privacy(&tr);
+    /* a new run: its id (not a secret: it names the journal) and no history */
+    if (tr.rank == 0) {
+      dpm_key id = dpm_key_secure();
+      snprintf(tr.run_id, sizeof tr.run_id, "%016llx", (unsigned long long)id.k[0]);
+    }
+    DPM_MPI_CHECK(MPI_Bcast(tr.run_id, (int)sizeof tr.run_id, MPI_CHAR, 0, tr.comm));
+    tr.seeded = dpm_malloc(sizeof(int64_t) * 2);
+    tr.seeded_out = dpm_malloc(sizeof(int64_t) * 2);
   }
+  tr.any_seeded = cfg->has_seed || tr.n_seeded > 0;
+  /* the run journal: in checkpoint.dir, or next to the resumed checkpoint (its steps are released too) */
+  if (resume) dpm_ckpt_dirname(resume_path, resume_dir, sizeof resume_dir);
+  if (tr.dp) tr.journal_dir = cfg->ckpt_dir ? cfg->ckpt_dir : resume ? resume_dir : NULL;
   setup_keys(&tr);
   dpm_model_init_params(tr.model, &tr.init_key);
   dpm_sgd_init(&tr.opt, dpm_model_num_params(tr.model), cfg->momentum, cfg->weight_decay);
@@ -666,6 +876,7 @@ int dpm_cmd_train(int argc, char **argv) {
     tr.pca_V = meta.pca_projection; /* DP-PCA: the run's projection, never a new draw */
     meta.pca_projection = NULL;
     tr.pca_resumed = tr.pca_V != NULL;
+    tr.data_digest = meta.data_digest; /* compared with the job's data once loaded */
     if (tr.rank == 0)
       printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", resume_path,
              (long long)meta.step, (long long)meta.steps_total, meta.replicas, meta.stages, meta.version,
@@ -673,10 +884,13 @@ int dpm_cmd_train(int argc, char **argv) {
   }
   /* a segment that printed private-batch statistics marks the whole run, whatever later segments do */
   tr.stats_printed = cfg->private_stats || (resume && meta.stats_printed);
-  dpm_ckpt_meta_free(&meta);
   if (cfg->ckpt_dir && tr.rank == 0 && mkdir(cfg->ckpt_dir, 0777) && errno != EEXIST)
     failed = 1, dpm_err(err, "%s: [checkpoint] dir = %s: cannot create: %s", cfg->path, cfg->ckpt_dir, strerror(errno));
   dpm_exit_if_error(tr.comm, failed, err);
+  if (!resume) {
+    journal(&tr, "# dpmpi run journal (docs/formats.md): start|branch|run|ckpt|end STEP ... TOTAL ledger steps");
+    journal(&tr, "start 0 0");
+  }
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_stop_signal;
@@ -692,6 +906,17 @@ int dpm_cmd_train(int argc, char **argv) {
 
   load_shard(&tr, cfg->data_train, "train", tr.N, &tr.train);
   load_shard(&tr, cfg->data_test, "test", thdr.n_total, &tr.test);
+  /* the training split's digest: stage 0 of each replica adds its shard's, so it is the same on every grid */
+  uint64_t digest = tr.grid.stage == 0 ? dpm_dataset_digest(&tr.train, tr.train.end - tr.train.begin) : 0;
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &digest, 1, MPI_UINT64_T, MPI_SUM, tr.comm));
+  if (resume && digest != tr.data_digest)
+    failed = 1, dpm_err(err, "%s: written for other training data: %s /train has the same %lld examples but digest "
+                        "%016llx, the checkpoint's is %016llx", resume_path, cfg->data_train, (long long)tr.N,
+                        (unsigned long long)digest, (unsigned long long)tr.data_digest);
+  dpm_exit_if_error(tr.comm, failed, err);
+  tr.data_digest = digest;
+  if (resume && tr.dp) resume_history(&tr, &meta, resume_path, resume_branch); /* the same run on the same data */
+  dpm_ckpt_meta_free(&meta);
   if (tr.pca_k > 0) run_pca(&tr);
 
   tr.step = (dpm_step){.comm = tr.grid.dp, .pipe = tr.grid.pipe, .model = tr.model, .data = &tr.train, .q = tr.q,
@@ -705,6 +930,8 @@ int dpm_cmd_train(int argc, char **argv) {
   dpm_sgd_free(&tr.opt);
   dpm_free(tr.info);
   dpm_free(tr.pca_V);
+  dpm_free(tr.seeded);
+  dpm_free(tr.seeded_out);
 
   if (tr.metrics) fclose(tr.metrics);
   dpm_dataset_free(&tr.train);

@@ -37,7 +37,7 @@ final_eps() { grep '^done:' "$tmp/out" | sed -E 's/.*epsilon ([0-9.]+).*/\1/'; }
 run 2 train "$tmp/job.ini" --checkpoint.dir="$tmp/full" --checkpoint.keep=10
 [ "$(rc)" = 0 ] && ok || { bad "uninterrupted run"; cat "$tmp/err" >&2; }
 eps_full=$(final_eps)
-check "4 checkpoints kept" test "$(ls "$tmp/full" | wc -l)" = 4
+check "4 checkpoints kept" test "$(ls "$tmp/full"/ckpt-*.h5 | wc -l)" = 4
 ref=$tmp/full/ckpt-00000020.h5
 
 # resume from the newest valid of a directory (step 10), same grid: bitwise
@@ -47,7 +47,7 @@ run 2 train "$tmp/job.ini" --checkpoint.dir="$tmp/part" --resume "$tmp/part"
 check "resume says where from" has "$tmp/out" "resumed from $tmp/part/ckpt-00000010.h5: step 10 of 20"
 for g in /model /optimizer /privacy; do check "resumed $g bitwise identical" same_h5 "$ref" "$tmp/part/ckpt-00000020.h5" $g; done
 check "epsilon after resume = uninterrupted ($eps_full)" test "$(final_eps)" = "$eps_full"
-check "keep = 3 by default" test "$(ls "$tmp/part" | wc -l)" = 3
+check "keep = 3 by default" test "$(ls "$tmp/part"/ckpt-*.h5 | wc -l)" = 3
 
 # another grid: 2x1 checkpoint resumed on 1x2
 mkdir -p "$tmp/grid" && cp "$tmp/full/ckpt-00000010.h5" "$tmp/grid/"
@@ -74,12 +74,12 @@ signal_run() { # signal_run SIGNAL WHO [ARGS]: start a long 2-rank run, signal i
 signal_run USR1 mpirun
 check "SIGUSR1 to mpirun: exit status 75 (got $(cat "$tmp/sig.rc"))" test "$(cat "$tmp/sig.rc")" = 75
 check "SIGUSR1: the stop is announced" grep -aq "stopped by signal 10" "$tmp/sig.out"
-check "SIGUSR1: one checkpoint written" test "$(ls "$tmp/sig" | wc -l)" = 1
-first=$(ls "$tmp/sig")
+check "SIGUSR1: one checkpoint written" test "$(ls "$tmp/sig"/ckpt-*.h5 | wc -l)" = 1
+first=$(basename "$(ls "$tmp/sig"/ckpt-*.h5)")
 signal_run TERM ranks --resume "$tmp/sig"
 check "SIGTERM to the ranks: exit status 75 (got $(cat "$tmp/sig.rc"))" test "$(cat "$tmp/sig.rc")" = 75
 check "SIGTERM: the run resumed from the first checkpoint" grep -aq "resumed from $tmp/sig/$first" "$tmp/sig.out"
-check "SIGTERM: a second checkpoint" test "$(ls "$tmp/sig" | wc -l)" = 2
+check "SIGTERM: a second checkpoint" test "$(ls "$tmp/sig"/ckpt-*.h5 | wc -l)" = 2
 
 # crash safety: kill -9 the whole job, or one rank, at random instants while it writes a checkpoint every
 # step; the newest checkpoint left must always read cleanly (metadata, ledger and every checksummed dataset)
@@ -89,7 +89,7 @@ for k in $(seq 1 12); do
   "$mpiexec" -q --allow-run-as-root --oversubscribe --bind-to none -np 2 "$dpmpi" train "$tmp/job.ini" "${long[@]}" \
     --checkpoint.dir="$tmp/crash" --checkpoint.every=1 --checkpoint.keep=2 >/dev/null 2>&1 &
   pid=$!
-  for i in $(seq 200); do [ -n "$(ls "$tmp/crash" 2>/dev/null | grep -v tmp)" ] && break; sleep 0.05; done
+  for i in $(seq 200); do [ -n "$(ls "$tmp/crash" 2>/dev/null | grep -v tmp | grep ckpt-)" ] && break; sleep 0.05; done
   sleep "0.$(( (k * 37) % 10 ))$(( k % 10 ))"
   ranks=$(pgrep -P $pid)
   if [ $((k % 2)) = 0 ]; then kill -9 $pid $ranks; else kill -9 $(echo $ranks | cut -d' ' -f1); fi

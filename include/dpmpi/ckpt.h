@@ -17,7 +17,7 @@
 #include "dpmpi/common.h"
 #include "dpmpi/model.h"
 
-#define DPM_CKPT_FORMAT 1
+#define DPM_CKPT_FORMAT 2
 
 typedef struct {
   int64_t step;          /* logical steps done */
@@ -40,6 +40,14 @@ typedef struct {
   char version[32];      /* read: the library version that wrote it */
   int stats_printed;     /* 1: a segment of the run printed noiseless private-batch statistics (output.private_stats);
                           * read: 1 when the attribute is missing (older dpmpi always printed them) */
+  /* format 2: what resume must hold to (docs/accountant.md, "What the ledger counts") */
+  double epsilon;          /* privacy.epsilon: the budget of the whole ledger (0: none) */
+  uint64_t data_digest;    /* dpm_dataset_digest of the training split */
+  char run_id[24];         /* 16 hex digits, the same in every segment of a run; names DIR/journal-ID */
+  int64_t steps_abandoned; /* subsampled steps in the ledger that this model did not use (abandoned
+                              branches, steps lost in a crash) */
+  int n_seeded;            /* seeded_steps: [begin, end) step ranges that ran seeded (reproducible = n_seeded > 0) */
+  int64_t *seeded_steps;   /* 2 x n_seeded values (read: allocated) */
 } dpm_ckpt_meta;
 
 /* This rank's view of the model for writing and reading. */
@@ -89,11 +97,12 @@ typedef struct {
 int dpm_ckpt_read_privacy(const char *path, dpm_ledger **ledger, dpm_ckpt_privacy *info, char err[DPM_ERRLEN]);
 
 /* Serial: the released model OUT of checkpoint CKPT: /model (parameters), /pca (if any), the whole privacy
- * ledger /privacy/privacy_ledger (every event, the DP-PCA release included, so epsilon can be recomputed from
- * OUT alone) and the privacy metadata as root attributes (epsilon, delta, accountant, sampling_rate,
+ * ledger /privacy/privacy_ledger (`ledger`: every event, the DP-PCA release included, and the steps the run
+ * journal knows of beyond the checkpoint's own ledger, so epsilon can be recomputed from OUT alone) and the privacy metadata as root attributes (epsilon, delta, accountant, sampling_rate,
  * noise_multiplier, steps, clipping, clip, n_train, reproducible, stats_printed); no optimizer state, no seed,
  * no keys. Written under a temporary name and renamed. */
-int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, double epsilon, char err[DPM_ERRLEN]);
+int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, const dpm_ledger *ledger,
+                    double epsilon, char err[DPM_ERRLEN]);
 
 /* `dpmpi ckpt info PATH` and `dpmpi export CKPT OUT`. Return the exit status. */
 int dpm_cmd_ckpt(int argc, char **argv);
@@ -110,6 +119,43 @@ int dpm_ckpt_list(const char *path, char ***paths, char err[DPM_ERRLEN]);
 
 /* The file name of the checkpoint of step `step` in dir: DIR/ckpt-00000123.h5 */
 void dpm_ckpt_name(const char *dir, int64_t step, char *out, size_t len);
+
+/* ---- the run journal: DIR/journal-RUNID (format in docs/formats.md) ----------------------------
+ * One text line per event, appended and fsync'd by rank 0 alone: "start STEP TOTAL" and
+ * "branch STEP TOTAL ABANDONED" when a segment begins, "run FROM TO TOTAL" before steps [FROM, TO) run,
+ * "ckpt STEP TOTAL" after ckpt-STEP.h5 is written, "end STEP TOTAL" when a segment stops cleanly. TOTAL
+ * is the number of subsampled steps in the ledger once the event is done (announced steps count as run),
+ * so the last line's TOTAL is every step the run ever ran or was about to run, on every branch. */
+typedef struct {
+  int found;              /* 0: no journal file (nothing known beyond the checkpoints) */
+  int64_t total;          /* TOTAL of the last line */
+  int has_ckpt;           /* 1: a ckpt line exists */
+  int64_t ckpt_step, ckpt_total; /* the last ckpt line: the run's newest checkpoint */
+} dpm_journal;
+
+/* The directory part of a checkpoint's path ("." for a bare file name). */
+void dpm_ckpt_dirname(const char *path, char *out, size_t len);
+
+/* Subsampled-Gaussian steps in a ledger: what the journal's TOTAL counts (DP-PCA's release is not a step). */
+int64_t dpm_journal_ledger_steps(const dpm_ledger *ledger);
+
+/* The journal's file name: DIR/journal-RUNID. */
+void dpm_journal_name(const char *dir, const char *run_id, char *out, size_t len);
+
+/* Serial: read the journal of run_id in dir into *j (j->found = 0 if there is none). A last line
+ * without its newline was cut by a crash before its fsync and is ignored. Returns 0, or -1 with err
+ * naming the file and line of a damaged line. */
+int dpm_journal_read(const char *dir, const char *run_id, dpm_journal *j, char err[DPM_ERRLEN]);
+
+/* Serial: append one line (without its newline) to the journal of run_id in dir and fsync it. Returns 0
+ * or -1 with err. */
+int dpm_journal_append(const char *dir, const char *run_id, const char *line, char err[DPM_ERRLEN]);
+
+/* Serial: the steps the run journal next to checkpoint `ckpt` knows of beyond its ledger (docs/accountant.md,
+ * "What the ledger counts") are added to `ledger` as (q, sigma) steps of meta's run; *extra = how many.
+ * Returns 0, or -1 with err (a damaged journal). */
+int dpm_journal_add_extra(const char *ckpt, const dpm_ckpt_meta *meta, dpm_ledger *ledger, int64_t *extra,
+                          char err[DPM_ERRLEN]);
 
 
 #endif

@@ -44,6 +44,7 @@ typedef struct {
   dpm_clipping clipping;
   dpm_device_split device_split; /* per-device thresholds */
   int accountant;             /* dpm_accountant_kind */
+  int rebudget;               /* --resume: accept an epsilon or delta other than the checkpoint's */
   /* [pca] (dpmpi/pca.h, docs/pca.md) */
   int64_t pca_components;     /* k; 0 = no PCA */
   double pca_noise_multiplier;/* 0 = not given */
