@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dpmpi/accountant.h"
+#include "dpmpi/privacy/accountant.h"
 
 #include "benchutil.h"
 

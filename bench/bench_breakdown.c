@@ -1,5 +1,5 @@
 /* Where the time of one DP-SGD step goes, against the non-private step: the phases of dpm_step_run +
- * the SGD update (src/step.c), re-run here one by one through the public API and timed apart, for the
+ * the SGD update (src/train/step.c), re-run here one by one through the public API and timed apart, for the
  * MLP 784-512-10, the tanh CNN and (--models wide) the MLP 784-4096-2048-10, at the same expected batch:
  *   sample      Poisson sampling of this rank's shard (dpm_sample_shard)
  *   gather      copying the sampled rows into the micro-batch buffer
@@ -11,9 +11,9 @@
  *   accumulate  dpm_model_accumulate (DP: weighted by the coefficients, one GEMM per layer)
  *   noise       DP only: dpm_add_noise on this rank's slice of the parameters (1/R of them)
  *   wait        R > 1: MPI_Barrier before the allreduce (waiting for the rank with the larger sample)
- *   allreduce   R > 1: the bucketed sum-allreduce of the gradient (4 MiB buckets, as src/step.c)
+ *   allreduce   R > 1: the bucketed sum-allreduce of the gradient (4 MiB buckets, as src/train/step.c)
  *   update      dpm_sgd_step
- * Micro-batches as in src/step.c: ceil(n / physical batch) of equal sizes. Then, for reference, the real
+ * Micro-batches as in src/train/step.c: ceil(n / physical batch) of equal sizes. Then, for reference, the real
  * step (dpm_step_run + dpm_sgd_step) of the same configuration: the phases should add up to it.
  * Repeats alternate non-private and DP; medians over repeats of the per-step mean of each phase.
  * Usage: [mpirun -np R] bench_breakdown [--csv FILE] [--batch B=256] [--repeats R=7] [--steps S=20]
@@ -31,16 +31,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dpmpi/dpsgd.h"
-#include "dpmpi/step.h"
+#include "dpmpi/optim/sgd.h"
+#include "dpmpi/privacy/dpsgd.h"
+#include "dpmpi/train/step.h"
 
 #include "benchutil.h"
-#include "layers.h"
+#include "nn/layers.h"
 
 #define N_EXAMPLES 60000
 #define PIXELS 784
 #define MAX_REPEATS 64
-#define BUCKET_FLOATS (1 << 20) /* the step's allreduce bucket (src/step.c) */
+#define BUCKET_FLOATS (1 << 20) /* the step's allreduce bucket (src/train/step.c) */
 
 enum { PH_SAMPLE, PH_GATHER, PH_FORWARD, PH_BACKWARD, PH_CLIP, PH_ACCUMULATE, PH_NOISE, PH_WAIT,
        PH_ALLREDUCE, PH_UPDATE, NPH };
@@ -95,7 +96,7 @@ static void setup_free(setup *s) {
   dpm_free(s->sel), dpm_free(s->xb), dpm_free(s->yb), dpm_free(s->sq), dpm_free(s->coef);
 }
 
-/* One logical step of src/step.c's dpm_step_run (D x 1 grid, one stage) + the update, each phase's seconds
+/* One logical step of src/train/step.c's dpm_step_run (D x 1 grid, one stage) + the update, each phase's seconds
  * added to ph[]. Returns the examples sampled. */
 static int64_t phased_step(setup *s, const dpm_dataset *d, double q, MPI_Comm comm, double ph[NPH]) {
   const dpm_key sk = dpm_key_from_seed(4, 0), nk = dpm_key_from_seed(4, 1);

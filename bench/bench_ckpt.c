@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dpmpi/ckpt.h"
+#include "dpmpi/io/ckpt.h"
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;

@@ -27,16 +27,17 @@
 #include <string.h>
 #include <time.h>
 
-#include "dpmpi/dpsgd.h"
-#include "dpmpi/grid.h"
-#include "dpmpi/step.h"
+#include "dpmpi/optim/sgd.h"
+#include "dpmpi/privacy/dpsgd.h"
+#include "dpmpi/parallel/grid.h"
+#include "dpmpi/train/step.h"
 
 #include "benchutil.h"
 
 #define N_EXAMPLES 60000
 #define PIXELS 784
 #define MAX_REPEATS 64
-#define BUCKET_FLOATS (1 << 20) /* the step's allreduce bucket (src/step.c) */
+#define BUCKET_FLOATS (1 << 20) /* the step's allreduce bucket (src/train/step.c) */
 
 #define MLP BENCH_MLP
 static const char *WIDE_MLP = "flatten; dense out=4096; relu; dense out=4096; relu; dense out=10";
@@ -51,7 +52,7 @@ static dpm_dataset shard_of(const dpm_dataset *all, int64_t b, int64_t e) {
   return d;
 }
 
-/* This rank's pipeline stage of `layers`, as build_model in src/train.c: the whole model (max_batch 1)
+/* This rank's pipeline stage of `layers`, as build_model in src/train/train.c: the whole model (max_batch 1)
  * for shapes, the balanced split, the stage's layers with the loss on the last stage only. first
  * (S + 1 entries, may be NULL) receives the split. */
 static dpm_model *build_stage(const char *layers, int S, int stage, int max_batch, int *first_out) {

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dpmpi/model.h"
+#include "dpmpi/nn/model.h"
 
 #include "benchutil.h"
 

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dpmpi/pca.h"
+#include "dpmpi/parallel/pca.h"
 
 #include "benchutil.h"
 

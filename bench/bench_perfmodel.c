@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dpmpi/dpsgd.h"
-#include "dpmpi/step.h"
+#include "dpmpi/optim/sgd.h"
+#include "dpmpi/privacy/dpsgd.h"
+#include "dpmpi/train/step.h"
 
 #include "benchutil.h"
 

@@ -31,8 +31,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "dpmpi/dpsgd.h"
-#include "dpmpi/step.h"
+#include "dpmpi/optim/sgd.h"
+#include "dpmpi/privacy/dpsgd.h"
+#include "dpmpi/train/step.h"
 
 #include "benchutil.h"
 

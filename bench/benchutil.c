@@ -6,8 +6,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "dpmpi/common.h"
-#include "dpmpi/rng.h"
+#include "dpmpi/core/common.h"
+#include "dpmpi/core/rng.h"
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;

@@ -3,7 +3,7 @@
 #ifndef DPMPI_BENCHUTIL_H
 #define DPMPI_BENCHUTIL_H
 
-#include <mpi.h>
+#include "dpmpi/parallel/comm.h"
 #include <stdint.h>
 #include <stdio.h>
 

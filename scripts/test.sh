@@ -4,7 +4,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-$here/build}
-export DPM_WITH_SLURM=${DPM_WITH_SLURM:-1} # slurm-wlm and munge for tests/cli_slurm.sh (a local Slurm cluster)
+export DPM_WITH_SLURM=${DPM_WITH_SLURM:-1} # slurm-wlm and munge for tests/cli/cli_slurm.sh (a local Slurm cluster)
 export DPM_WITH_H5PY=${DPM_WITH_H5PY:-1}   # python3-h5py: tests read checkpoints and datasets with h5py
 "$here/scripts/install-deps.sh"
 cmake -S "$here" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDPM_SANITIZE="${DPM_SANITIZE:-OFF}" -DDPM_WERROR=ON

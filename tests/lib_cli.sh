@@ -1,4 +1,4 @@
-# Shared by tests/cli_*.sh (sourced, not run): counters, checks, and running dpmpi on N ranks with a
+# Shared by tests/cli/cli_*.sh (sourced, not run): counters, checks, and running dpmpi on N ranks with a
 # time limit (a hang is a failure). The sourcing script sets nothing; it gets $build, $dpmpi, $tmp.
 set -u
 build=${1:?usage: $0 BUILD_DIR SOURCE_DIR}

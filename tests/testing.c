@@ -6,7 +6,11 @@
 
 int dpm_test_passed = 0, dpm_test_failed = 0;
 
-void dpm_test_init(int *argc, char ***argv) { MPI_Init(argc, argv); }
+/* dpm_fatal in any module aborts the whole job (MPI_Abort): no rank of a failing test waits forever */
+void dpm_test_init(int *argc, char ***argv) {
+  MPI_Init(argc, argv);
+  dpm_comm_install_abort();
+}
 
 int dpm_test_finish(void) {
   int local[2] = {dpm_test_passed, dpm_test_failed}, total[2] = {0, 0}, rank = 0;

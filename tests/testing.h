@@ -1,10 +1,10 @@
-/* Minimal test harness shared by tests/test_*.c: checks that count failures, a closing
+/* Minimal test harness shared by tests/<module>/test_*.c: checks that count failures, a closing
  * "N passed, N failed" line on rank 0, and a non-zero exit if any check failed on any rank. */
 #ifndef DPM_TESTING_H
 #define DPM_TESTING_H
 
 #include <math.h>
-#include <mpi.h>
+#include "dpmpi/parallel/comm.h"
 #include <stdint.h>
 #include <stdio.h>
 

@@ -1,0 +1,80 @@
+/* dpmpi config: the job file (INI, parsed with libinih) plus --section.key=value overrides, validated
+ * into a dpm_config. Every key is in one table (src/io/config.c) with its type, default and documentation;
+ * `dpmpi train --help-keys` prints it and docs/jobfile.md mirrors it. Unknown keys, bad values and
+ * impossible combinations are rejected with the file, the key and what was expected.
+ */
+#ifndef DPMPI_CONFIG_H
+#define DPMPI_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "dpmpi/core/common.h"
+#include "dpmpi/privacy/dpsgd.h"
+
+/* Largest job text (file plus overrides) accepted: checkpoints keep it in a checksummed HDF5 attribute,
+ * which must stay below 64 KiB. */
+#define DPM_JOB_MAX_BYTES 32768
+
+typedef enum { DPM_SCHED_CONSTANT, DPM_SCHED_COSINE, DPM_SCHED_STEP } dpm_schedule;
+
+typedef struct {
+  /* [data] */
+  char *data_train, *data_test;
+  /* [model] */
+  char *model_layers;
+  /* [train] */
+  double epochs;              /* 0 = not given */
+  int64_t steps;              /* 0 = not given */
+  int64_t batch_size;         /* expected logical batch q*N */
+  int64_t physical_batch_size;
+  double lr, momentum, weight_decay;
+  dpm_schedule lr_schedule;
+  double lr_step_gamma;       /* step schedule: multiply by gamma ... */
+  double lr_step_every;       /* ... every this many epochs */
+  double warmup_epochs;
+  double eval_every_epochs;   /* evaluation period in epochs */
+  /* [privacy] */
+  int privacy_enabled;
+  double epsilon;             /* 0 = not given */
+  double delta;
+  double noise_multiplier;    /* 0 = not given */
+  double clip;
+  dpm_clipping clipping;
+  dpm_device_split device_split; /* per-device thresholds */
+  int accountant;             /* dpm_accountant_kind */
+  int rebudget;               /* --resume: accept an epsilon or delta other than the checkpoint's */
+  /* [pca] (dpmpi/parallel/pca.h, docs/pca.md) */
+  int64_t pca_components;     /* k; 0 = no PCA */
+  double pca_noise_multiplier;/* 0 = not given */
+  double pca_epsilon;         /* 0 = not given */
+  double pca_clip;            /* 0 = not given */
+  /* [grid] */
+  int64_t grid_replicas, grid_stages; /* 0 = not given */
+  char *grid_stage_layers;    /* NULL = balanced by cost */
+  /* [checkpoint] */
+  char *ckpt_dir;             /* NULL = no checkpoints */
+  int64_t ckpt_every, ckpt_keep;
+  /* [run] */
+  int has_seed;
+  uint64_t seed;
+  /* [output] */
+  char *metrics;              /* JSON-lines path, may be NULL */
+  int64_t log_every;          /* progress line every this many steps (0 = about 20 per epoch) */
+  int private_stats;          /* 1: progress lines show noiseless private-batch statistics (not covered by DP) */
+  /* provenance */
+  char *path;                 /* the job file */
+  char *text;                 /* job file text followed by the overrides, for checkpoints */
+} dpm_config;
+
+/* Parse path and then the overrides (each "--section.key=value"). Returns 0 or -1 with err naming the
+ * file (or "command line"), the key and what was expected. */
+int dpm_config_load(const char *path, int n_overrides, char **overrides, dpm_config *cfg, char err[DPM_ERRLEN]);
+void dpm_config_free(dpm_config *cfg);
+
+/* Print every key with its type, default and meaning. */
+void dpm_config_print_keys(FILE *out);
+
+const char *dpm_clipping_name(dpm_clipping c);
+
+#endif

@@ -1,0 +1,325 @@
+/* One logical DP-SGD step on a process grid: see dpmpi/train/step.h.
+ *
+ * Noise: a stage's parameters are split into D contiguous slices and data-parallel rank r draws slice r,
+ * so every parameter receives exactly one draw N(0, sigma^2 C^2) per step (invariant I2), the same
+ * draws a single root would add (they are addressed by (key, t, global parameter index)), in 1/D of
+ * the time.
+ *
+ * Pipeline schedule (1F1B): stage s of S runs min(S-s-1, M) warm-up forwards, then alternates one
+ * forward and one backward, then drains the backwards; micro-batch k lives in context k mod (S-s), so
+ * a stage holds at most S-s micro-batches' activations. Sends are non-blocking (a context waits for its
+ * previous sends before it is reused), receives blocking: no cycle of waits can form. */
+#include "dpmpi/train/step.h"
+
+#include <string.h>
+
+#include "dpmpi/core/common.h"
+#include "dpmpi/privacy/dpsgd.h"
+
+#define ALLREDUCE_BUCKET_FLOATS (1 << 20) /* 4 MiB buckets: the sweet spot of MPI_Allreduce here */
+#define TAG_ACT 11
+#define TAG_GRAD 12
+#define TAG_MOVE_X 13
+#define TAG_MOVE_Y 14
+
+void dpm_step_init(dpm_step *s) {
+  dpm_model *m = s->model;
+  DPM_ASSERT(s->physical_batch >= 1 && s->physical_batch <= dpm_model_max_batch(m));
+  MPI_Comm_rank(s->comm, &s->rank);
+  MPI_Comm_size(s->comm, &s->size);
+  MPI_Comm_rank(s->pipe, &s->stage);
+  MPI_Comm_size(s->pipe, &s->stages);
+  const size_t PB = (size_t)s->physical_batch, P = dpm_model_num_params(m);
+  const int G = dpm_model_num_groups(m);
+  /* global layout of the parameters: stage s's slab follows the slabs of stages < s */
+  unsigned long long mine[2] = {P, (unsigned long long)G}, before[2] = {0, 0}, total[2];
+  DPM_MPI_CHECK(MPI_Exscan(mine, before, 2, MPI_UNSIGNED_LONG_LONG, MPI_SUM, s->pipe));
+  DPM_MPI_CHECK(MPI_Allreduce(mine, total, 2, MPI_UNSIGNED_LONG_LONG, MPI_SUM, s->pipe));
+  s->param_offset = s->stage ? (size_t)before[0] : 0;
+  s->total_params = (size_t)total[0];
+  s->total_groups = (int)total[1];
+  s->time_allreduce = s->time_wait = 0;
+  s->threshold = dpm_clip_threshold(s->clipping, s->clip, s->total_groups, s->stages, P, s->total_params,
+                                    s->device_split);
+  if (s->stage > 0) dpm_model_set_input_grad(m, 1);
+  s->nctx = s->stages - s->stage;
+  s->ctx = dpm_malloc(sizeof *s->ctx * (size_t)s->nctx);
+  s->ctx[0] = m;
+  for (int c = 1; c < s->nctx; c++) s->ctx[c] = dpm_model_clone_shared(m);
+  s->req = dpm_malloc(sizeof *s->req * 2 * (size_t)s->nctx);
+  for (int k = 0; k < 2 * s->nctx; k++) s->req[k] = MPI_REQUEST_NULL;
+  const dpm_dataset *d = s->data;
+  const size_t shard = (size_t)(d->end - d->begin);
+  s->sel = dpm_malloc(sizeof(int64_t) * (shard + 1));
+  s->norms = s->clipping == DPM_CLIP_FLAT && s->stages > 1 ? dpm_malloc(sizeof(double) * (shard + 1)) : NULL;
+  s->xb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_input_size(m));
+  s->doutb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_output_size(m));
+  s->yb = dpm_malloc(sizeof(int32_t) * PB);
+  s->counts = dpm_malloc(sizeof(int) * (size_t)s->size);
+  s->gx = s->sendx = NULL;
+  s->gy = s->sendy = NULL;
+  s->guest_cap = s->send_cap = 0;
+  s->xreq = NULL;
+  s->xreq_cap = 0;
+  s->sq = dpm_malloc(sizeof(double) * (size_t)(G ? G : 1) * PB);
+  s->coef = dpm_malloc(sizeof(float) * (size_t)(G ? G : 1) * PB);
+}
+
+void dpm_step_free(dpm_step *s) {
+  for (int c = 1; c < s->nctx; c++) dpm_model_free(s->ctx[c]);
+  dpm_free(s->ctx);
+  dpm_free(s->req);
+  dpm_free(s->sel);
+  dpm_free(s->norms);
+  dpm_free(s->xb);
+  dpm_free(s->doutb);
+  dpm_free(s->yb);
+  dpm_free(s->sq);
+  dpm_free(s->coef);
+  dpm_free(s->counts);
+  dpm_free(s->gx);
+  dpm_free(s->gy);
+  dpm_free(s->sendx);
+  dpm_free(s->sendy);
+  dpm_free(s->xreq);
+}
+
+/* ---- one micro-batch ------------------------------------------------------------------------------ */
+
+typedef struct {
+  const dpm_dataset *d;
+  const int64_t *rows;  /* global indices of the micro-batches' examples, NULL: contiguous from d->begin */
+  int64_t n;            /* examples: rows[0 .. nkeep) of d, then n - nkeep guests from gx, gy */
+  int64_t nkeep;
+  const float *gx;
+  const int32_t *gy;
+  int64_t M;            /* micro-batches: ceil(n / physical batch), of sizes differing by at most one */
+  int pass;             /* flat on S > 1: 0 = norms only, 1 = clipped accumulation; otherwise 1 */
+  int train;            /* 0: evaluation (forward only) */
+} walk;
+
+/* Micro-batch k covers examples [n k / M, n (k+1) / M) of the walk: equal sizes rather than full ones
+ * and a small remainder (a remainder of a few rows runs the GEMMs at a fraction of their speed). */
+static int64_t mb_off(const walk *w, int64_t k) { return w->n * k / w->M; }
+static int mb_size(const walk *w, int64_t k) { return (int)(mb_off(w, k + 1) - mb_off(w, k)); }
+
+static int64_t mb_row(const walk *w, int64_t j) { return (w->rows ? w->rows[j] : w->d->begin + j) - w->d->begin; }
+
+/* Input (in_n floats) and label of example j of the walk. */
+static const float *ex_x(const walk *w, int64_t j, size_t in_n) {
+  return j < w->nkeep ? w->d->x + (size_t)mb_row(w, j) * in_n : w->gx + (size_t)(j - w->nkeep) * in_n;
+}
+static int32_t ex_y(const walk *w, int64_t j) { return j < w->nkeep ? w->d->y[mb_row(w, j)] : w->gy[j - w->nkeep]; }
+
+static void forward_mb(dpm_step *s, const walk *w, int64_t k) {
+  const int c = (int)(k % s->nctx), B = mb_size(w, k);
+  dpm_model *m = s->ctx[c];
+  const int64_t off = mb_off(w, k);
+  const size_t in_n = dpm_model_input_size(m);
+  DPM_MPI_CHECK(MPI_Waitall(2, s->req + 2 * c, MPI_STATUSES_IGNORE));
+  if (s->stage == 0) {
+    for (int i = 0; i < B; i++)
+      memcpy(s->xb + (size_t)i * in_n, ex_x(w, off + i, in_n), sizeof(float) * in_n);
+  } else {
+    DPM_MPI_CHECK(MPI_Recv(s->xb, (int)((size_t)B * in_n), MPI_FLOAT, s->stage - 1, TAG_ACT, s->pipe,
+                           MPI_STATUS_IGNORE));
+  }
+  if (s->stage == s->stages - 1) {
+    for (int i = 0; i < B; i++) s->yb[i] = ex_y(w, off + i);
+    int correct = 0;
+    double loss = dpm_model_forward(m, s->xb, s->yb, B, &correct);
+    if (w->pass == 1) s->acc[0] += loss, s->acc[2] += correct;
+  } else {
+    dpm_model_forward(m, s->xb, NULL, B, NULL);
+    DPM_MPI_CHECK(MPI_Isend(dpm_model_output(m), (int)((size_t)B * dpm_model_output_size(m)), MPI_FLOAT,
+                            s->stage + 1, TAG_ACT, s->pipe, &s->req[2 * c]));
+  }
+}
+
+static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
+  const int c = (int)(k % s->nctx), B = mb_size(w, k), G = dpm_model_num_groups(s->model);
+  dpm_model *m = s->ctx[c];
+  const int64_t off = mb_off(w, k);
+  const int flat_pipe = s->dp && s->norms != NULL;
+  /* DP: norms in both passes of flat clipping on a pipeline too (pass 1 uses the whole-model norms for
+     the coefficients, but ghost conv layers keep their own for the clipped sum's safeguards) */
+  double *sq = s->dp ? s->sq : NULL;
+  if (s->stage == s->stages - 1) {
+    dpm_model_backward(m, sq);
+  } else {
+    DPM_MPI_CHECK(MPI_Recv(s->doutb, (int)((size_t)B * dpm_model_output_size(m)), MPI_FLOAT, s->stage + 1, TAG_GRAD,
+                           s->pipe, MPI_STATUS_IGNORE));
+    dpm_model_backward_output(m, s->doutb, sq);
+  }
+  if (s->stage > 0)
+    DPM_MPI_CHECK(MPI_Isend(dpm_model_input_grad(m), (int)((size_t)B * dpm_model_input_size(m)), MPI_FLOAT,
+                            s->stage - 1, TAG_GRAD, s->pipe, &s->req[2 * c + 1]));
+  if (!s->dp) {
+    dpm_model_accumulate(m, NULL);
+    return;
+  }
+  if (flat_pipe && w->pass == 0) { /* this stage's part of each example's squared norm */
+    for (int i = 0; i < B; i++) {
+      double t = 0;
+      for (int g = 0; g < G; g++) t += s->sq[(size_t)g * B + i];
+      s->norms[off + i] = t;
+    }
+    return;
+  }
+  if (flat_pipe) { /* coefficients from the whole-model norms */
+    for (int i = 0; i < B; i++) s->sq[i] = s->norms[off + i];
+    dpm_clip_coefs(s->sq, 1, B, DPM_CLIP_FLAT, s->threshold, s->coef);
+    for (int g = 1; g < G; g++) memcpy(s->coef + (size_t)g * B, s->coef, sizeof(float) * (size_t)B);
+  } else {
+    dpm_clip_coefs(s->sq, G, B, s->clipping, s->threshold, s->coef);
+  }
+  for (int k2 = 0; k2 < G * B; k2++) s->acc[3] += s->coef[k2] < 1.0f;
+  dpm_model_accumulate(m, s->coef);
+}
+
+/* All micro-batches of w through the pipeline, 1F1B. */
+static void run_pipeline(dpm_step *s, walk *w) {
+  const int64_t M = w->M = (w->n + s->physical_batch - 1) / s->physical_batch;
+  if (!w->train) {
+    for (int64_t k = 0; k < M; k++) forward_mb(s, w, k);
+  } else {
+    int64_t warm = s->stages - s->stage - 1, f = 0, b = 0;
+    if (warm > M) warm = M;
+    while (f < warm) forward_mb(s, w, f++);
+    while (b < M) {
+      if (f < M) forward_mb(s, w, f++);
+      backward_mb(s, w, b++);
+    }
+  }
+  DPM_MPI_CHECK(MPI_Waitall(2 * s->nctx, s->req, MPI_STATUSES_IGNORE));
+}
+
+/* Sum doubles over the whole grid (the stage's data-parallel group, then the pipeline). */
+static void grid_sum(dpm_step *s, double *v, int n) {
+  if (s->size > 1) DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, s->comm));
+  if (s->stages > 1) DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, s->pipe));
+}
+
+/* Rebalance this step's sample over the replicas (see dpmpi/train/step.h): every rank of every stage agrees
+ * on the counts and computes the same plan; donors keep their first `target` sampled examples and send
+ * the rest in order to the receivers, in rank order on both sides. The first stage moves inputs and
+ * labels, the last stage labels (both, when it is one stage); the stages between only learn the count. */
+static void rebalance(dpm_step *s) {
+  const int D = s->size, me = s->rank;
+  s->nkeep = s->nwalk = s->nsel;
+  if (D == 1 || s->keep_shards) return;
+  int mine = (int)s->nsel;
+  DPM_MPI_CHECK(MPI_Allgather(&mine, 1, MPI_INT, s->counts, 1, MPI_INT, s->comm));
+  int64_t T = 0;
+  for (int r = 0; r < D; r++) T += s->counts[r];
+#define TARGET(r) (T * ((r) + 1) / D - T * (r) / D)
+  const int64_t target = TARGET(me);
+  s->nkeep = s->nsel < target ? s->nsel : target;
+  s->nwalk = target;
+  const int has_x = s->stage == 0, has_y = s->stage == s->stages - 1;
+  if (!has_x && !has_y) return;
+  const size_t in_n = has_x ? dpm_model_input_size(s->model) : 0;
+  const int64_t guests = s->nwalk - s->nkeep, excess = s->nsel - s->nkeep;
+  if (guests > s->guest_cap) {
+    s->guest_cap = guests + guests / 2 + 16;
+    dpm_free(s->gx);
+    dpm_free(s->gy);
+    s->gx = has_x ? dpm_malloc(sizeof(float) * (size_t)s->guest_cap * in_n) : NULL;
+    s->gy = dpm_malloc(sizeof(int32_t) * (size_t)s->guest_cap);
+  }
+  if (excess > 0) {
+    if (excess > s->send_cap) {
+      s->send_cap = excess + excess / 2 + 16;
+      dpm_free(s->sendx);
+      dpm_free(s->sendy);
+      s->sendx = has_x ? dpm_malloc(sizeof(float) * (size_t)s->send_cap * in_n) : NULL;
+      s->sendy = dpm_malloc(sizeof(int32_t) * (size_t)s->send_cap);
+    }
+    for (int64_t k = 0; k < excess; k++) {
+      const int64_t row = s->sel[s->nkeep + k] - s->data->begin;
+      if (has_x) memcpy(s->sendx + (size_t)k * in_n, s->data->x + (size_t)row * in_n, sizeof(float) * in_n);
+      s->sendy[k] = s->data->y[row];
+    }
+  }
+  /* the plan: donor i and receiver j, each pair at most once; post my sends and receives */
+  int nreq = 0;
+  int64_t i_done = 0, j_done = 0; /* examples already moved out of donor i / into receiver j */
+  for (int i = 0, j = 0;;) {
+    while (i < D && s->counts[i] - TARGET(i) - i_done <= 0) i++, i_done = 0;
+    while (j < D && TARGET(j) - s->counts[j] - j_done <= 0) j++, j_done = 0;
+    if (i >= D || j >= D) break;
+    int64_t amt = s->counts[i] - TARGET(i) - i_done, need = TARGET(j) - s->counts[j] - j_done;
+    if (need < amt) amt = need;
+    if (me == i || me == j) {
+      if (s->xreq_cap < nreq + 2) {
+        s->xreq_cap = 2 * (nreq + 2);
+        s->xreq = dpm_realloc(s->xreq, sizeof(MPI_Request) * (size_t)s->xreq_cap);
+      }
+      const int peer = me == i ? j : i;
+      if (me == i) {
+        if (has_x)
+          DPM_MPI_CHECK(MPI_Isend(s->sendx + (size_t)i_done * in_n, (int)((size_t)amt * in_n), MPI_FLOAT, peer,
+                                  TAG_MOVE_X, s->comm, &s->xreq[nreq++]));
+        DPM_MPI_CHECK(MPI_Isend(s->sendy + i_done, (int)amt, MPI_INT32_T, peer, TAG_MOVE_Y, s->comm, &s->xreq[nreq++]));
+      } else {
+        if (has_x)
+          DPM_MPI_CHECK(MPI_Irecv(s->gx + (size_t)j_done * in_n, (int)((size_t)amt * in_n), MPI_FLOAT, peer,
+                                  TAG_MOVE_X, s->comm, &s->xreq[nreq++]));
+        DPM_MPI_CHECK(MPI_Irecv(s->gy + j_done, (int)amt, MPI_INT32_T, peer, TAG_MOVE_Y, s->comm, &s->xreq[nreq++]));
+      }
+    }
+    i_done += amt;
+    j_done += amt;
+  }
+#undef TARGET
+  if (nreq) DPM_MPI_CHECK(MPI_Waitall(nreq, s->xreq, MPI_STATUSES_IGNORE));
+}
+
+void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]) {
+  dpm_model *m = s->model;
+  const dpm_dataset *d = s->data;
+  const size_t P = dpm_model_num_params(m);
+  const int64_t nsel = dpm_sample_shard(&s->sample_key, t, s->q, d->begin, d->end, s->sel);
+  s->nsel = nsel;
+  rebalance(s);
+  memset(s->acc, 0, sizeof s->acc);
+  dpm_model_zero_grads(m);
+  walk w = {.d = d, .rows = s->sel, .n = s->nwalk, .nkeep = s->nkeep, .gx = s->gx, .gy = s->gy, .pass = 1, .train = 1};
+  if (s->dp && s->norms) {
+    w.pass = 0;
+    run_pipeline(s, &w);
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->norms, (int)s->nwalk, MPI_DOUBLE, MPI_SUM, s->pipe));
+    w.pass = 1;
+  }
+  run_pipeline(s, &w);
+  float *grads = dpm_model_grads(m);
+  if (s->dp && s->sigma > 0) {
+    size_t lo = P * (size_t)s->rank / (size_t)s->size, hi = P * (size_t)(s->rank + 1) / (size_t)s->size;
+    dpm_add_noise(&s->noise_key, t, s->sigma * s->clip, s->param_offset + lo, hi - lo, grads + lo);
+  }
+  double t0 = dpm_time();
+  if (s->measure_wait && s->size > 1) { /* benchmarks: split waiting for the slowest rank from the transfer */
+    DPM_MPI_CHECK(MPI_Barrier(s->comm));
+    double t1 = dpm_time();
+    s->time_wait += t1 - t0;
+    t0 = t1;
+  }
+  if (s->size > 1) {
+    for (size_t off = 0; off < P; off += ALLREDUCE_BUCKET_FLOATS) {
+      size_t len = P - off < ALLREDUCE_BUCKET_FLOATS ? P - off : ALLREDUCE_BUCKET_FLOATS;
+      DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads + off, (int)len, MPI_FLOAT, MPI_SUM, s->comm));
+    }
+  }
+  s->time_allreduce += dpm_time() - t0;
+  s->acc[1] = s->stage == 0 ? (double)s->nwalk : 0;
+  memcpy(stats, s->acc, sizeof s->acc);
+  grid_sum(s, stats, 4);
+}
+
+void dpm_step_eval(dpm_step *s, const dpm_dataset *d, double sums[3]) {
+  memset(s->acc, 0, sizeof s->acc);
+  walk w = {.d = d, .rows = NULL, .n = d->end - d->begin, .nkeep = d->end - d->begin, .pass = 1, .train = 0};
+  run_pipeline(s, &w);
+  sums[0] = s->acc[0], sums[1] = s->acc[2], sums[2] = s->stage == 0 ? (double)w.n : 0;
+  grid_sum(s, sums, 3);
+}

@@ -1,0 +1,947 @@
+/* The training command: job file -> data shards -> model -> privacy parameters -> DP-SGD loop with
+ * progress lines, evaluations, a JSON-lines metrics file and the privacy ledger. See dpmpi/train/train.h.
+ *
+ * Process grid (dpmpi/parallel/grid.h): D replicas x S pipeline stages. Replica r holds the contiguous shard
+ * [N r / D, N (r+1) / D) of the training set; stage s holds a consecutive piece of the layers (balanced by
+ * cost or as grid.stage_layers says). Per logical step t every stage of a replica draws the same Poisson
+ * sample of the shard (keyed by (t, global index)) and the micro-batches flow through the pipeline
+ * (dpmpi/train/step.h); each stage clips, gets its noise once per parameter and allreduces over its
+ * data-parallel group; every replica applies the same update to its pieces.
+ */
+#include "cli/commands.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dpmpi/optim/sgd.h"
+#include "dpmpi/privacy/accountant.h"
+#include "dpmpi/io/ckpt.h"
+#include "dpmpi/core/common.h"
+#include "dpmpi/io/config.h"
+#include "dpmpi/io/data.h"
+#include "dpmpi/privacy/dpsgd.h"
+#include "dpmpi/parallel/grid.h"
+#include "dpmpi/nn/model.h"
+#include "dpmpi/parallel/pca.h"
+#include "dpmpi/core/rng.h"
+#include "dpmpi/train/step.h"
+
+static const char *USAGE =
+    "usage: dpmpi train JOBFILE [--section.key=value ...]\n"
+    "       dpmpi train --help-keys      (every job-file key with its default and meaning)\n"
+    "\n"
+    "Trains the model of JOBFILE with DP-SGD (or non-privately with privacy.enabled=false), on every rank\n"
+    "of the MPI job (launch with mpirun or srun). Prints progress, test accuracy and the epsilon spent\n"
+    "after each evaluation; output.metrics names a JSON-lines file with the same figures.\n"
+    "Overrides replace job-file values, e.g. --train.epochs=5 --privacy.epsilon=3.\n"
+    "\n"
+    "  --resume PATH   continue from a checkpoint file, or from the newest valid checkpoint of a directory\n"
+    "  --resume-branch with --resume: accept a checkpoint older than the run's newest (the run journal in its\n"
+    "                  directory says so); the steps run after it stay in the ledger (docs/accountant.md)\n"
+    "\n"
+    "Checkpoints (checkpoint.dir): every checkpoint.every steps, at the end, and on SIGTERM or SIGUSR1 (the\n"
+    "signals Slurm sends before a time limit): the current step finishes, a checkpoint is written and every\n"
+    "rank exits with status 75 (requeue and resume). Exit status: 0 done, 2 user error, 3 internal error,\n"
+    "75 stopped by a signal after a checkpoint.\n";
+
+/* SIGTERM / SIGUSR1: finish the step, checkpoint, exit DPM_EXIT_SIGNALLED. */
+#define DPM_EXIT_SIGNALLED 75
+static volatile sig_atomic_t stop_signal = 0;
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+typedef struct {
+  MPI_Comm comm;
+  int rank, size;
+  dpm_config cfg;
+  dpm_grid grid;
+  dpm_model *model;       /* this rank's stage */
+  char *model_desc;       /* the whole model and its split, for the header */
+  size_t total_params;
+  dpm_step step;
+  dpm_sgd opt;
+  int n_layers, first, last;  /* this rank's stage: layers [first, last) of n_layers */
+  dpm_layer_info *info;       /* every layer of the whole model */
+  int64_t start;              /* first step to run (> 0 after --resume) */
+  dpm_dataset train, test;
+  int64_t N;
+  double q, sigma, steps_per_epoch;
+  int64_t steps;          /* steps the run will take (after the budget) */
+  int dp;
+  dpm_accountant_kind acct;
+  dpm_ledger *ledger;
+  dpm_key init_key, sample_key, noise_key;
+  FILE *metrics;
+  /* DP-PCA preprocessing (src/parallel/pca.c, docs/pca.md); pca_k = 0: none */
+  int pca_d, pca_k;       /* example features d -> model inputs k */
+  double pca_sigma;       /* its noise multiplier (0: non-private PCA) */
+  float *pca_V;           /* d x k projection: computed, or read from the checkpoint on --resume */
+  int pca_resumed;        /* 1: pca_V came from the checkpoint */
+  dpm_pca_stats pca_st;
+  int stats_printed;      /* 1: this or an earlier segment printed private-batch statistics (output.private_stats) */
+  /* what resume must hold to (docs/accountant.md, "What the ledger counts") */
+  char run_id[24];        /* the run's id (every segment), names the journal */
+  const char *journal_dir;/* where this segment appends to the run journal (NULL: no journal) */
+  int64_t announced;      /* the journal announces every step below this */
+  int64_t abandoned;      /* ledger steps this model did not use (abandoned branches, lost in a crash) */
+  int64_t *seeded;        /* [begin, end) ranges that ran seeded before this segment; room for n_seeded + 1 */
+  int64_t *seeded_out;    /* the same plus this segment's, for a checkpoint */
+  int n_seeded;
+  int any_seeded;         /* 1: some step of this model's history ran seeded, or will */
+  uint64_t seed_last;     /* run.seed of the last seeded segment */
+  uint64_t data_digest;   /* of the training split (dpm_dataset_digest), the same on every grid */
+} trainer;
+
+static void fmt_duration(double s, char *buf, size_t len) {
+  if (!(s >= 0) || s > 1e7) {
+    snprintf(buf, len, "?");
+  } else if (s < 60) {
+    snprintf(buf, len, "%.0fs", s);
+  } else if (s < 3600) {
+    snprintf(buf, len, "%dm%02ds", (int)(s / 60), (int)s % 60);
+  } else {
+    snprintf(buf, len, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+  }
+}
+
+/* Epsilon of the ledger as it stands (0 before the first step; +inf for a non-private run). */
+static double epsilon_now(trainer *tr) {
+  if (!tr->dp) return INFINITY;
+  double eps = 0;
+  char err[DPM_ERRLEN];
+  if (dpm_ledger_epsilon(tr->ledger, tr->cfg.delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
+  return eps;
+}
+
+/* Epsilon once the run is complete: the ledger as it stands plus the steps still to run. */
+static double epsilon_after_run(trainer *tr) {
+  dpm_ledger *l = dpm_ledger_create();
+  for (int i = 0; i < dpm_ledger_size(tr->ledger); i++) {
+    int kind;
+    double q, sigma;
+    int64_t count;
+    dpm_ledger_event(tr->ledger, i, &kind, &q, &sigma, &count);
+    if (kind == 0) dpm_ledger_add_sgm(l, q, sigma, count);
+    else dpm_ledger_add_gaussian(l, sigma, count);
+  }
+  dpm_ledger_add_sgm(l, tr->q, tr->sigma, tr->steps - tr->start);
+  double eps = 0;
+  char err[DPM_ERRLEN];
+  if (dpm_ledger_epsilon(l, tr->cfg.delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
+  dpm_ledger_free(l);
+  return eps;
+}
+
+/* Collective: rank 0 appends one line to the run journal and fsyncs it (nothing without a journal). */
+static void journal(trainer *tr, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void journal(trainer *tr, const char *fmt, ...) {
+  if (!tr->journal_dir) return;
+  char line[256], err[DPM_ERRLEN] = "";
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  int failed = tr->rank == 0 && dpm_journal_append(tr->journal_dir, tr->run_id, line, err) != 0;
+  dpm_exit_if_error(tr->comm, failed, err);
+}
+
+static void setup_privacy(trainer *tr) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "";
+  int failed = 0;
+  tr->dp = cfg->privacy_enabled;
+  tr->acct = cfg->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
+  tr->ledger = dpm_ledger_create();
+  /* ---- DP-PCA: its Gaussian release is the ledger's first event; training is calibrated after it ---- */
+  if (tr->pca_k > 0) {
+    failed = dpm_pca_sigma(cfg, &tr->pca_sigma, err) != 0;
+    dpm_exit_if_error(tr->comm, failed, err);
+    if (tr->dp) {
+      dpm_ledger_add_gaussian(tr->ledger, tr->pca_sigma, 1);
+      double e_pca = epsilon_now(tr);
+      if (cfg->epsilon > 0 && !(e_pca < cfg->epsilon))
+        failed = 1, dpm_err(err, "%s: the PCA release alone spends epsilon %g of the budget [privacy] epsilon = %g "
+                            "(raise [pca] noise_multiplier)", cfg->path, e_pca, cfg->epsilon);
+      dpm_exit_if_error(tr->comm, failed, err);
+    }
+  }
+  /* ---- */
+  if (!tr->dp) return;
+  if (cfg->noise_multiplier > 0) {
+    tr->sigma = cfg->noise_multiplier;
+    if (cfg->epsilon > 0) {
+      int64_t allowed = 0;
+      if (dpm_ledger_max_steps(tr->ledger, tr->q, tr->sigma, cfg->epsilon, cfg->delta, tr->acct, &allowed, err))
+        dpm_fatal("accountant: %s", err);
+      if (allowed < 1) {
+        failed = 1;
+        dpm_err(err, "%s: one step at noise_multiplier %g and sampling rate %g already exceeds epsilon %g",
+                cfg->path, tr->sigma, tr->q, cfg->epsilon);
+      } else if (allowed < tr->steps) {
+        if (tr->rank == 0)
+          printf("note: the budget epsilon = %g allows %lld of the %lld steps; training stops there\n",
+                 cfg->epsilon, (long long)allowed, (long long)tr->steps);
+        tr->steps = allowed;
+      }
+    }
+  } else {
+    if (dpm_calibrate_sigma_after(tr->ledger, cfg->epsilon, cfg->delta, tr->q, tr->steps, tr->acct, &tr->sigma, err)) {
+      failed = 1;
+      char inner[DPM_ERRLEN];
+      snprintf(inner, sizeof inner, "%s", err);
+      dpm_err(err, "%s: cannot calibrate the noise to epsilon %g: %s", cfg->path, cfg->epsilon, inner);
+    }
+  }
+  dpm_exit_if_error(tr->comm, failed, err);
+}
+
+static void setup_keys(trainer *tr) {
+  if (tr->cfg.has_seed) {
+    tr->init_key = dpm_key_from_seed(tr->cfg.seed, DPM_STREAM_INIT);
+    tr->sample_key = dpm_key_from_seed(tr->cfg.seed, DPM_STREAM_SAMPLE);
+    tr->noise_key = dpm_key_from_seed(tr->cfg.seed, DPM_STREAM_NOISE);
+    return;
+  }
+  /* secure mode: keys from rank 0's CSPRNG, shared in memory only, never written */
+  dpm_key keys[3];
+  if (tr->rank == 0)
+    for (int k = 0; k < 3; k++) keys[k] = dpm_key_secure();
+  DPM_MPI_CHECK(MPI_Bcast(keys, (int)sizeof keys, MPI_BYTE, 0, tr->comm));
+  tr->init_key = keys[0];
+  tr->sample_key = keys[1];
+  tr->noise_key = keys[2];
+  memset(keys, 0, sizeof keys);
+}
+
+/* Test accuracy and mean loss over the whole test split (each rank its shard). */
+static void evaluate(trainer *tr, double *accuracy, double *loss) {
+  double sums[3];
+  dpm_step_eval(&tr->step, &tr->test, sums);
+  *loss = sums[0] / sums[2];
+  *accuracy = sums[1] / sums[2];
+}
+
+static void print_header(trainer *tr) {
+  if (tr->rank != 0) return;
+  dpm_config *cfg = &tr->cfg;
+  printf("dpmpi %s: %s on %d rank%s: %d replica%s x %d pipeline stage%s\n", DPM_VERSION, cfg->path, tr->size,
+         tr->size > 1 ? "s" : "", tr->grid.replicas, tr->grid.replicas > 1 ? "s" : "", tr->grid.stages,
+         tr->grid.stages > 1 ? "s" : "");
+  printf("data: %s (%lld training examples, %lld test, %d classes)\n", cfg->data_train, (long long)tr->N,
+         (long long)tr->test.n_total, tr->train.num_classes);
+  printf("model (%zu parameters):\n%s", tr->total_params, tr->model_desc);
+  printf("training: %lld steps (%.2f epochs), expected batch %lld (q = %.6g, Poisson), micro-batches of <= %lld, "
+         "lr %g, momentum %g\n",
+         (long long)tr->steps, tr->steps / tr->steps_per_epoch, (long long)cfg->batch_size, tr->q,
+         (long long)cfg->physical_batch_size, cfg->lr, cfg->momentum);
+  if (tr->dp) {
+    double eps = epsilon_after_run(tr); /* the ledger (DP-PCA, steps already run) and the steps to come */
+    if (cfg->clipping == DPM_CLIP_FLAT && tr->grid.stages > 1)
+      printf("note: flat clipping on %d pipeline stages runs every micro-batch twice (per-example norms, then the "
+             "clipped sum); privacy.clipping = per-device needs one pass\n", tr->grid.stages);
+    if (cfg->clipping == DPM_CLIP_PER_DEVICE)
+      printf("per-device clipping: each of the %d stages clips its piece to C_s (%s split), sqrt(sum C_s^2) = C\n",
+             tr->grid.stages, cfg->device_split == DPM_SPLIT_EVEN ? "even" : "by parameters");
+    printf("privacy: DP-SGD, %s clipping C = %g, noise multiplier %.6g%s, delta %g, %s accountant: epsilon %.4f "
+           "after the run\n",
+           dpm_clipping_name(cfg->clipping), cfg->clip, tr->sigma,
+           cfg->noise_multiplier > 0 ? "" : " (calibrated)", cfg->delta,
+           tr->acct == DPM_ACCT_RDP ? "rdp" : "tight", eps);
+    if (cfg->delta > 1.0 / (double)tr->N)
+      printf("warning: delta = %g is not below 1/N = %g: the guarantee is weak\n", cfg->delta, 1.0 / (double)tr->N);
+  } else {
+    printf("privacy: DISABLED (non-private baseline: no clipping, no noise, no guarantee)\n");
+  }
+  if (tr->pca_k > 0) { /* DP-PCA */
+    char how[192] = "";
+    if (tr->dp) {
+      dpm_ledger *l = dpm_ledger_create();
+      dpm_ledger_add_gaussian(l, tr->pca_sigma, 1);
+      double e = 0;
+      char err[DPM_ERRLEN];
+      if (dpm_ledger_epsilon(l, cfg->delta, tr->acct, &e, err)) dpm_fatal("accountant: %s", err);
+      dpm_ledger_free(l);
+      snprintf(how, sizeof how, "clip C = %g, Analyze-Gauss noise multiplier %.6g%s: epsilon %.4f alone", cfg->pca_clip,
+               tr->pca_sigma, cfg->pca_epsilon > 0 ? " (calibrated)" : "", e);
+    } else {
+      snprintf(how, sizeof how, "non-private: no noise, %s", cfg->pca_clip > 0 ? "rows clipped" : "rows not clipped");
+    }
+    if (tr->pca_resumed)
+      printf("pca: %d -> %d features, projection from the checkpoint (%s)\n", tr->pca_d, tr->pca_k, how);
+    else
+      printf("pca: %d -> %d features (%s); ScaLAPACK pdsyevr on a %dx%d BLACS grid (block %d): covariance %.2f s, "
+             "reduce %.2f s, noise %.2f s, eigenvectors %.2f s, projection %.2f s\n", tr->pca_d, tr->pca_k, how,
+             tr->pca_st.pr, tr->pca_st.pc, tr->pca_st.block, tr->pca_st.t_cov, tr->pca_st.t_reduce, tr->pca_st.t_noise,
+             tr->pca_st.t_eig, tr->pca_st.t_proj);
+  }
+  if (tr->dp && cfg->private_stats)
+    printf("note: progress lines show noiseless statistics of the private batches (loss, train accuracy, clipped "
+           "fraction, examples/s), not covered by epsilon; output.private_stats = false prints only DP-safe values\n");
+  if (cfg->has_seed)
+    printf("randomness: SEEDED with run.seed = %llu: reproducible, the noise is predictable — not for a private "
+           "release\n",
+           (unsigned long long)cfg->seed);
+  else
+    printf("randomness: secure (keys from the operating system's CSPRNG, never stored)\n");
+  if (!cfg->has_seed && tr->n_seeded > 0) {
+    printf("randomness: but steps");
+    for (int i = 0; i < tr->n_seeded; i++)
+      printf("%s [%lld, %lld)", i ? "," : "", (long long)tr->seeded[2 * i], (long long)tr->seeded[2 * i + 1]);
+    printf(" of this model ran SEEDED (run.seed = %llu): the run stays labelled reproducible — not for a private "
+           "release\n", (unsigned long long)tr->seed_last);
+  }
+  fflush(stdout);
+}
+
+static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s) {
+  double acc, loss;
+  evaluate(tr, &acc, &loss);
+  double eps = epsilon_now(tr);
+  if (tr->rank != 0) return;
+  const char *acct = tr->acct == DPM_ACCT_RDP ? "rdp" : "tight";
+  if (tr->dp)
+    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  epsilon %.4f (delta %g, %s)%s\n",
+           (long long)step, epoch, 100 * acc, loss, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
+  else
+    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  (non-private)\n", (long long)step,
+           epoch, 100 * acc, loss);
+  fflush(stdout);
+  if (tr->metrics) {
+    char epsbuf[32];
+    if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "%.6f", eps); else snprintf(epsbuf, sizeof epsbuf, "null");
+    fprintf(tr->metrics,
+            "{\"step\": %lld, \"epoch\": %.4f, \"epsilon\": %s, \"delta\": %g, \"accountant\": \"%s\", "
+            "\"test_accuracy\": %.6f, \"test_loss\": %.6f, \"examples_per_second\": %.1f, \"private\": %s, "
+            "\"noise_multiplier\": %.6g, \"sampling_rate\": %.8g, \"clip\": %g, \"clipping\": \"%s\", "
+            "\"reproducible\": %s, \"private_stats\": %s}\n",
+            (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, loss, ex_per_s,
+            tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
+            tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->any_seeded ? "true" : "false",
+            tr->cfg.private_stats ? "true" : "false");
+    fflush(tr->metrics);
+  }
+}
+
+static dpm_ckpt_model ckpt_model(trainer *tr) {
+  dpm_ckpt_model cm = {.n_layers = tr->n_layers, .info = tr->info, .first = tr->first, .last = tr->last,
+                       .writer = tr->grid.replica == 0, .params = dpm_model_params(tr->model),
+                       .velocity = tr->opt.velocity};
+  return cm;
+}
+
+/* The seeded ranges of the model at `step`: the history's, and [start, step) if this segment is seeded
+ * (merged with a range ending at start). Fills tr->seeded_out; returns the count. */
+static int seeded_ranges(trainer *tr, int64_t step) {
+  int n = tr->n_seeded;
+  int64_t *r = tr->seeded_out;
+  if (n > 0) memcpy(r, tr->seeded, sizeof(int64_t) * 2 * (size_t)n);
+  if (tr->cfg.has_seed && step > tr->start) {
+    if (n > 0 && r[2 * n - 1] == tr->start) r[2 * n - 1] = step;
+    else r[2 * n] = tr->start, r[2 * n + 1] = step, n++;
+  }
+  return n;
+}
+
+static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
+  dpm_config *cfg = &tr->cfg;
+  const int n_seeded = seeded_ranges(tr, step);
+  dpm_ckpt_meta meta = {.step = step, .steps_total = tr->steps, .n_train = tr->N, .q = tr->q, .sigma = tr->sigma,
+                        .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = (int)cfg->clipping,
+                        .accountant = (int)tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
+                        .reproducible = n_seeded > 0, .seed = cfg->has_seed ? cfg->seed : tr->seed_last,
+                        .job = cfg->text,
+                        .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
+                        .pca_sigma = tr->dp ? tr->pca_sigma : 0, .pca_clip = cfg->pca_clip, .pca_projection = tr->pca_V,
+                        .epsilon = tr->dp ? cfg->epsilon : 0, .data_digest = tr->data_digest,
+                        .steps_abandoned = tr->abandoned, .n_seeded = n_seeded, .seeded_steps = tr->seeded_out};
+  snprintf(meta.run_id, sizeof meta.run_id, "%s", tr->run_id);
+  if (n_seeded == 0) meta.seed = 0;
+  meta.stats_printed = tr->stats_printed;
+  return meta;
+}
+
+/* Write DIR/ckpt-STEP.h5 and keep the newest checkpoint.keep of the directory. */
+static void write_checkpoint(trainer *tr, int64_t step) {
+  dpm_config *cfg = &tr->cfg;
+  char path[4096], err[DPM_ERRLEN] = "";
+  dpm_ckpt_name(cfg->ckpt_dir, step, path, sizeof path);
+  dpm_ckpt_model cm = ckpt_model(tr);
+  dpm_ckpt_meta meta = ckpt_meta(tr, step);
+  double t0 = dpm_time();
+  int failed = dpm_ckpt_write(tr->comm, path, &cm, tr->ledger, &meta, err) != 0;
+  dpm_exit_if_error(tr->comm, failed, err);
+  journal(tr, "ckpt %lld %lld", (long long)step, (long long)dpm_journal_ledger_steps(tr->ledger));
+  if (tr->rank != 0) return;
+  printf("checkpoint: %s (step %lld, %.2f s)\n", path, (long long)step, dpm_time() - t0);
+  fflush(stdout);
+  char **list;
+  int n = dpm_ckpt_list(cfg->ckpt_dir, &list, err);
+  for (int i = 0; i < n; i++) {
+    if (i >= cfg->ckpt_keep) unlink(list[i]);
+    dpm_free(list[i]);
+  }
+  if (n >= 0) dpm_free(list);
+}
+
+/* Throughput from the expected batch size q*N (public), never the realized one: steps done in this segment
+ * times q*N over the training time. The DP-safe figure of output.private_stats = false. */
+static double expected_per_s(const trainer *tr, int64_t done, double t_train) {
+  return (double)(done - tr->start) * tr->q * (double)tr->N / (t_train > 0 ? t_train : 1);
+}
+
+static void train_loop(trainer *tr) {
+  dpm_config *cfg = &tr->cfg;
+  dpm_model *m = tr->model;
+  dpm_step *st = &tr->step;
+  const int G = st->total_groups;
+  const double total_epochs = tr->steps / tr->steps_per_epoch;
+  dpm_sgd *opt = &tr->opt;
+
+  int64_t log_every = cfg->log_every > 0 ? cfg->log_every : (int64_t)ceil(tr->steps_per_epoch / 10);
+  if (log_every < 1) log_every = 1;
+  int64_t eval_every = (int64_t)llround(cfg->eval_every_epochs * tr->steps_per_epoch);
+  if (eval_every < 1) eval_every = 1;
+
+  double t_start = dpm_time(), t_train = 0, win[4] = {0, 0, 0, 0}; /* loss, examples, correct, clipped */
+  double examples_total = 0;
+  tr->announced = tr->start;
+  for (int64_t t = tr->start; t < tr->steps; t++) {
+    if (t == tr->announced) { /* the journal first: a crash in the block still counts all of it */
+      int64_t to = (t / log_every + 1) * log_every, every = cfg->ckpt_every;
+      if (every > 0 && (t / every + 1) * every < to) to = (t / every + 1) * every;
+      if (to > tr->steps) to = tr->steps;
+      journal(tr, "run %lld %lld %lld", (long long)t, (long long)to,
+              (long long)(dpm_journal_ledger_steps(tr->ledger) + to - t));
+      tr->announced = to;
+    }
+    double t0 = dpm_time(), stats[4];
+    double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, total_epochs);
+    dpm_step_run(st, (uint64_t)t, stats);
+    /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
+    double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats[1] > 0 ? stats[1] : 1.0);
+    dpm_sgd_step(opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
+    if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
+    t_train += dpm_time() - t0;
+    examples_total += stats[1];
+    for (int k = 0; k < 4; k++) win[k] += stats[k];
+
+    int64_t done = t + 1;
+    if (done % log_every == 0 || done == tr->steps) {
+      double eps = epsilon_now(tr);
+      if (tr->rank == 0) {
+        char eta[32], epsbuf[32];
+        fmt_duration((dpm_time() - t_start) / (double)(done - tr->start) * (double)(tr->steps - done), eta, sizeof eta);
+        if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "eps %.4f", eps); else snprintf(epsbuf, sizeof epsbuf, "non-private");
+        double n = win[1] > 0 ? win[1] : 1;
+        const int w = (int)log10((double)tr->steps) + 1;
+        if (cfg->private_stats)
+          printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
+                 w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win[0] / n, win[2] / n,
+                 100 * win[3] / (n * (G > 0 ? G : 1)), lr, examples_total / t_train, epsbuf, eta,
+                 tr->any_seeded ? "  [seeded]" : "");
+        else /* DP-safe values only: no statistic of a private batch, its realized size included */
+          printf("step %*lld/%lld  epoch %.2f  lr %.4g  ex/s %.0f (expected batch)  %s  ETA %s  elapsed %.0fs%s\n", w,
+                 (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, lr,
+                 expected_per_s(tr, done, t_train), epsbuf, eta, dpm_time() - t_start, tr->any_seeded ? "  [seeded]" : "");
+        fflush(stdout);
+      }
+      memset(win, 0, sizeof win);
+    }
+    if (done % eval_every == 0 || done == tr->steps)
+      report_eval(tr, done, (double)done / tr->steps_per_epoch,
+                  cfg->private_stats ? examples_total / t_train : expected_per_s(tr, done, t_train));
+    int stop = stop_signal;
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, tr->comm));
+    if (cfg->ckpt_dir && (done == tr->steps || stop || (cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0)))
+      write_checkpoint(tr, done);
+    if (stop) {
+      journal(tr, "end %lld %lld", (long long)done, (long long)dpm_journal_ledger_steps(tr->ledger));
+      if (tr->rank == 0) {
+        printf("stopped by signal %d after step %lld: %s; exiting with status %d\n", stop, (long long)done,
+               cfg->ckpt_dir ? "checkpoint written, resume with --resume" : "no checkpoint.dir, progress is lost",
+               DPM_EXIT_SIGNALLED);
+        fflush(stdout);
+      }
+      if (tr->metrics) fclose(tr->metrics);
+      MPI_Finalize();
+      exit(DPM_EXIT_SIGNALLED);
+    }
+  }
+  journal(tr, "end %lld %lld", (long long)tr->steps, (long long)dpm_journal_ledger_steps(tr->ledger));
+  if (tr->rank == 0) {
+    char wall[32];
+    fmt_duration(dpm_time() - t_start, wall, sizeof wall);
+    if (cfg->private_stats)
+      printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)(tr->steps - tr->start), wall,
+             examples_total / (t_train > 0 ? t_train : 1));
+    else
+      printf("done: %lld steps in %s (%.0f examples/s in training steps, from the expected batch)",
+             (long long)(tr->steps - tr->start), wall, expected_per_s(tr, tr->steps, t_train));
+    if (tr->dp) printf(", epsilon %.4f at delta %g", epsilon_now(tr), cfg->delta);
+    printf("\n");
+  }
+}
+
+/* The whole model is built once (small batch) to check shapes and cost its layers; this rank keeps its
+ * stage's layers only. */
+static void build_model(trainer *tr, const dpm_dataset *hdr) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
+  int failed = 0, n = 0, S = tr->grid.stages, stage = tr->grid.stage;
+  dpm_layer_spec *specs = NULL;
+  dpm_model *full = NULL;
+  int *first = dpm_malloc(sizeof(int) * (size_t)(S + 1));
+  if (dpm_model_parse(cfg->model_layers, &specs, &n, inner)) {
+    failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
+  } else if (!(full = dpm_model_create(specs, n, hdr->C, hdr->H, hdr->W, hdr->num_classes, 1, inner))) {
+    failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
+  } else if (dpm_grid_split_layers(full, n, S, cfg->grid_stage_layers, first, inner)) {
+    failed = 1, dpm_err(err, "%s: %s", cfg->path, inner);
+  }
+  dpm_exit_if_error(tr->comm, failed, err);
+  /* header text: the whole model, then the stages */
+  size_t len = 4096 + (size_t)n * 128 + (size_t)S * 96, used = 0;
+  tr->model_desc = dpm_malloc(len);
+  dpm_model_describe(full, tr->model_desc, len);
+  tr->total_params = dpm_model_num_params(full);
+  dpm_layer_info info;
+  used = strlen(tr->model_desc);
+  for (int st = 0; st < S && S > 1; st++) {
+    size_t p = 0;
+    for (int i = first[st]; i < first[st + 1]; i++) dpm_model_layer_info(full, i, &info), p += info.params;
+    used += (size_t)snprintf(tr->model_desc + used, len - used, "stage %d: layers %d-%d, %zu params\n", st,
+                             first[st] + 1, first[st + 1], p);
+  }
+  tr->n_layers = n;
+  tr->first = first[stage], tr->last = first[stage + 1];
+  tr->info = dpm_malloc(sizeof *tr->info * (size_t)n);
+  for (int i = 0; i < n; i++) dpm_model_layer_info(full, i, &tr->info[i]);
+  tr->model = dpm_grid_stage_model(full, specs, first, stage, S, hdr->C, hdr->H, hdr->W, hdr->num_classes,
+                                   (int)cfg->physical_batch_size, inner);
+  failed = tr->model == NULL;
+  if (failed) dpm_err(err, "%s: [model] layers (stage %d): %s", cfg->path, stage, inner);
+  dpm_exit_if_error(tr->comm, failed, err);
+  dpm_model_free(full);
+  dpm_free(specs);
+  dpm_free(first);
+}
+
+/* Replica r's shard of a split; the first stage reads the inputs, the last the labels (both read both:
+ * one read, simpler files), the stages between read nothing and keep only the shard's range. */
+static void load_shard(trainer *tr, const char *path, const char *group, int64_t n, dpm_dataset *d) {
+  const dpm_grid *g = &tr->grid;
+  int64_t b = n * g->replica / g->replicas, e = n * (g->replica + 1) / g->replicas;
+  int reads = g->stage == 0 || g->stage == g->stages - 1;
+  char err[DPM_ERRLEN] = "";
+  int failed = dpm_dataset_load(tr->comm, path, group, reads ? b : 0, reads ? e : 0, d, err) != 0;
+  dpm_exit_if_error(tr->comm, failed, err);
+  d->begin = b, d->end = e;
+}
+
+/* The checkpoint to resume from: PATH itself, or the newest valid one of directory PATH (damaged ones
+ * are skipped with a warning). */
+static void find_resume(trainer *tr, const char *path, dpm_ckpt_meta *meta, char *out, size_t len) {
+  char err[DPM_ERRLEN] = "", **list = NULL;
+  int n = dpm_ckpt_list(path, &list, err), failed = n < 0, found = 0;
+  if (n == 0) failed = 1, dpm_err(err, "--resume %s: no checkpoint files ckpt-STEP.h5 in the directory", path);
+  dpm_exit_if_error(tr->comm, failed, err);
+  for (int i = 0; i < n; i++) {
+    if (!found) {
+      if (dpm_ckpt_read_meta(tr->comm, list[i], meta, err) == 0) {
+        snprintf(out, len, "%s", list[i]);
+        found = 1;
+      } else if (n > 1 && tr->rank == 0) {
+        fprintf(stderr, "dpmpi: warning: skipping %s: %s\n", list[i], err);
+      }
+    }
+    dpm_free(list[i]);
+  }
+  dpm_free(list);
+  if (!found && n > 1) dpm_err(err, "--resume %s: none of the %d checkpoints is readable", path, n);
+  dpm_exit_if_error(tr->comm, !found, err);
+}
+
+/* The job must continue the checkpoint's run: same model, data size, sampling rate, privacy settings and
+ * length; sigma and the ledger come from the checkpoint. */
+static void check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *path) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
+  int failed = 1;
+  if (dpm_ckpt_same_model(meta->layers, cfg->model_layers, inner))
+    dpm_err(err, "%s: does not match %s: %s", path, cfg->path, inner);
+  else if (meta->n_train != tr->N)
+    dpm_err(err, "%s: written for %lld training examples, %s has %lld", path, (long long)meta->n_train, cfg->data_train,
+            (long long)tr->N);
+  else if (fabs(meta->q - tr->q) > 1e-12 * tr->q)
+    dpm_err(err, "%s: sampling rate %g, the job's batch_size gives %g", path, meta->q, tr->q);
+  else if (meta->privacy != cfg->privacy_enabled)
+    dpm_err(err, "%s: privacy.enabled was %s, the job says %s", path, meta->privacy ? "true" : "false",
+            cfg->privacy_enabled ? "true" : "false");
+  else if (meta->privacy && (meta->clip != cfg->clip || meta->clipping != (int)cfg->clipping))
+    dpm_err(err, "%s: clipping %s C = %g, the job says %s C = %g", path, dpm_clipping_name((dpm_clipping)meta->clipping),
+            meta->clip, dpm_clipping_name(cfg->clipping), cfg->clip);
+  else if (meta->privacy && cfg->noise_multiplier > 0 && cfg->noise_multiplier != meta->sigma)
+    dpm_err(err, "%s: noise multiplier %g, the job says %g", path, meta->sigma, cfg->noise_multiplier);
+  else if (meta->privacy && !cfg->rebudget && cfg->delta != meta->delta)
+    dpm_err(err, "%s: the run's guarantee is at privacy.delta = %g, the job says %g (--privacy.rebudget=true "
+            "accounts the whole ledger at the new delta)", path, meta->delta, cfg->delta);
+  else if (meta->privacy && !cfg->rebudget && cfg->epsilon != meta->epsilon)
+    dpm_err(err, "%s: the run's budget is privacy.epsilon = %g, the job says %g (0: none; --privacy.rebudget=true "
+            "makes the new one the budget of the whole ledger)", path, meta->epsilon, cfg->epsilon);
+  else if (meta->steps_total != tr->steps && !(cfg->noise_multiplier > 0 && cfg->epsilon > 0))
+    dpm_err(err, "%s: the run has %lld steps, the job now asks for %lld", path, (long long)meta->steps_total,
+            (long long)tr->steps);
+  else if (meta->reproducible && cfg->has_seed && meta->seed != cfg->seed)
+    dpm_err(err, "%s: written by a run with run.seed = %llu, the job says %llu", path, (unsigned long long)meta->seed,
+            (unsigned long long)cfg->seed);
+  else if (meta->pca_components != tr->pca_k || (tr->pca_k > 0 && meta->pca_dim != tr->pca_d))
+    dpm_err(err, "%s: written with pca.components = %d, the job says %d", path, meta->pca_components, tr->pca_k);
+  else if (tr->pca_k > 0 && meta->privacy && (meta->pca_clip != cfg->pca_clip ||
+                                              (cfg->pca_noise_multiplier > 0 && meta->pca_sigma != cfg->pca_noise_multiplier)))
+    dpm_err(err, "%s: PCA with clip %g and noise multiplier %g, the job says clip %g%s", path, meta->pca_clip,
+            meta->pca_sigma, cfg->pca_clip, cfg->pca_noise_multiplier > 0 ? " and another noise multiplier" : "");
+  else if (meta->step >= meta->steps_total)
+    dpm_err(err, "%s: the run is complete (step %lld of %lld); nothing to resume", path, (long long)meta->step,
+            (long long)meta->steps_total);
+  else
+    failed = 0;
+  dpm_exit_if_error(tr->comm, failed, err);
+  tr->dp = meta->privacy;
+  tr->acct = meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
+  tr->sigma = meta->sigma;
+  tr->steps = meta->steps_total;
+  tr->pca_sigma = meta->pca_sigma;
+  /* the history this model carries: its run, the seeded ranges, the steps it did not use */
+  snprintf(tr->run_id, sizeof tr->run_id, "%s", meta->run_id);
+  tr->n_seeded = meta->n_seeded;
+  tr->seeded = dpm_malloc(sizeof(int64_t) * 2 * (size_t)(tr->n_seeded + 1));
+  tr->seeded_out = dpm_malloc(sizeof(int64_t) * 2 * (size_t)(tr->n_seeded + 1));
+  if (tr->n_seeded > 0) memcpy(tr->seeded, meta->seeded_steps, sizeof(int64_t) * 2 * (size_t)tr->n_seeded);
+  tr->seed_last = meta->seed;
+  tr->abandoned = meta->steps_abandoned;
+}
+
+/* A forced branch at `step`: the run's checkpoints of later steps (in dir and in checkpoint.dir) belong to
+ * the abandoned branch; rank 0 renames them to abandoned-TOTAL-ckpt-STEP.h5, so the directory's newest
+ * checkpoint is this branch's and nothing resumes the old one by accident. Their steps stay in the ledger. */
+static void set_aside_branch(trainer *tr, const char *dir, int64_t step, int64_t total) {
+  if (tr->rank != 0) return;
+  for (int k = 0; k < 2; k++) {
+    const char *d = k ? tr->cfg.ckpt_dir : dir;
+    if (!d || (k && !strcmp(d, dir))) continue;
+    char err[DPM_ERRLEN], **list = NULL;
+    int n = dpm_ckpt_list(d, &list, err);
+    for (int i = 0; i < n; i++) {
+      dpm_ckpt_meta m;
+      if (dpm_ckpt_read_meta(MPI_COMM_SELF, list[i], &m, err) == 0) {
+        if (!strcmp(m.run_id, tr->run_id) && m.step > step) {
+          char to[4200], *base = strrchr(list[i], '/');
+          snprintf(to, sizeof to, "%s/abandoned-%lld-%s", d, (long long)total, base ? base + 1 : list[i]);
+          if (rename(list[i], to) == 0)
+            printf("note: %s belongs to the abandoned branch: renamed to %s\n", list[i], to);
+          else
+            fprintf(stderr, "dpmpi: warning: cannot rename %s (abandoned branch): %s\n", list[i], strerror(errno));
+        }
+        dpm_ckpt_meta_free(&m);
+      }
+      dpm_free(list[i]);
+    }
+    if (n > 0) dpm_free(list);
+  }
+  fflush(stdout);
+}
+
+/* After the checkpoint's ledger is read: the steps the run journal knows of beyond it (steps lost in a
+ * crash after the checkpoint, or a newer branch) join the ledger; a checkpoint older than the run's newest
+ * needs --resume-branch. Then the budget: the remaining steps stop before it would be exceeded. */
+static void resume_history(trainer *tr, const dpm_ckpt_meta *meta, const char *path, int branch_ok) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "", dir[4096];
+  int failed = 0;
+  dpm_ckpt_dirname(path, dir, sizeof dir);
+  /* the journal next to the checkpoint and the one this segment appends to, if elsewhere */
+  dpm_journal j, j2;
+  memset(&j, 0, sizeof j), memset(&j2, 0, sizeof j2);
+  if (tr->rank == 0) {
+    failed = dpm_journal_read(dir, tr->run_id, &j, err) != 0;
+    if (!failed && tr->journal_dir && strcmp(tr->journal_dir, dir))
+      failed = dpm_journal_read(tr->journal_dir, tr->run_id, &j2, err) != 0;
+    if (!failed && j2.found) {
+      j.found = 1;
+      if (j2.total > j.total) j.total = j2.total;
+      if (j2.has_ckpt && (!j.has_ckpt || j2.ckpt_total > j.ckpt_total))
+        j.has_ckpt = 1, j.ckpt_step = j2.ckpt_step, j.ckpt_total = j2.ckpt_total;
+    }
+  }
+  dpm_exit_if_error(tr->comm, failed, err);
+  DPM_MPI_CHECK(MPI_Bcast(&j, (int)sizeof j, MPI_BYTE, 0, tr->comm));
+  const int64_t have = dpm_journal_ledger_steps(tr->ledger), extra = j.total > have ? j.total - have : 0;
+  const int older = j.has_ckpt && j.ckpt_total > have;
+  if (older && !branch_ok)
+    failed = 1, dpm_err(err, "%s: step %lld is not the run's newest checkpoint: its journal %s/journal-%s records "
+                        "ckpt-%08lld.h5 (step %lld) and %lld steps run in all, %lld more than this checkpoint's ledger; "
+                        "resuming here re-runs steps with fresh noise (--resume-branch does it, and the ledger keeps "
+                        "those %lld steps)", path, (long long)meta->step, dir, tr->run_id, (long long)j.ckpt_step,
+                        (long long)j.ckpt_step, (long long)j.total, (long long)extra, (long long)extra);
+  dpm_exit_if_error(tr->comm, failed, err);
+  if (extra > 0) {
+    dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, extra);
+    tr->abandoned += extra;
+    if (tr->rank == 0)
+      printf("note: the run journal records %lld steps beyond this checkpoint's ledger (%s); the ledger counts "
+             "them: %lld steps, %lld of them not used by this model\n", (long long)extra,
+             older ? "a newer branch, abandoned with --resume-branch" : "run after it and lost, e.g. in a crash",
+             (long long)(have + extra), (long long)tr->abandoned);
+  }
+  const int rebudget = cfg->rebudget && (cfg->delta != meta->delta || cfg->epsilon != meta->epsilon);
+  if (rebudget && tr->rank == 0)
+    printf("note: privacy.rebudget: the whole ledger is accounted at delta %g (was %g), budget epsilon %g (was %g; "
+           "0: none)\n", cfg->delta, meta->delta, cfg->epsilon, meta->epsilon);
+  if (cfg->epsilon > 0) {
+    int64_t allowed = 0;
+    if (dpm_ledger_max_steps(tr->ledger, tr->q, tr->sigma, cfg->epsilon, cfg->delta, tr->acct, &allowed, err))
+      dpm_fatal("accountant: %s", err);
+    if (allowed < 1)
+      failed = 1, dpm_err(err, "%s: the budget privacy.epsilon = %g is spent: the ledger's %lld steps are at epsilon %g "
+                          "(delta %g); not one more step fits", path, cfg->epsilon, (long long)(have + extra),
+                          epsilon_now(tr), cfg->delta);
+    dpm_exit_if_error(tr->comm, failed, err);
+    if (allowed < tr->steps - tr->start) {
+      if (tr->rank == 0)
+        printf("note: the budget epsilon = %g allows %lld of the %lld remaining steps; training stops at step %lld\n",
+               cfg->epsilon, (long long)allowed, (long long)(tr->steps - tr->start), (long long)(tr->start + allowed));
+      tr->steps = tr->start + allowed;
+    }
+  }
+  /* the segment begins: recorded only once it is sure to run */
+  journal(tr, older ? "branch %lld %lld %lld" : "start %lld %lld", (long long)meta->step, (long long)(have + extra),
+          (long long)extra);
+  if (rebudget)
+    journal(tr, "# rebudget: delta %g -> %g, epsilon %g -> %g (0: no budget), for the whole ledger", meta->delta,
+            cfg->delta, meta->epsilon, cfg->epsilon);
+  if (older) set_aside_branch(tr, dir, meta->step, have + extra);
+}
+
+/* DP-PCA (src/parallel/pca.c): fit the projection on the training shards (unless it came from the checkpoint)
+ * and project both splits. Stage 0 of each replica contributes its shard's rows once; the eigensolver
+ * runs on every rank; the noise key is rank 0's alone (never shared or stored). */
+static void run_pca(trainer *tr) {
+  dpm_config *cfg = &tr->cfg;
+  const int d = tr->pca_d, k = tr->pca_k, S = tr->grid.stages, stage = tr->grid.stage;
+  const int reads = stage == 0 || stage == S - 1; /* the stages that loaded rows (load_shard) */
+  const int64_t rows = reads ? tr->train.end - tr->train.begin : 0, trows = reads ? tr->test.end - tr->test.begin : 0;
+  if (!tr->pca_V) {
+    tr->pca_V = dpm_malloc(sizeof(float) * (size_t)d * (size_t)k);
+    dpm_pca_params p = {.components = k, .clip = cfg->pca_clip, .sigma = tr->dp ? tr->pca_sigma : 0};
+    dpm_key key;
+    memset(&key, 0, sizeof key);
+    if (tr->rank == 0 && tr->dp) key = cfg->has_seed ? dpm_key_from_seed(cfg->seed, DPM_STREAM_PCA) : dpm_key_secure();
+    char err[DPM_ERRLEN] = "";
+    int failed = dpm_pca_fit(tr->comm, tr->train.x, stage == 0 ? rows : 0, d, &p, &key, tr->pca_V, NULL, &tr->pca_st,
+                             err) != 0;
+    memset(&key, 0, sizeof key);
+    dpm_exit_if_error(tr->comm, failed, err);
+  }
+  double t0 = dpm_time();
+  dpm_pca_apply(&tr->train, rows, tr->pca_V, d, k);
+  dpm_pca_apply(&tr->test, trows, tr->pca_V, d, k);
+  tr->pca_st.t_proj = dpm_time() - t0;
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &tr->pca_st.t_proj, 1, MPI_DOUBLE, MPI_MAX, tr->comm));
+}
+
+int dpm_cmd_train(int argc, char **argv) {
+  trainer tr;
+  memset(&tr, 0, sizeof tr);
+  tr.comm = MPI_COMM_WORLD;
+  MPI_Comm_rank(tr.comm, &tr.rank);
+  MPI_Comm_size(tr.comm, &tr.size);
+  char err[DPM_ERRLEN] = "";
+  int failed = 0;
+
+  const char *job = NULL, *resume = NULL;
+  int n_over = 0, resume_branch = 0;
+  char **over = dpm_malloc(sizeof(char *) * (size_t)(argc + 1));
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      if (tr.rank == 0) fputs(USAGE, stdout);
+      dpm_free(over);
+      return 0;
+    }
+    if (!strcmp(argv[i], "--help-keys")) {
+      if (tr.rank == 0) dpm_config_print_keys(stdout);
+      dpm_free(over);
+      return 0;
+    }
+    if (!strcmp(argv[i], "--resume")) {
+      if (i + 1 < argc) resume = argv[++i];
+      else if (!failed) failed = 1, dpm_err(err, "train: --resume needs a checkpoint file or directory");
+      continue;
+    }
+    if (!strncmp(argv[i], "--resume=", 9)) {
+      resume = argv[i] + 9;
+      continue;
+    }
+    if (!strcmp(argv[i], "--resume-branch")) {
+      resume_branch = 1;
+      continue;
+    }
+    if (!strncmp(argv[i], "--", 2)) over[n_over++] = argv[i];
+    else if (!job) job = argv[i];
+    else if (!failed) failed = 1, dpm_err(err, "train: unexpected argument '%s' (one job file, then --section.key=value)", argv[i]);
+  }
+  if (!job && !failed) failed = 1, dpm_err(err, "train: no job file given (usage: dpmpi train JOBFILE [--section.key=value ...])");
+  if (resume_branch && !resume && !failed) failed = 1, dpm_err(err, "train: --resume-branch needs --resume PATH");
+  dpm_exit_if_error(tr.comm, failed, err);
+
+  failed = dpm_config_load(job, n_over, over, &tr.cfg, err) != 0;
+  dpm_free(over);
+  dpm_exit_if_error(tr.comm, failed, err);
+  dpm_config *cfg = &tr.cfg;
+
+  /* shapes and sizes, identical on every rank */
+  dpm_dataset hdr, thdr;
+  failed = dpm_dataset_probe(cfg->data_train, "train", &hdr, err) != 0;
+  if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", &thdr, err) != 0;
+  if (!failed && (thdr.C != hdr.C || thdr.H != hdr.H || thdr.W != hdr.W || thdr.num_classes != hdr.num_classes))
+    failed = 1, dpm_err(err, "%s: /test has shape %dx%dx%d with %d classes but %s /train has %dx%dx%d with %d",
+                        cfg->data_test, thdr.C, thdr.H, thdr.W, thdr.num_classes, cfg->data_train, hdr.C, hdr.H,
+                        hdr.W, hdr.num_classes);
+  dpm_exit_if_error(tr.comm, failed, err);
+  if (tr.rank == 0)
+    for (int k = 0; k < 2; k++)
+      if (!(k ? thdr : hdr).checksums && !(k && strcmp(cfg->data_test, cfg->data_train) == 0))
+        fprintf(stderr, "dpmpi: warning: %s has no checksums: damage to it would be read silently "
+                "(convert it again with dpmpi data convert)\n", k ? cfg->data_test : cfg->data_train);
+  tr.N = hdr.n_total;
+  if (cfg->batch_size > tr.N)
+    failed = 1, dpm_err(err, "%s: [train] batch_size = %lld exceeds the %lld training examples", cfg->path,
+                        (long long)cfg->batch_size, (long long)tr.N);
+  dpm_exit_if_error(tr.comm, failed, err);
+  tr.q = (double)cfg->batch_size / (double)tr.N;
+  tr.steps_per_epoch = (double)tr.N / (double)cfg->batch_size;
+  tr.steps = cfg->steps > 0 ? cfg->steps : (int64_t)llround(cfg->epochs * tr.steps_per_epoch);
+  if (tr.steps < 1) tr.steps = 1;
+
+  char inner[DPM_ERRLEN];
+  failed = dpm_grid_create(tr.comm, (int)cfg->grid_replicas, (int)cfg->grid_stages, &tr.grid, inner) != 0;
+  if (failed) dpm_err(err, "%s: %s", cfg->path, inner);
+  dpm_exit_if_error(tr.comm, failed, err);
+  dpm_dataset mhdr = hdr; /* the model's input: k features with DP-PCA */
+  if (cfg->pca_components > 0) {
+    tr.pca_d = hdr.C * hdr.H * hdr.W;
+    tr.pca_k = (int)cfg->pca_components;
+    failed = dpm_pca_check(cfg, tr.pca_d, err) != 0;
+    dpm_exit_if_error(tr.comm, failed, err);
+    mhdr.C = tr.pca_k, mhdr.H = mhdr.W = 1;
+  }
+  build_model(&tr, &mhdr);
+
+  dpm_ckpt_meta meta;
+  memset(&meta, 0, sizeof meta);
+  char resume_path[4096] = "", resume_dir[4096] = "";
+  if (resume) find_resume(&tr, resume, &meta, resume_path, sizeof resume_path);
+  if (resume) {
+    check_resume(&tr, &meta, resume_path);
+  } else {
+    setup_privacy(&tr);
+    /* a new run: its id (not a secret: it names the journal) and no history */
+    if (tr.rank == 0) {
+      dpm_key id = dpm_key_secure();
+      snprintf(tr.run_id, sizeof tr.run_id, "%016llx", (unsigned long long)id.k[0]);
+    }
+    DPM_MPI_CHECK(MPI_Bcast(tr.run_id, (int)sizeof tr.run_id, MPI_CHAR, 0, tr.comm));
+    tr.seeded = dpm_malloc(sizeof(int64_t) * 2);
+    tr.seeded_out = dpm_malloc(sizeof(int64_t) * 2);
+  }
+  tr.any_seeded = cfg->has_seed || tr.n_seeded > 0;
+  /* the run journal: in checkpoint.dir, or next to the resumed checkpoint (its steps are released too) */
+  if (resume) dpm_ckpt_dirname(resume_path, resume_dir, sizeof resume_dir);
+  if (tr.dp) tr.journal_dir = cfg->ckpt_dir ? cfg->ckpt_dir : resume ? resume_dir : NULL;
+  setup_keys(&tr);
+  dpm_model_init_params(tr.model, &tr.init_key);
+  dpm_sgd_init(&tr.opt, dpm_model_num_params(tr.model), cfg->momentum, cfg->weight_decay);
+  if (resume) {
+    dpm_ckpt_model cm = ckpt_model(&tr);
+    dpm_ledger *L = NULL;
+    failed = dpm_ckpt_read(tr.comm, resume_path, &cm, &L, err) != 0;
+    dpm_exit_if_error(tr.comm, failed, err);
+    dpm_ledger_free(tr.ledger);
+    tr.ledger = L;
+    tr.start = meta.step;
+    tr.pca_V = meta.pca_projection; /* DP-PCA: the run's projection, never a new draw */
+    meta.pca_projection = NULL;
+    tr.pca_resumed = tr.pca_V != NULL;
+    tr.data_digest = meta.data_digest; /* compared with the job's data once loaded */
+    if (tr.rank == 0)
+      printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", resume_path,
+             (long long)meta.step, (long long)meta.steps_total, meta.replicas, meta.stages, meta.version,
+             cfg->has_seed ? "" : "; new secret sampling and noise keys for the remaining steps");
+  }
+  /* a segment that printed private-batch statistics marks the whole run, whatever later segments do */
+  tr.stats_printed = cfg->private_stats || (resume && meta.stats_printed);
+  if (cfg->ckpt_dir && tr.rank == 0 && mkdir(cfg->ckpt_dir, 0777) && errno != EEXIST)
+    failed = 1, dpm_err(err, "%s: [checkpoint] dir = %s: cannot create: %s", cfg->path, cfg->ckpt_dir, strerror(errno));
+  dpm_exit_if_error(tr.comm, failed, err);
+  if (!resume) {
+    journal(&tr, "# dpmpi run journal (docs/formats.md): start|branch|run|ckpt|end STEP ... TOTAL ledger steps");
+    journal(&tr, "start 0 0");
+  }
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_stop_signal;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+
+  /* the metrics file, opened by rank 0 before the long work starts (appended to on resume) */
+  if (cfg->metrics && tr.rank == 0) {
+    tr.metrics = fopen(cfg->metrics, resume ? "a" : "w");
+    if (!tr.metrics) failed = 1, dpm_err(err, "%s: [output] metrics = %s: cannot open for writing", cfg->path, cfg->metrics);
+  }
+  dpm_exit_if_error(tr.comm, failed, err);
+
+  load_shard(&tr, cfg->data_train, "train", tr.N, &tr.train);
+  load_shard(&tr, cfg->data_test, "test", thdr.n_total, &tr.test);
+  /* the training split's digest: stage 0 of each replica adds its shard's, so it is the same on every grid */
+  uint64_t digest = tr.grid.stage == 0 ? dpm_dataset_digest(&tr.train, tr.train.end - tr.train.begin) : 0;
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &digest, 1, MPI_UINT64_T, MPI_SUM, tr.comm));
+  if (resume && digest != tr.data_digest)
+    failed = 1, dpm_err(err, "%s: written for other training data: %s /train has the same %lld examples but digest "
+                        "%016llx, the checkpoint's is %016llx", resume_path, cfg->data_train, (long long)tr.N,
+                        (unsigned long long)digest, (unsigned long long)tr.data_digest);
+  dpm_exit_if_error(tr.comm, failed, err);
+  tr.data_digest = digest;
+  if (resume && tr.dp) resume_history(&tr, &meta, resume_path, resume_branch); /* the same run on the same data */
+  dpm_ckpt_meta_free(&meta);
+  if (tr.pca_k > 0) run_pca(&tr);
+
+  tr.step = (dpm_step){.comm = tr.grid.dp, .pipe = tr.grid.pipe, .model = tr.model, .data = &tr.train, .q = tr.q,
+                       .dp = tr.dp, .clip = cfg->clip, .sigma = tr.sigma, .clipping = cfg->clipping,
+                       .device_split = cfg->device_split, .physical_batch = (int)cfg->physical_batch_size,
+                       .sample_key = tr.sample_key, .noise_key = tr.noise_key};
+  dpm_step_init(&tr.step);
+  print_header(&tr);
+  train_loop(&tr);
+  dpm_step_free(&tr.step);
+  dpm_sgd_free(&tr.opt);
+  dpm_free(tr.info);
+  dpm_free(tr.pca_V);
+  dpm_free(tr.seeded);
+  dpm_free(tr.seeded_out);
+
+  if (tr.metrics) fclose(tr.metrics);
+  dpm_dataset_free(&tr.train);
+  dpm_dataset_free(&tr.test);
+  dpm_model_free(tr.model);
+  dpm_free(tr.model_desc);
+  dpm_grid_free(&tr.grid);
+  dpm_ledger_free(tr.ledger);
+  dpm_config_free(cfg);
+  memset(&tr.noise_key, 0, sizeof tr.noise_key);
+  return 0;
+}
