@@ -1,0 +1,2 @@
+#include <mpi.h>
+int dpm_probe_mpi(void) { return MPI_SUCCESS; }
