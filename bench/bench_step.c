@@ -78,7 +78,7 @@ static double step_flops(const int C[], const int O[], int nd, double n) {
   return f;
 }
 
-/* The single-core cblas_sgemm references: the step's GEMM calls (batch B, the transposes of src/nn/layers.c)
+/* The single-core cblas_sgemm references: the step's GEMM calls (batch B, the transposes of src/nn/dense.c)
  * and a square 2048 product, timed once per repeat of the step so that both see the same machine. */
 typedef struct {
   const int *C, *O;

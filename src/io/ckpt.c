@@ -115,7 +115,7 @@ static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, floa
       hsize_t dims[4];
       if (part) r = 1, dims[0] = (hsize_t)count;
       else weight_shape(in, &r, dims);
-      const char *name = part ? (in->wrank == 1 ? "beta" : "bias") : (in->wrank == 1 ? "gamma" : "weight");
+      const char *name = in->names[part]; /* the kind's names: weight/bias, gamma/beta */
       hid_t d;
       if (write) {
         hid_t sp = H5Screate_simple(r, dims, NULL), dcpl = dpm_h5_checked_dcpl(r, dims, sizeof(float));

@@ -9,6 +9,8 @@
  * gradient G as (B*T) x O, so that weight gradients are one GEMM over all B*T rows.
  * Per-example gradient rows ("E") have the parameter group's layout: weights then bias.
  * No MPI, no globals, no allocation: callers pass every scratch buffer. float32, cblas_sgemm.
+ * Each kind's kernels live in its own file (dense.c, conv.c, pool.c, activation.c, groupnorm.c), with the
+ * shared row helpers in rows.c and the loss in loss.c.
  */
 #ifndef DPMPI_LAYERS_H
 #define DPMPI_LAYERS_H
@@ -66,6 +68,20 @@ void dpm_conv_grads_explicit(float *E, double *sq, const float *P, const float *
 void dpm_conv_accumulate(float *dw, float *db, const float *P, const float *G, const float *coef,
                          const double *gsq, const unsigned char *ill, float *scratch, float *row, int B, int T,
                          int CK, int O);
+
+/* ---- shared row helpers (src/nn/rows.c) ------------------------------------------------------- */
+/* Sum of squares of v in double (finite for any finite float32 input; Inf/NaN entries make it so). */
+double dpm_nn_sumsq(const float *v, size_t n);
+/* max |v_k| (NaN ignored). */
+float dpm_nn_maxabs(const float *v, size_t n);
+/* 1 if a clipped row (c < 1) is non-zero but near float32 underflow and must be rescaled. */
+int dpm_nn_needs_rescale(const float *s, size_t n);
+/* s = c g; returns 1 if the example needs the careful (one example at a time) path. */
+int dpm_nn_scale_row(float *s, const float *g, float c, size_t n);
+/* s = (c 2^e) g and row = 2^-e a with 2^e ~ max |a|; returns row. */
+const float *dpm_nn_rescale_rows(float *s, const float *g, float c, size_t ns, const float *a, size_t na, float *row);
+/* db (O) += the column sums of G (rows x O). */
+void dpm_nn_colsum_add(float *db, const float *G, size_t rows, int O);
 
 /* ---- per-example gradient rows ---------------------------------------------------------------- */
 /* sq[i] = ||E_i||^2 for rows E_i of length N (double accumulation). */

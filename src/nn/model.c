@@ -8,7 +8,7 @@
  * at create; with explicit gradients the clipped sum is a GEMV over the kept rows (no second GEMM);
  * groupnorm keeps its tiny per-example gradients always. With sqnorms == NULL and coef == NULL only the
  * non-private work is done. */
-#include "dpmpi/nn/model.h"
+#include "nn/layer.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -17,69 +17,29 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "nn/layers.h"
-
-#define GN_EPS 1e-5f
 /* Per-model cap on memory for kept explicit per-example gradients (AUTO picks ghost beyond it). */
 #define EXPLICIT_MAX_BYTES ((size_t)256 << 20)
 
-typedef struct {
-  dpm_layer_spec s;
-  int C, H, W;     /* input shape */
-  int OC, OH, OW;  /* output shape */
-  size_t in_n, out_n;
-  int group;       /* parameter group, -1 if none */
-  size_t poff, wsize, bsize;
-  float *out, *dout; /* B x out_n (aliases of the previous layer's for flatten) */
-  int T, CK;         /* conv */
-  float *P, *G;      /* conv: patches (B*T x CK), output grads (B*T x O) */
-  float *E;          /* per-example gradient rows (conv explicit, groupnorm) */
-  int E_owned;       /* E allocated outside the arena (forced explicit) */
-  int explicit_;     /* conv: explicit per-example gradients when norms are asked for */
-  int E_ready;       /* E holds this micro-batch's per-example gradients */
-  double *gsq;       /* conv ghost: this micro-batch's squared norms (B) and ill-conditioning flags (B), */
-  unsigned char *ill; /* kept for the clipped sum (dpm_conv_accumulate caps such examples) */
-  int gsq_ready;
-  float *xhat, *rstd; /* groupnorm */
-  int32_t *argmax;    /* maxpool */
-} layer;
-
-struct dpm_model {
-  int n;
-  layer *L;
-  int C, H, W, n_classes, max_batch;
-  size_t in_n;
-  float *params, *grads;
-  size_t nparams;
-  int ngroups, *group_layer, first_param;
-  void *arena;
-  float *x, *dx, *probs, *scratch;
-  double *ghost;     /* conv ghost norms: Gram matrices and the example's rows in double */
-  float *row;        /* clipped sums of extreme examples: one example's rescaled rows */
-  int32_t *y;
-  int B, have_labels, backward_done, input_grad;
-  int layer0;        /* global number of the first layer (pipeline stages): initialization and describe */
-  int has_loss;      /* 0: a pipeline stage before the last: no loss, the output gradient comes from outside */
-  int params_owned;  /* 0: params and grads are another model's (dpm_model_clone_shared) */
-};
+/* The kinds, in dpm_layer_kind order: one row per kind, one file per kind. */
+static const dpm_layer_ops *const OPS[] = {
+    [DPM_LAYER_DENSE] = &dpm_ops_dense,       [DPM_LAYER_CONV2D] = &dpm_ops_conv,  [DPM_LAYER_MAXPOOL] = &dpm_ops_maxpool,
+    [DPM_LAYER_AVGPOOL] = &dpm_ops_avgpool,   [DPM_LAYER_RELU] = &dpm_ops_relu,    [DPM_LAYER_TANH] = &dpm_ops_tanh,
+    [DPM_LAYER_GROUPNORM] = &dpm_ops_groupnorm, [DPM_LAYER_FLATTEN] = &dpm_ops_flatten};
+_Static_assert(sizeof OPS / sizeof OPS[0] == DPM_LAYER_COUNT, "every layer kind needs its row in OPS");
 
 /* ---- parsing ---------------------------------------------------------------------------------- */
 
-static const char *kind_name(dpm_layer_kind k) {
-  static const char *names[] = {"dense", "conv", "maxpool", "avgpool", "relu", "tanh", "groupnorm", "flatten"};
-  return names[k];
+static const char *kind_name(dpm_layer_kind k) { return OPS[k]->name; }
+
+const char *dpm_layer_kind_name(dpm_layer_kind kind) {
+  DPM_ASSERT((int)kind >= 0 && kind < DPM_LAYER_COUNT && OPS[kind]);
+  return kind_name(kind);
 }
 
 /* Keys each kind accepts, in order; the first `required` of them are mandatory. */
 static const char *kind_keys(dpm_layer_kind k, int *required) {
-  switch (k) {
-    case DPM_LAYER_DENSE: *required = 1; return "out bias";
-    case DPM_LAYER_CONV2D: *required = 2; return "out kernel stride pad bias";
-    case DPM_LAYER_MAXPOOL:
-    case DPM_LAYER_AVGPOOL: *required = 1; return "kernel stride";
-    case DPM_LAYER_GROUPNORM: *required = 1; return "groups";
-    default: *required = 0; return "";
-  }
+  *required = OPS[k]->required;
+  return OPS[k]->keys;
 }
 
 static const char *const all_keys[] = {"out", "kernel", "stride", "pad", "groups", "bias"};
@@ -108,17 +68,18 @@ static int key_allowed(const char *keys, const char *key) {
 
 /* Parse one layer's words (NUL-separated in a scratch copy). */
 static int parse_layer(char **words, int nw, int num, dpm_layer_spec *s, char *err) {
-  static const dpm_layer_kind kinds[] = {DPM_LAYER_DENSE, DPM_LAYER_CONV2D, DPM_LAYER_MAXPOOL,
-                                         DPM_LAYER_AVGPOOL, DPM_LAYER_RELU, DPM_LAYER_TANH,
-                                         DPM_LAYER_GROUPNORM, DPM_LAYER_FLATTEN};
   int k = -1;
-  for (int j = 0; j < 8; j++)
-    if (!strcmp(words[0], kind_name(kinds[j]))) k = j;
-  if (k < 0)
-    return dpm_err(err, "layer %d: unknown layer '%s' (expected dense, conv, maxpool, avgpool, relu, tanh, "
-                   "groupnorm or flatten)", num, words[0]);
+  for (int j = 0; j < DPM_LAYER_COUNT; j++)
+    if (!strcmp(words[0], kind_name((dpm_layer_kind)j))) k = j;
+  if (k < 0) {
+    char names[256] = "";
+    for (int j = 0; j < DPM_LAYER_COUNT; j++)
+      snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", j == 0 ? "" : j == DPM_LAYER_COUNT - 1 ? " or " : ", ",
+               kind_name((dpm_layer_kind)j));
+    return dpm_err(err, "layer %d: unknown layer '%s' (expected %s)", num, words[0], names);
+  }
   memset(s, 0, sizeof *s);
-  s->kind = kinds[k];
+  s->kind = (dpm_layer_kind)k;
   s->stride = -1;
   s->bias = 1;
   const char *name = kind_name(s->kind);
@@ -159,7 +120,7 @@ static int parse_layer(char **words, int nw, int num, dpm_layer_spec *s, char *e
     if (!(seen & bit)) return dpm_err(err, "layer %d (%s): missing %s=", num, name, key);
     p += len + 1;
   }
-  if (s->stride < 0) s->stride = (s->kind == DPM_LAYER_CONV2D) ? 1 : s->kernel;
+  if (s->stride < 0) s->stride = OPS[s->kind]->stride_is_kernel ? s->kernel : 1;
   return 0;
 }
 
@@ -207,78 +168,55 @@ int dpm_model_parse(const char *text, dpm_layer_spec **specs, int *n, char err[D
 
 /* ---- create ----------------------------------------------------------------------------------- */
 
-static void *carve(char *base, size_t *cur, size_t bytes) {
-  size_t off = *cur;
-  *cur += (bytes + 63) / 64 * 64;
-  return base ? base + off : NULL;
-}
-
-static int conv_pick_explicit(const layer *l, int max_batch) {
-  /* multiply-adds per example: ghost = Gram norms + weighted GEMM for the sum; explicit = per-example
-   * GEMM + writing and re-reading the rows (memory traffic, weighted) */
-  double T = l->T, CK = l->CK, O = l->s.out;
-  /* the Gram products run in double (dpm_conv_sqnorms_ghost): twice the cost of float */
-  double ghost = 2 * T * T * (CK + O + 1) + T * O * CK;
-  double expl = T * O * CK + 8.0 * (O * CK + O);
-  size_t bytes = (size_t)max_batch * (l->wsize + l->bsize) * sizeof(float);
-  return expl <= ghost && bytes <= EXPLICIT_MAX_BYTES;
+void *dpm_plan_carve(dpm_plan *p, size_t bytes) {
+  size_t off = p->cur;
+  p->cur += (bytes + 63) / 64 * 64;
+  return p->base ? p->base + off : NULL;
 }
 
 /* Place every buffer (base NULL: only measure). Returns the arena size in bytes. */
 static size_t layout(dpm_model *m, char *base) {
-  size_t cur = 0, scratch = 0, ghost = 0, row = 0;
-  const size_t B = (size_t)m->max_batch, F = sizeof(float);
-  m->x = carve(base, &cur, B * m->in_n * F);
-  m->dx = carve(base, &cur, B * m->in_n * F);
-  m->y = carve(base, &cur, B * sizeof(int32_t));
+  dpm_plan p = {.base = base, .B = (size_t)m->max_batch};
+  const size_t B = p.B, F = sizeof(float);
+  m->x = dpm_plan_carve(&p, B * m->in_n * F);
+  m->dx = dpm_plan_carve(&p, B * m->in_n * F);
+  m->y = dpm_plan_carve(&p, B * sizeof(int32_t));
   for (int i = 0; i < m->n; i++) {
     layer *l = &m->L[i];
-    float *prev_out = i ? m->L[i - 1].out : m->x, *prev_dout = i ? m->L[i - 1].dout : m->dx;
-    if (l->s.kind == DPM_LAYER_FLATTEN) {
-      l->out = prev_out;
-      l->dout = prev_dout;
+    if (l->ops->aliases_input) {
+      l->out = i ? m->L[i - 1].out : m->x;
+      l->dout = i ? m->L[i - 1].dout : m->dx;
       continue;
     }
-    l->out = carve(base, &cur, B * l->out_n * F);
-    l->dout = carve(base, &cur, B * l->out_n * F);
-    switch (l->s.kind) {
-      case DPM_LAYER_DENSE:
-        if (B * l->s.out > scratch) scratch = B * l->s.out;
-        if (l->in_n > row) row = l->in_n;
-        break;
-      case DPM_LAYER_CONV2D: {
-        size_t bt = B * l->T;
-        l->P = carve(base, &cur, bt * l->CK * F);
-        l->G = carve(base, &cur, bt * l->s.out * F);
-        if (bt * l->s.out > scratch) scratch = bt * l->s.out;
-        if (bt * l->CK > scratch) scratch = bt * l->CK;
-        const size_t gh = (size_t)l->T * (2 * (size_t)l->T + (size_t)l->CK + (size_t)l->s.out);
-        if (gh > ghost) ghost = gh;
-        const size_t rw = (size_t)l->T * l->CK + (size_t)l->s.out * ((size_t)l->CK + 1);
-        if (rw > row) row = rw;
-        l->gsq = carve(base, &cur, B * sizeof(double));
-        l->ill = carve(base, &cur, B);
-        if (l->explicit_ && !l->E_owned) l->E = carve(base, &cur, B * (l->wsize + l->bsize) * F);
-        break;
-      }
-      case DPM_LAYER_GROUPNORM:
-        l->E = carve(base, &cur, B * 2 * l->C * F);
-        l->xhat = carve(base, &cur, B * l->out_n * F);
-        l->rstd = carve(base, &cur, B * l->s.groups * F);
-        break;
-      case DPM_LAYER_MAXPOOL:
-        l->argmax = carve(base, &cur, B * l->out_n * sizeof(int32_t));
-        break;
-      default:
-        break;
-    }
+    l->out = dpm_plan_carve(&p, B * l->out_n * F);
+    l->dout = dpm_plan_carve(&p, B * l->out_n * F);
+    l->ops->plan(l, &p);
   }
   const layer *last = &m->L[m->n - 1];
-  m->probs = carve(base, &cur, (m->has_loss ? B * last->out_n : 0) * F);
-  m->scratch = carve(base, &cur, scratch * F);
-  m->ghost = carve(base, &cur, ghost * sizeof(double));
-  m->row = carve(base, &cur, row * F);
-  return cur;
+  m->probs = dpm_plan_carve(&p, (m->has_loss ? B * last->out_n : 0) * F);
+  m->scratch = dpm_plan_carve(&p, p.scratch * F);
+  m->ghost = dpm_plan_carve(&p, p.ghost * sizeof(double));
+  m->row = dpm_plan_carve(&p, p.row * F);
+  return p.cur;
+}
+
+/* ---- shared pieces of the kinds (dpmpi/nn/layer.h) ------------------------------------------- */
+
+int dpm_shape_same(layer *l, int max_batch, int num, char *err) {
+  (void)max_batch, (void)num, (void)err;
+  l->OC = l->C, l->OH = l->H, l->OW = l->W;
+  return 0;
+}
+
+void dpm_plan_none(layer *l, dpm_plan *p) { (void)l, (void)p; }
+
+void dpm_describe_none(const layer *l, char *buf, size_t len) {
+  (void)l;
+  if (len) buf[0] = '\0';
+}
+
+void dpm_info_elementwise(const layer *l, dpm_layer_info *info) {
+  info->cost = 4.0 * (double)(l->in_n > l->out_n ? l->in_n : l->out_n);
 }
 
 dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, int W, int n_classes,
@@ -304,64 +242,9 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
     l->C = c, l->H = h, l->W = w;
     l->in_n = (size_t)c * h * w;
     l->group = -1;
-    const char *name = kind_name(l->s.kind);
-    const dpm_layer_spec *s = &l->s;
-    switch (s->kind) {
-      case DPM_LAYER_DENSE:
-        if (s->out < 1) goto bad_out;
-        l->OC = s->out, l->OH = 1, l->OW = 1;
-        l->wsize = (size_t)s->out * l->in_n;
-        l->bsize = s->bias ? (size_t)s->out : 0;
-        break;
-      case DPM_LAYER_CONV2D:
-      case DPM_LAYER_MAXPOOL:
-      case DPM_LAYER_AVGPOOL: {
-        int pad = s->kind == DPM_LAYER_CONV2D ? s->pad : 0;
-        if (s->kind == DPM_LAYER_CONV2D && s->out < 1) goto bad_out;
-        if (s->kernel < 1 || s->stride < 1 || pad < 0) {
-          dpm_err(err, "layer %d (%s): kernel and stride must be positive and pad >= 0", i + 1, name);
-          goto fail;
-        }
-        if (s->kind != DPM_LAYER_CONV2D && s->pad != 0) {
-          dpm_err(err, "layer %d (%s): padding is not supported for pooling", i + 1, name);
-          goto fail;
-        }
-        if (h + 2 * pad < s->kernel || w + 2 * pad < s->kernel) {
-          dpm_err(err, "layer %d (%s): kernel %d is larger than its %dx%d input (pad %d)", i + 1, name, s->kernel,
-                  h, w, pad);
-          goto fail;
-        }
-        l->OH = (h + 2 * pad - s->kernel) / s->stride + 1;
-        l->OW = (w + 2 * pad - s->kernel) / s->stride + 1;
-        l->OC = s->kind == DPM_LAYER_CONV2D ? s->out : c;
-        if (s->kind == DPM_LAYER_CONV2D) {
-          l->T = l->OH * l->OW;
-          l->CK = c * s->kernel * s->kernel;
-          l->wsize = (size_t)s->out * l->CK;
-          l->bsize = s->bias ? (size_t)s->out : 0;
-          if ((double)max_batch * l->T * ((double)l->CK + s->out) > (double)INT_MAX) {
-            dpm_err(err, "layer %d (conv): batch %d x %d positions x %d patch values is too large", i + 1,
-                    max_batch, l->T, l->CK);
-            goto fail;
-          }
-        }
-        break;
-      }
-      case DPM_LAYER_GROUPNORM:
-        if (s->groups < 1 || c % s->groups != 0) {
-          dpm_err(err, "layer %d (groupnorm): groups=%d does not divide its %d channels", i + 1, s->groups, c);
-          goto fail;
-        }
-        l->OC = c, l->OH = h, l->OW = w;
-        l->wsize = (size_t)c, l->bsize = (size_t)c;
-        break;
-      case DPM_LAYER_FLATTEN:
-        l->OC = c * h * w, l->OH = 1, l->OW = 1;
-        break;
-      default:
-        l->OC = c, l->OH = h, l->OW = w;
-        break;
-    }
+    l->ops = OPS[l->s.kind];
+    const char *name = l->ops->name;
+    if (l->ops->shape(l, max_batch, i + 1, err)) goto fail;
     l->out_n = (size_t)l->OC * l->OH * l->OW;
     if ((double)l->out_n * max_batch > (double)INT_MAX || (double)l->wsize > (double)INT_MAX) {
       dpm_err(err, "layer %d (%s): output or parameters too large", i + 1, name);
@@ -375,10 +258,6 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
       if (m->first_param < 0) m->first_param = i;
     }
     c = l->OC, h = l->OH, w = l->OW;
-    continue;
-  bad_out:
-    dpm_err(err, "layer %d (%s): missing out=", i + 1, name);
-    goto fail;
   }
   if (m->has_loss && m->L[n - 1].out_n != (size_t)n_classes) {
     dpm_err(err, "layer %d (%s): outputs %zu values but the data has %d classes", n,
@@ -389,11 +268,10 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
   size_t explicit_bytes = 0;
   for (int i = 0; i < n; i++) {
     layer *l = &m->L[i];
-    if (l->s.kind != DPM_LAYER_CONV2D || !conv_pick_explicit(l, max_batch)) continue;
-    size_t bytes = (size_t)max_batch * (l->wsize + l->bsize) * sizeof(float);
-    if (explicit_bytes + bytes > EXPLICIT_MAX_BYTES) continue;
+    size_t bytes = l->ops->explicit_bytes ? l->ops->explicit_bytes(l, max_batch) : 0;
+    if (bytes == 0 || explicit_bytes + bytes > EXPLICIT_MAX_BYTES) continue;
     explicit_bytes += bytes;
-    l->explicit_ = 1;
+    l->explicit_ = 1; /* carved in the arena by the kind's plan */
   }
   m->nparams = np;
   m->params = dpm_malloc_aligned(np * sizeof(float));
@@ -433,17 +311,7 @@ void dpm_model_describe(const dpm_model *m, char *buf, size_t len) {
     const layer *l = &m->L[i];
     const dpm_layer_spec *s = &l->s;
     char args[96] = "";
-    switch (s->kind) {
-      case DPM_LAYER_DENSE: snprintf(args, sizeof args, " out=%d%s", s->out, s->bias ? "" : " bias=0"); break;
-      case DPM_LAYER_CONV2D:
-        snprintf(args, sizeof args, " out=%d kernel=%d stride=%d pad=%d%s [%s norms]", s->out, s->kernel, s->stride,
-                 s->pad, s->bias ? "" : " bias=0", l->explicit_ ? "explicit" : "ghost");
-        break;
-      case DPM_LAYER_MAXPOOL:
-      case DPM_LAYER_AVGPOOL: snprintf(args, sizeof args, " kernel=%d stride=%d", s->kernel, s->stride); break;
-      case DPM_LAYER_GROUPNORM: snprintf(args, sizeof args, " groups=%d", s->groups); break;
-      default: break;
-    }
+    l->ops->describe(l, args, sizeof args);
     int k = snprintf(buf + used, len - used, "layer %d: %s%s -> %dx%dx%d, %zu params\n", m->layer0 + i + 1, kind_name(s->kind),
                      args, l->OC, l->OH, l->OW, l->wsize + l->bsize);
     if (k < 0) break;
@@ -475,21 +343,16 @@ void dpm_model_zero_grads(dpm_model *m) { memset(m->grads, 0, m->nparams * sizeo
 void dpm_model_set_norm_method(dpm_model *m, int g, dpm_norm_method method) {
   DPM_ASSERT(g >= 0 && g < m->ngroups);
   layer *l = &m->L[m->group_layer[g]];
-  if (l->s.kind != DPM_LAYER_CONV2D) return;
-  int want = method == DPM_NORM_EXPLICIT ? 1 : method == DPM_NORM_GHOST ? 0 : conv_pick_explicit(l, m->max_batch);
-  if (want && !l->E) {
-    l->E = dpm_malloc_aligned((size_t)m->max_batch * (l->wsize + l->bsize) * sizeof(float));
-    l->E_owned = 1;
-  }
-  l->explicit_ = want;
-  l->E_ready = 0;
+  if (!l->ops->set_norm) return; /* the kind has one method */
+  size_t bytes = l->ops->explicit_bytes(l, m->max_batch);
+  int want = method == DPM_NORM_EXPLICIT ? 1 : method == DPM_NORM_GHOST ? 0 : bytes > 0 && bytes <= EXPLICIT_MAX_BYTES;
+  l->ops->set_norm(l, want, m->max_batch);
 }
 
 dpm_norm_method dpm_model_norm_method(const dpm_model *m, int g) {
   DPM_ASSERT(g >= 0 && g < m->ngroups);
   const layer *l = &m->L[m->group_layer[g]];
-  if (l->s.kind == DPM_LAYER_CONV2D) return l->explicit_ ? DPM_NORM_EXPLICIT : DPM_NORM_GHOST;
-  return l->s.kind == DPM_LAYER_GROUPNORM ? DPM_NORM_EXPLICIT : DPM_NORM_GHOST;
+  return l->ops->norm_method(l);
 }
 
 void dpm_model_set_input_grad(dpm_model *m, int on) { m->input_grad = on; }
@@ -502,11 +365,9 @@ dpm_model *dpm_model_clone_shared(dpm_model *owner) {
   dpm_model *m = dpm_model_create(specs, owner->n, owner->C, owner->H, owner->W, owner->n_classes, owner->max_batch, err);
   if (!m) dpm_fatal("model clone: %s", err);
   dpm_free(specs);
-  for (int g = 0; g < owner->ngroups; g++) {
-    const layer *l = &owner->L[owner->group_layer[g]];
-    if (l->s.kind == DPM_LAYER_CONV2D && l->explicit_ != m->L[owner->group_layer[g]].explicit_)
-      dpm_model_set_norm_method(m, g, l->explicit_ ? DPM_NORM_EXPLICIT : DPM_NORM_GHOST);
-  }
+  for (int g = 0; g < owner->ngroups; g++)
+    if (dpm_model_norm_method(owner, g) != dpm_model_norm_method(m, g))
+      dpm_model_set_norm_method(m, g, dpm_model_norm_method(owner, g));
   m->layer0 = owner->layer0;
   m->input_grad = owner->input_grad;
   dpm_free(m->params);
@@ -529,20 +390,9 @@ void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info) {
   info->params = l->wsize + l->bsize;
   info->weights = l->wsize, info->biases = l->bsize;
   info->wrank = 0;
-  if (l->s.kind == DPM_LAYER_DENSE) {
-    info->wrank = 2, info->wdims[0] = l->s.out, info->wdims[1] = (int)l->in_n;
-  } else if (l->s.kind == DPM_LAYER_CONV2D) {
-    info->wrank = 4, info->wdims[0] = l->s.out, info->wdims[1] = l->C, info->wdims[2] = info->wdims[3] = l->s.kernel;
-  } else if (l->s.kind == DPM_LAYER_GROUPNORM) {
-    info->wrank = 1, info->wdims[0] = l->C;
-  }
-  /* multiply-adds per example of forward + backward + the clipped sum (the training step's work) */
-  switch (l->s.kind) {
-    case DPM_LAYER_DENSE: info->cost = 3.0 * (double)l->wsize; break;
-    case DPM_LAYER_CONV2D: info->cost = 3.0 * (double)l->T * l->CK * l->s.out; break;
-    case DPM_LAYER_FLATTEN: info->cost = 0; break;
-    default: info->cost = 4.0 * (double)(l->in_n > l->out_n ? l->in_n : l->out_n); break;
-  }
+  info->names[0] = info->names[1] = NULL;
+  info->cost = 0;
+  l->ops->info(l, info);
 }
 const float *dpm_model_input_grad(const dpm_model *m) { return m->dx; }
 
@@ -562,19 +412,16 @@ static void fill_uniform(float *p, size_t n, size_t j0, float bound, const dpm_k
   }
 }
 
+void dpm_init_uniform(const layer *l, float *p, const dpm_key *key, int layer_num, size_t fan_in) {
+  const float bound = (float)(1.0 / sqrt((double)fan_in));
+  fill_uniform(p, l->wsize, 0, bound, key, layer_num);
+  fill_uniform(p + l->wsize, l->bsize, l->wsize, bound, key, layer_num);
+}
+
 void dpm_model_init_params(dpm_model *m, const dpm_key *key) {
   for (int i = 0; i < m->n; i++) {
-    layer *l = &m->L[i];
-    float *p = m->params + l->poff;
-    if (l->s.kind == DPM_LAYER_DENSE || l->s.kind == DPM_LAYER_CONV2D) {
-      size_t fan_in = l->s.kind == DPM_LAYER_DENSE ? l->in_n : (size_t)l->CK;
-      float bound = (float)(1.0 / sqrt((double)fan_in));
-      fill_uniform(p, l->wsize, 0, bound, key, m->layer0 + i);
-      fill_uniform(p + l->wsize, l->bsize, l->wsize, bound, key, m->layer0 + i);
-    } else if (l->s.kind == DPM_LAYER_GROUPNORM) {
-      for (size_t k = 0; k < l->wsize; k++) p[k] = 1.0f;
-      memset(p + l->wsize, 0, l->bsize * sizeof(float));
-    }
+    const layer *l = &m->L[i];
+    if (l->ops->init) l->ops->init(l, m->params + l->poff, key, m->layer0 + i);
   }
 }
 
@@ -587,30 +434,9 @@ double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, 
   memcpy(m->x, x, (size_t)B * m->in_n * sizeof(float));
   for (int i = 0; i < m->n; i++) {
     layer *l = &m->L[i];
-    const dpm_layer_spec *s = &l->s;
-    const float *in = i ? m->L[i - 1].out : m->x;
-    const float *w = m->params + l->poff, *b = l->bsize ? w + l->wsize : NULL;
     l->E_ready = 0;
     l->gsq_ready = 0;
-    switch (s->kind) {
-      case DPM_LAYER_DENSE: dpm_dense_forward(l->out, in, w, b, B, (int)l->in_n, s->out); break;
-      case DPM_LAYER_CONV2D:
-        dpm_conv_forward(l->out, l->P, m->scratch, in, w, b, B, l->C, l->H, l->W, s->out, s->kernel, s->stride,
-                         s->pad, l->OH, l->OW);
-        break;
-      case DPM_LAYER_MAXPOOL:
-        dpm_maxpool_forward(l->out, l->argmax, in, B, l->C, l->H, l->W, s->kernel, s->stride, l->OH, l->OW);
-        break;
-      case DPM_LAYER_AVGPOOL:
-        dpm_avgpool_forward(l->out, in, B, l->C, l->H, l->W, s->kernel, s->stride, l->OH, l->OW);
-        break;
-      case DPM_LAYER_RELU: dpm_relu_forward(l->out, in, (size_t)B * l->out_n); break;
-      case DPM_LAYER_TANH: dpm_tanh_forward(l->out, in, (size_t)B * l->out_n); break;
-      case DPM_LAYER_GROUPNORM:
-        dpm_groupnorm_forward(l->out, l->xhat, l->rstd, in, w, w + l->wsize, B, l->C, l->H * l->W, s->groups, GN_EPS);
-        break;
-      case DPM_LAYER_FLATTEN: break;
-    }
+    l->ops->forward(m, l, i ? m->L[i - 1].out : m->x, B);
   }
   const float *logits = m->L[m->n - 1].out;
   m->have_labels = y != NULL;
@@ -649,49 +475,11 @@ static void backward_layers(dpm_model *m, double *sqnorms) {
   const int B = m->B;
   for (int i = m->n - 1; i >= 0; i--) {
     layer *l = &m->L[i];
-    const dpm_layer_spec *s = &l->s;
-    const float *in = i ? m->L[i - 1].out : m->x;
-    const float *w = m->params + l->poff;
     /* the input gradient is needed if some earlier layer has parameters, or the caller asked */
     const int need_dx = m->input_grad || (m->first_param >= 0 && m->first_param < i);
     float *dx = need_dx ? (i ? m->L[i - 1].dout : m->dx) : NULL;
     double *sq = (sqnorms && l->group >= 0) ? sqnorms + (size_t)l->group * B : NULL;
-    const size_t n = (size_t)B * l->out_n;
-    switch (s->kind) {
-      case DPM_LAYER_DENSE:
-        if (sq) dpm_dense_sqnorms(sq, in, l->dout, s->bias, B, (int)l->in_n, s->out);
-        if (dx) dpm_dense_backward_input(dx, l->dout, w, B, (int)l->in_n, s->out);
-        break;
-      case DPM_LAYER_CONV2D:
-        dpm_conv_backward(dx, l->G, m->scratch, l->dout, w, B, l->C, l->H, l->W, s->out, s->kernel, s->stride,
-                          s->pad, l->OH, l->OW);
-        if (sq && l->explicit_) {
-          dpm_conv_grads_explicit(l->E, sq, l->P, l->G, s->bias, B, l->T, l->CK, s->out);
-          l->E_ready = 1;
-        } else if (sq) {
-          dpm_conv_sqnorms_ghost(sq, l->ill, l->P, l->G, s->bias, m->ghost, B, l->T, l->CK, s->out);
-          memcpy(l->gsq, sq, (size_t)B * sizeof(double));
-          l->gsq_ready = 1;
-        }
-        break;
-      case DPM_LAYER_MAXPOOL:
-        if (dx) dpm_maxpool_backward(dx, l->dout, l->argmax, B, l->C, l->H, l->W, l->OH, l->OW);
-        break;
-      case DPM_LAYER_AVGPOOL:
-        if (dx) dpm_avgpool_backward(dx, l->dout, B, l->C, l->H, l->W, s->kernel, s->stride, l->OH, l->OW);
-        break;
-      case DPM_LAYER_RELU:
-        if (dx) dpm_relu_backward(dx, l->dout, l->out, n);
-        break;
-      case DPM_LAYER_TANH:
-        if (dx) dpm_tanh_backward(dx, l->dout, l->out, n);
-        break;
-      case DPM_LAYER_GROUPNORM:
-        dpm_groupnorm_backward(dx, l->E, l->dout, l->xhat, l->rstd, w, B, l->C, l->H * l->W, s->groups);
-        if (sq) dpm_rows_sqnorm(sq, l->E, B, (size_t)2 * l->C);
-        break;
-      case DPM_LAYER_FLATTEN: break; /* dout aliases the previous layer's */
-    }
+    l->ops->backward(m, l, i ? m->L[i - 1].out : m->x, dx, sq, B);
   }
   m->backward_done = 1;
 }
@@ -702,23 +490,8 @@ void dpm_model_accumulate(dpm_model *m, const float *coef) {
   for (int g = 0; g < m->ngroups; g++) {
     const int i = m->group_layer[g];
     layer *l = &m->L[i];
-    const dpm_layer_spec *s = &l->s;
     const float *c = coef ? coef + (size_t)g * B : NULL;
     float *dw = m->grads + l->poff, *db = l->bsize ? dw + l->wsize : NULL;
-    switch (s->kind) {
-      case DPM_LAYER_DENSE:
-        dpm_dense_accumulate(dw, db, i ? m->L[i - 1].out : m->x, l->dout, c, m->scratch, m->row, B, (int)l->in_n,
-                             s->out);
-        break;
-      case DPM_LAYER_CONV2D:
-        if (l->E_ready)
-          dpm_rows_accumulate(dw, l->E, c, B, l->wsize + l->bsize);
-        else
-          dpm_conv_accumulate(dw, db, l->P, l->G, c, l->gsq_ready ? l->gsq : NULL, l->gsq_ready ? l->ill : NULL,
-                              m->scratch, m->row, B, l->T, l->CK, s->out);
-        break;
-      case DPM_LAYER_GROUPNORM: dpm_rows_accumulate(dw, l->E, c, B, l->wsize + l->bsize); break;
-      default: DPM_ASSERT(0);
-    }
+    l->ops->accumulate(m, l, i ? m->L[i - 1].out : m->x, dw, db, c, B);
   }
 }

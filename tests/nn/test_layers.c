@@ -1,4 +1,4 @@
-/* Tests of the layer kernels (src/nn/layers.c) and of the per-layer privacy computations:
+/* Tests of the layer kernels (src/nn/{dense,conv,pool,activation,groupnorm,rows,loss}.c) and of the per-layer privacy computations:
  *  - every kernel's input and parameter gradients against central finite differences of a loss
  *    (a fixed random linear functional of the layer output, summed in double; softmax cross-entropy
  *    for the loss layer), conv over several (kernel, stride, pad) combos;

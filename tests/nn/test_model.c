@@ -92,6 +92,30 @@ static void create_fails(const char *text, int C, int H, int W, int K, const cha
   if (w2) CHECK(strstr(err, w2) != NULL, "message for \"%s\" should name '%s': got \"%s\"", text, w2, err);
 }
 
+/* The kind enum, the name table and the ops table agree: every kind's name parses back to that kind
+ * and builds (with its mandatory keys), and unknown names list every kind. */
+static void test_kind_table(void) {
+  static const char *keys[DPM_LAYER_COUNT] = {[DPM_LAYER_DENSE] = " out=2", [DPM_LAYER_CONV2D] = " out=2 kernel=2",
+                                              [DPM_LAYER_MAXPOOL] = " kernel=2", [DPM_LAYER_AVGPOOL] = " kernel=2",
+                                              [DPM_LAYER_GROUPNORM] = " groups=1"};
+  char err[DPM_ERRLEN], text[128];
+  for (int k = 0; k < DPM_LAYER_COUNT; k++) {
+    const char *name = dpm_layer_kind_name((dpm_layer_kind)k);
+    snprintf(text, sizeof text, "%s%s; flatten; dense out=3", name, keys[k] ? keys[k] : "");
+    dpm_layer_spec *s;
+    int n;
+    CHECK(dpm_model_parse(text, &s, &n, err) == 0 && n == 3 && s[0].kind == (dpm_layer_kind)k, "kind %d '%s' parses "
+          "back to itself: %s", k, name, err);
+    dpm_model *m = s ? dpm_model_create(s, n, 2, 4, 4, 3, 2, err) : NULL;
+    CHECK(m != NULL, "kind %d '%s' builds: %s", k, name, err);
+    dpm_model_free(m);
+    dpm_free(s);
+    dpm_layer_spec *bad;
+    CHECK(dpm_model_parse("nope", &bad, &n, err) != 0 && strstr(err, name), "the unknown-layer message lists '%s': %s",
+          name, err);
+  }
+}
+
 static void test_create(void) {
   char err[DPM_ERRLEN];
   create_fails("conv out=4 kernel=9; flatten; dense out=10", 1, 8, 8, 10, "layer 1", "kernel");
@@ -274,6 +298,7 @@ static void test_training(void) {
 int main(int argc, char **argv) {
   dpm_test_init(&argc, &argv);
   test_parse();
+  test_kind_table();
   test_create();
   test_init();
   test_reference_models();

@@ -34,7 +34,8 @@ typedef enum {
   DPM_LAYER_RELU,
   DPM_LAYER_TANH,
   DPM_LAYER_GROUPNORM,
-  DPM_LAYER_FLATTEN
+  DPM_LAYER_FLATTEN,
+  DPM_LAYER_COUNT /* the number of kinds: src/nn/model.c's ops table has one row each */
 } dpm_layer_kind;
 
 typedef struct {
@@ -46,6 +47,9 @@ typedef struct {
 } dpm_layer_spec;
 
 typedef struct dpm_model dpm_model;
+
+/* The name of a layer kind in layer lists ("dense", "conv", ...). */
+const char *dpm_layer_kind_name(dpm_layer_kind kind);
 
 /* Parse a layer list: layers separated by ';' or newlines, each "NAME key=value ...". Names: dense
  * (out), conv (out, kernel, stride=1, pad=0, bias=1), maxpool and avgpool (kernel, stride=kernel),
@@ -121,6 +125,8 @@ typedef struct {
   size_t params;             /* weights + biases */
   size_t weights, biases;    /* the first `weights` of the layer's parameters, then the biases (or beta) */
   int wrank, wdims[4];       /* the weights' shape: dense [out, in], conv [out, C, k, k], groupnorm gamma [C] */
+  const char *names[2];      /* the two tensors' names ("weight", "bias"; groupnorm "gamma", "beta"); NULL
+                                for a layer without parameters */
   double cost;
 } dpm_layer_info;
 void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info);

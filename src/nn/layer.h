@@ -1,0 +1,110 @@
+/* dpmpi nn/layer (internal): what a layer kind implements, and the model internals the kinds share.
+ *
+ * A layer kind is one file of src/nn/ (dense.c, conv.c, pool.c, activation.c, groupnorm.c, flatten.c)
+ * holding its kernels and one dpm_layer_ops table; model.c dispatches through the table and knows no
+ * kind. Adding a kind: a new file, its enum value in dpmpi/nn/model.h and its row in model.c's table
+ * (a static assertion fails until the table has as many rows as the enum has kinds).
+ */
+#ifndef DPMPI_NN_LAYER_H
+#define DPMPI_NN_LAYER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dpmpi/nn/model.h"
+#include "nn/layers.h"
+
+typedef struct layer layer;
+
+/* Arena planning: every kind's plan() runs twice, first measuring (base NULL), then carving the same
+ * offsets out of one allocation; the scratch sizes are the largest any layer asks for. */
+typedef struct {
+  char *base;
+  size_t cur;
+  size_t B;                     /* max batch */
+  size_t scratch, ghost, row;   /* floats, doubles, floats */
+} dpm_plan;
+void *dpm_plan_carve(dpm_plan *p, size_t bytes);
+
+typedef struct {
+  const char *name;          /* in layer lists, e.g. "dense" */
+  const char *keys;          /* keys it accepts, the first `required` of them mandatory */
+  int required;
+  int stride_is_kernel;      /* the stride defaults to the kernel (pooling) rather than 1 */
+  int aliases_input;         /* out and dout are the previous layer's (flatten): no buffers, no work */
+  /* shapes from l->C, H, W and the spec: OC, OH, OW, wsize, bsize (and kind fields); -1 with err on a
+     spec that does not fit (num: the layer's number for messages) */
+  int (*shape)(layer *l, int max_batch, int num, char *err);
+  void (*plan)(layer *l, dpm_plan *p);                               /* kept buffers, scratch needs */
+  void (*init)(const layer *l, float *params, const dpm_key *key, int layer_num);   /* may be NULL */
+  void (*forward)(dpm_model *m, layer *l, const float *in, int B);
+  /* dx (NULL: not needed) = d loss / d in; sq (NULL: not asked, or no parameters) the per-example squared
+     norms of the layer's parameter gradient */
+  void (*backward)(dpm_model *m, layer *l, const float *in, float *dx, double *sq, int B);
+  /* dw, db += the layer's gradient summed with coefficients coef (NULL: all ones) */
+  void (*accumulate)(dpm_model *m, layer *l, const float *in, float *dw, float *db, const float *coef, int B);
+  void (*describe)(const layer *l, char *buf, size_t len);          /* " out=10" etc. */
+  void (*info)(const layer *l, dpm_layer_info *info);               /* parameter names and shapes, cost */
+  /* conv only (NULL otherwise): bytes of kept per-example gradients if explicit norms are cheaper than
+     ghost ones (0 if not), and switching the method */
+  size_t (*explicit_bytes)(const layer *l, int max_batch);
+  void (*set_norm)(layer *l, int explicit_, int max_batch);
+  dpm_norm_method (*norm_method)(const layer *l);
+} dpm_layer_ops;
+
+struct layer {
+  const dpm_layer_ops *ops;
+  dpm_layer_spec s;
+  int C, H, W;     /* input shape */
+  int OC, OH, OW;  /* output shape */
+  size_t in_n, out_n;
+  int group;       /* parameter group, -1 if none */
+  size_t poff, wsize, bsize;
+  float *out, *dout; /* B x out_n (aliases of the previous layer's for flatten) */
+  int T, CK;         /* conv */
+  float *P, *G;      /* conv: patches (B*T x CK), output grads (B*T x O) */
+  float *E;          /* per-example gradient rows (conv explicit, groupnorm) */
+  int E_owned;       /* E allocated outside the arena (forced explicit) */
+  int explicit_;     /* conv: explicit per-example gradients when norms are asked for */
+  int E_ready;       /* E holds this micro-batch's per-example gradients */
+  double *gsq;       /* conv ghost: this micro-batch's squared norms (B) and ill-conditioning flags (B), */
+  unsigned char *ill; /* kept for the clipped sum (dpm_conv_accumulate caps such examples) */
+  int gsq_ready;
+  float *xhat, *rstd; /* groupnorm */
+  int32_t *argmax;    /* maxpool */
+};
+
+struct dpm_model {
+  int n;
+  layer *L;
+  int C, H, W, n_classes, max_batch;
+  size_t in_n;
+  float *params, *grads;
+  size_t nparams;
+  int ngroups, *group_layer, first_param;
+  void *arena;
+  float *x, *dx, *probs, *scratch;
+  double *ghost;     /* conv ghost norms: Gram matrices and the example's rows in double */
+  float *row;        /* clipped sums of extreme examples: one example's rescaled rows */
+  int32_t *y;
+  int B, have_labels, backward_done, input_grad;
+  int layer0;        /* global number of the first layer (pipeline stages): initialization and describe */
+  int has_loss;      /* 0: a pipeline stage before the last: no loss, the output gradient comes from outside */
+  int params_owned;  /* 0: params and grads are another model's (dpm_model_clone_shared) */
+};
+
+extern const dpm_layer_ops dpm_ops_dense, dpm_ops_conv, dpm_ops_maxpool, dpm_ops_avgpool, dpm_ops_relu,
+    dpm_ops_tanh, dpm_ops_groupnorm, dpm_ops_flatten;
+
+/* Shared pieces of the kinds (model.c). */
+/* PyTorch's default: weights and biases uniform +-1/sqrt(fan_in), deterministic in (key, layer_num). */
+void dpm_init_uniform(const layer *l, float *params, const dpm_key *key, int layer_num, size_t fan_in);
+/* Kinds without parameters: shape = input shape. */
+int dpm_shape_same(layer *l, int max_batch, int num, char *err);
+/* Layers without parameters or buffers. */
+void dpm_plan_none(layer *l, dpm_plan *p);
+void dpm_describe_none(const layer *l, char *buf, size_t len);
+/* Elementwise cost: 4 operations per value in or out. */
+void dpm_info_elementwise(const layer *l, dpm_layer_info *info);
+
+#endif
