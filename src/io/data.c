@@ -532,23 +532,13 @@ static int out_commit(out_file *o, char *err) {
   return 0;
 }
 
-static int write_attr(hid_t obj, const char *name, hid_t type, const void *v) {
-  hid_t s = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, type, s, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t e = a < 0 ? -1 : H5Awrite(a, type, v);
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(s);
-  return e < 0 ? -1 : 0;
-}
-
-static int write_str_attr(hid_t obj, const char *name, const char *value) { return dpm_h5_put_str(obj, name, value); }
-
 static int write_root_attrs(hid_t file, int num_classes, const char *source) {
   hid_t root = H5Gopen2(file, "/", H5P_DEFAULT);
   int version = DPM_DATASET_VERSION;
-  int rc = write_attr(root, "num_classes", H5T_NATIVE_INT, &num_classes) |
-           write_str_attr(root, "format", DPM_DATASET_FORMAT) |
-           write_attr(root, "format_version", H5T_NATIVE_INT, &version) | write_str_attr(root, "source", source);
+  int rc = dpm_h5_put_attr(root, "num_classes", H5T_NATIVE_INT, H5T_NATIVE_INT, &num_classes) |
+           dpm_h5_put_str(root, "format", DPM_DATASET_FORMAT) |
+           dpm_h5_put_attr(root, "format_version", H5T_NATIVE_INT, H5T_NATIVE_INT, &version) |
+           dpm_h5_put_str(root, "source", source);
   H5Gclose(root);
   return rc;
 }
@@ -799,7 +789,8 @@ int dpm_convert_idx(const char *train_images, const char *train_labels, const ch
     snprintf(name, sizeof name, "/%s/x", split[s]);
     hid_t d = H5Dopen2(o.file, name, H5P_DEFAULT);
     float fm = (float)(norm_from_data ? mean : norm_mean), fs = (float)(norm_from_data ? std : norm_std);
-    int e = write_attr(d, "mean", H5T_NATIVE_FLOAT, &fm) | write_attr(d, "std", H5T_NATIVE_FLOAT, &fs);
+    int e = dpm_h5_put_attr(d, "mean", H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT, &fm) |
+            dpm_h5_put_attr(d, "std", H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT, &fs);
     H5Dclose(d);
     if (e) {
       dpm_err(err, "%s: writing attributes of %s failed", out, name);
