@@ -9,6 +9,7 @@
 #include "dpmpi/io/ckpt.h"
 #include "dpmpi/io/ledger_h5.h"
 
+#include "io/atomic.h"
 #include "io/h5util.h"
 
 #include <dirent.h>
@@ -137,14 +138,6 @@ static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, floa
 
 /* ---- write ------------------------------------------------------------------------------------ */
 
-static int sync_path(const char *path, int dir) {
-  int fd = open(path, dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) return -1;
-  int rc = fsync(fd);
-  close(fd);
-  return rc;
-}
-
 /* ---- DP-PCA projection (/pca: dataset projection d x k float32, attributes noise_multiplier, clip) ---- */
 
 static int write_pca(hid_t f, const dpm_ckpt_meta *meta) {
@@ -229,9 +222,7 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
                    const dpm_ckpt_meta *meta, char err[DPM_ERRLEN]) {
   int rank;
   MPI_Comm_rank(comm, &rank);
-  size_t len = strlen(path) + 16;
-  char *tmp = dpm_malloc(len);
-  snprintf(tmp, len, "%s.tmp", path);
+  char *tmp = dpm_atomic_tmp_name(path);
   int rc = 0;
   H5E_BEGIN_TRY {
     hid_t fapl = dpm_h5_fapl(&comm, 0);
@@ -265,14 +256,9 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
         if (H5Fclose(f) < 0 && !rc) rc = dpm_err(err, "%s: cannot close (disk full?)", tmp);
       }
     } H5E_END_TRY;
-    if (!rc && sync_path(tmp, 0)) rc = dpm_err(err, "%s: fsync failed: %s", tmp, strerror(errno));
-    if (!rc && rename(tmp, path)) rc = dpm_err(err, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
-    if (!rc) {
-      char *dir = dpm_strdup(path), *slash = strrchr(dir, '/');
-      if (slash) *slash = '\0';
-      sync_path(slash ? dir : ".", 1);
-      dpm_free(dir);
-    }
+    const int stage = rc ? DPM_ATOMIC_OK : dpm_atomic_commit(tmp, path);
+    if (stage == DPM_ATOMIC_FSYNC) rc = dpm_err(err, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (stage == DPM_ATOMIC_RENAME) rc = dpm_err(err, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
   }
   if (rc && rank == 0) unlink(tmp);
   int r0 = rank == 0 ? rc : 0;
@@ -538,9 +524,7 @@ int dpm_ckpt_list(const char *path, char ***paths, char err[DPM_ERRLEN]) {
 
 int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, const dpm_ledger *ledger,
                     double epsilon, char err[DPM_ERRLEN]) {
-  size_t len = strlen(out) + 8;
-  char *tmp = dpm_malloc(len);
-  snprintf(tmp, len, "%s.tmp", out);
+  char *tmp = dpm_atomic_tmp_name(out);
   int rc = 0;
   H5E_BEGIN_TRY {
     hid_t fapl = dpm_h5_fapl(NULL, 0);
@@ -588,21 +572,15 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
     if (dst >= 0 && H5Fclose(dst) < 0 && !rc) rc = dpm_err(err, "%s: cannot close", tmp);
     if (src >= 0) H5Fclose(src);
   } H5E_END_TRY;
-  if (!rc && (sync_path(tmp, 0) || rename(tmp, out))) rc = dpm_err(err, "%s: cannot write: %s", out, strerror(errno));
-  if (rc) unlink(tmp);
+  if (!rc && dpm_atomic_commit(tmp, out)) rc = dpm_err(err, "%s: cannot write: %s", out, strerror(errno));
+  else if (rc) unlink(tmp);
   dpm_free(tmp);
   return rc;
 }
 
 /* ---- the run journal ---------------------------------------------------------------------------- */
 
-void dpm_ckpt_dirname(const char *path, char *out, size_t len) {
-  snprintf(out, len, "%s", path);
-  char *slash = strrchr(out, '/');
-  if (slash == out) out[1] = '\0';
-  else if (slash) *slash = '\0';
-  else snprintf(out, len, ".");
-}
+void dpm_ckpt_dirname(const char *path, char *out, size_t len) { dpm_path_dirname(path, out, len); }
 
 int64_t dpm_journal_ledger_steps(const dpm_ledger *L) {
   int64_t n = 0;
@@ -692,7 +670,7 @@ int dpm_journal_append(const char *dir, const char *run_id, const char *line, ch
   int rc = write(fd, buf, (size_t)len) == len && fsync(fd) == 0 ? 0 : -1;
   if (rc) dpm_err(err, "%s: cannot append to the run journal: %s", path, strerror(errno));
   close(fd);
-  if (!rc && fresh) sync_path(dir, 1); /* the new file's directory entry */
+  if (!rc && fresh) dpm_fsync_path(dir, 1); /* the new file's directory entry */
   return rc;
 }
 

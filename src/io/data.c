@@ -6,6 +6,7 @@
  */
 #include "dpmpi/io/data.h"
 
+#include "io/atomic.h"
 #include "io/h5util.h"
 
 #include <errno.h>
@@ -522,8 +523,10 @@ static int out_commit(out_file *o, char *err) {
     out_abort(o);
     return -1;
   }
-  if (rename(o->tmp, o->out) != 0) {
-    dpm_err(err, "%s: cannot rename %s into place: %s", o->out, o->tmp, strerror(errno));
+  const int stage = dpm_atomic_commit(o->tmp, o->out);
+  if (stage) {
+    if (stage == DPM_ATOMIC_FSYNC) dpm_err(err, "%s: fsync of %s failed: %s", o->out, o->tmp, strerror(errno));
+    else dpm_err(err, "%s: cannot rename %s into place: %s", o->out, o->tmp, strerror(errno));
     out_abort(o);
     return -1;
   }
