@@ -242,8 +242,7 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
     }
   } H5E_END_TRY;
   /* the same outcome everywhere (a failure is the same on every rank for metadata; data errors may not be) */
-  int bad = rc != 0;
-  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  const int bad = dpm_comm_first_failed(comm, rc) >= 0;
   if (bad && !rc) rc = dpm_err(err, "%s: another rank failed to write its part", tmp);
   if (!bad && rank == 0) {
     H5E_BEGIN_TRY {
@@ -340,8 +339,8 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
 }
 
 int dpm_ckpt_read_meta(MPI_Comm comm, const char *path, dpm_ckpt_meta *meta, char err[DPM_ERRLEN]) {
-  int rc = read_meta_serial(path, meta, err) ? -1 : 0, bad = rc != 0;
-  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  int rc = read_meta_serial(path, meta, err) ? -1 : 0;
+  const int bad = dpm_comm_first_failed(comm, rc) >= 0;
   if (bad && !rc) {
     dpm_ckpt_meta_free(meta);
     rc = dpm_err(err, "%s: unreadable on another rank (not on a shared file system?)", path);
@@ -451,8 +450,7 @@ int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_
     }
   } H5E_END_TRY;
   if (!rc) rc = dpm_ckpt_read_ledger(path, ledger, err);
-  int bad = rc != 0;
-  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  const int bad = dpm_comm_first_failed(comm, rc) >= 0;
   if (bad && !rc) rc = dpm_err(err, "%s: another rank could not read its part", path);
   if (rc) {
     dpm_ledger_free(*ledger);

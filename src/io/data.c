@@ -318,12 +318,8 @@ static int check_labels(const int32_t *y, int64_t n, int64_t row0, int K, const 
 
 /* Every rank learns whether any rank failed; all get the message of the lowest failing rank. */
 static int agree(MPI_Comm comm, int rc, char *err) {
-  int rank, size;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
-  int mine = rc ? rank : size, first = size;
-  DPM_MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (first == size) return 0;
+  const int first = dpm_comm_first_failed(comm, rc);
+  if (first < 0) return 0;
   DPM_MPI_CHECK(MPI_Bcast(err, DPM_ERRLEN, MPI_CHAR, first, comm));
   return -1;
 }
