@@ -28,12 +28,8 @@
 
 /* seeded_steps: int64 [n, 2] of [begin, end) step ranges; written only when n > 0 */
 static int put_ranges(hid_t obj, const char *name, const int64_t *r, int n) {
-  hsize_t dims[2] = {(hsize_t)n, 2};
-  hid_t sp = H5Screate_simple(2, dims, NULL), a = H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-  int rc = (a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, r) >= 0) ? 0 : -1;
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  return rc;
+  const hsize_t dims[2] = {(hsize_t)n, 2};
+  return dpm_h5_put_array_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, 2, dims, r);
 }
 
 /* Read ranges written by put_ranges (absent: n = 0); -1 if damaged or not increasing disjoint ranges

@@ -68,7 +68,13 @@ int dpm_h5_is_checked(hid_t d) {
 }
 
 int dpm_h5_put_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, const void *v) {
-  hid_t sp = H5Screate(H5S_SCALAR), a = H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
+  return dpm_h5_put_array_attr(obj, name, ftype, mtype, 0, NULL, v);
+}
+
+int dpm_h5_put_array_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
+                          const void *v) {
+  hid_t sp = rank > 0 ? H5Screate_simple(rank, dims, NULL) : H5Screate(H5S_SCALAR);
+  hid_t a = H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
   int rc = (a >= 0 && H5Awrite(a, mtype, v) >= 0) ? 0 : -1;
   if (a >= 0) H5Aclose(a);
   H5Sclose(sp);
