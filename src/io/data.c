@@ -761,97 +761,88 @@ static int idx_copy_images(idx_file *f, hid_t file, const char *name, uint64_t *
   return rc;
 }
 
-int dpm_convert_idx(const char *train_images, const char *train_labels, const char *test_images,
-                    const char *test_labels, const char *out, char err[DPM_ERRLEN]) {
-  dpm_h5_quiet();
-  idx_file fi[2] = {{0}}, fl[2] = {{0}};
-  const char *ipath[2] = {train_images, test_images}, *lpath[2] = {train_labels, test_labels};
-  const char *split[2] = {"train", "test"};
-  int32_t *y[2] = {NULL, NULL};
-  out_file o = {.file = -1};
-  int rc = -1;
-
-  /* Headers first: nothing is written unless all four files agree. */
+/* Open the four IDX files and check their headers: nothing is written unless they agree (counts of
+ * images and labels per split, image size across splits). */
+static int idx_open_all(idx_file fi[2], idx_file fl[2], const char *ipath[2], const char *lpath[2], char *err) {
   for (int s = 0; s < 2; s++) {
-    if (idx_open(&fi[s], ipath[s], 3, "images", err) || idx_open(&fl[s], lpath[s], 1, "labels", err)) goto done;
-    if (fi[s].dims[0] != fl[s].dims[0]) {
-      dpm_err(err, "%s has %u images but %s has %u labels (count mismatch)", ipath[s], fi[s].dims[0], lpath[s],
-              fl[s].dims[0]);
-      goto done;
-    }
+    if (idx_open(&fi[s], ipath[s], 3, "images", err) || idx_open(&fl[s], lpath[s], 1, "labels", err)) return -1;
+    if (fi[s].dims[0] != fl[s].dims[0])
+      return dpm_err(err, "%s has %u images but %s has %u labels (count mismatch)", ipath[s], fi[s].dims[0],
+                     lpath[s], fl[s].dims[0]);
   }
-  if (fi[0].dims[1] != fi[1].dims[1] || fi[0].dims[2] != fi[1].dims[2]) {
-    dpm_err(err, "%s has %ux%u images but %s has %ux%u (size mismatch)", ipath[0], fi[0].dims[1], fi[0].dims[2],
-            ipath[1], fi[1].dims[1], fi[1].dims[2]);
-    goto done;
-  }
+  if (fi[0].dims[1] != fi[1].dims[1] || fi[0].dims[2] != fi[1].dims[2])
+    return dpm_err(err, "%s has %ux%u images but %s has %ux%u (size mismatch)", ipath[0], fi[0].dims[1],
+                   fi[0].dims[2], ipath[1], fi[1].dims[1], fi[1].dims[2]);
+  return 0;
+}
 
-  int max_label = 0;
+/* Read both label files into y[]; the classes are 0..K-1 with K - 1 the largest training label, every
+ * class present in the training labels and no other label in the test labels. */
+static int idx_classes(idx_file fl[2], int32_t *y[2], const char *lpath[2], int *K, char *err) {
   for (int s = 0; s < 2; s++)
-    if (idx_labels(&fl[s], &y[s], err)) goto done;
+    if (idx_labels(&fl[s], &y[s], err)) return -1;
+  int max_label = 0;
   for (uint64_t i = 0; i < fl[0].items; i++)
     if (y[0][i] > max_label) max_label = y[0][i];
-  const int K = max_label + 1;
+  *K = max_label + 1;
   for (uint64_t i = 0; i < fl[1].items; i++)
-    if (y[1][i] >= K) {
-      dpm_err(err, "%s: label %d of item %llu is not a class of the training labels (0..%d)", test_labels, y[1][i],
-              (unsigned long long)i, K - 1);
-      goto done;
-    }
-  int64_t *counts = dpm_calloc((size_t)K, sizeof *counts);
+    if (y[1][i] >= *K)
+      return dpm_err(err, "%s: label %d of item %llu is not a class of the training labels (0..%d)", lpath[1],
+                     y[1][i], (unsigned long long)i, *K - 1);
+  int64_t *counts = dpm_calloc((size_t)*K, sizeof *counts);
   for (uint64_t i = 0; i < fl[0].items; i++) counts[y[0][i]]++;
-  for (int k = 0; k < K; k++)
-    if (counts[k] == 0) {
-      dpm_free(counts);
-      dpm_err(err, "%s: no training example has label %d; labels must be 0..K-1 with every class present (the "
-              "largest label is %d)", train_labels, k, max_label);
-      goto done;
-    }
+  int rc = 0;
+  for (int k = 0; k < *K && !rc; k++)
+    if (counts[k] == 0)
+      rc = dpm_err(err, "%s: no training example has label %d; labels must be 0..K-1 with every class present (the "
+                   "largest label is %d)", lpath[0], k, max_label);
   dpm_free(counts);
+  return rc;
+}
 
-  if (out_open(&o, out, err)) goto done;
-  double mean = 0, std = 1;
+/* Write /train and /test: x streamed from the image files, y from the labels; the exact mean and std of
+ * the training pixels / 255 (integer sums: independent of summation order). */
+static int idx_write_splits(hid_t file, idx_file fi[2], const idx_file fl[2], int32_t *const y[2],
+                            const char *ipath[2], const char *out, double *mean, double *std, char *err) {
+  static const char *split[2] = {"train", "test"};
   for (int s = 0; s < 2; s++) {
     char name[32];
     snprintf(name, sizeof name, "/%s/x", split[s]);
     progress("%s: %u images of %ux%u from %s%s", split[s], fi[s].dims[0], fi[s].dims[1], fi[s].dims[2], ipath[s],
              gzdirect(fi[s].gz) ? "" : " (gzip)");
     uint64_t sum = 0, sumsq = 0;
-    if (idx_copy_images(&fi[s], o.file, name, &sum, &sumsq, err)) goto done;
+    if (idx_copy_images(&fi[s], file, name, &sum, &sumsq, err)) return -1;
     if (s == 0) {
-      /* Exact integer sums, so the statistics do not depend on summation order. */
       double cnt = (double)fi[0].items;
-      mean = (double)sum / 255.0 / cnt;
-      double var = (double)sumsq / (255.0 * 255.0) / cnt - mean * mean;
-      std = sqrt(var > 0 ? var : 0);
-      if (!(std > 0)) {
-        dpm_err(err, "%s: every training pixel has the same value; cannot normalize", train_images);
-        goto done;
-      }
+      *mean = (double)sum / 255.0 / cnt;
+      double var = (double)sumsq / (255.0 * 255.0) / cnt - *mean * *mean;
+      *std = sqrt(var > 0 ? var : 0);
+      if (!(*std > 0)) return dpm_err(err, "%s: every training pixel has the same value; cannot normalize", ipath[0]);
     }
     snprintf(name, sizeof name, "/%s/y", split[s]);
-    if (write_labels(o.file, name, y[s], (int64_t)fl[s].items)) {
-      dpm_err(err, "%s: writing %s failed (disk full?)", out, name);
-      goto done;
-    }
+    if (write_labels(file, name, y[s], (int64_t)fl[s].items))
+      return dpm_err(err, "%s: writing %s failed (disk full?)", out, name);
   }
+  return 0;
+}
+
+/* The x attributes mean and std: the fixed normalization, or the training pixels' own (from_data). */
+static int idx_write_normalization(hid_t file, double mean, double std, const char *out, char *err) {
+  static const char *split[2] = {"train", "test"};
   for (int s = 0; s < 2; s++) {
     char name[32];
     snprintf(name, sizeof name, "/%s/x", split[s]);
-    hid_t d = H5Dopen2(o.file, name, H5P_DEFAULT);
+    hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
     float fm = (float)(norm_from_data ? mean : norm_mean), fs = (float)(norm_from_data ? std : norm_std);
     int e = dpm_h5_put_attr(d, "mean", H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT, &fm) |
             dpm_h5_put_attr(d, "std", H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT, &fs);
     H5Dclose(d);
-    if (e) {
-      dpm_err(err, "%s: writing attributes of %s failed", out, name);
-      goto done;
-    }
+    if (e) return dpm_err(err, "%s: writing attributes of %s failed", out, name);
   }
-  if (write_root_attrs(o.file, K, "idx")) {
-    dpm_err(err, "%s: writing root attributes failed", out);
-    goto done;
-  }
+  return 0;
+}
+
+static void idx_report(int K, double mean, double std) {
   if (norm_from_data)
     progress("%d classes, pixel mean %.6f std %.6f of the training pixels / 255 (NOT covered by the DP guarantee: "
              "computed from the private data without noise)", K, mean, std);
@@ -861,6 +852,26 @@ int dpm_convert_idx(const char *train_images, const char *train_labels, const ch
              norm_std, mean, std);
   else
     progress("%d classes, fixed normalization mean %g std %g (data-independent)", K, norm_mean, norm_std);
+}
+
+int dpm_convert_idx(const char *train_images, const char *train_labels, const char *test_images,
+                    const char *test_labels, const char *out, char err[DPM_ERRLEN]) {
+  dpm_h5_quiet();
+  idx_file fi[2] = {{0}}, fl[2] = {{0}};
+  const char *ipath[2] = {train_images, test_images}, *lpath[2] = {train_labels, test_labels};
+  int32_t *y[2] = {NULL, NULL};
+  out_file o = {.file = -1};
+  int rc = -1, K = 0;
+  double mean = 0, std = 1;
+  if (idx_open_all(fi, fl, ipath, lpath, err) || idx_classes(fl, y, lpath, &K, err)) goto done;
+  if (out_open(&o, out, err)) goto done;
+  if (idx_write_splits(o.file, fi, fl, y, ipath, out, &mean, &std, err)) goto done;
+  if (idx_write_normalization(o.file, mean, std, out, err)) goto done;
+  if (write_root_attrs(o.file, K, "idx")) {
+    dpm_err(err, "%s: writing root attributes failed", out);
+    goto done;
+  }
+  idx_report(K, mean, std);
   rc = out_commit(&o, err);
   if (!rc) progress("wrote %s", out);
 done:
@@ -939,6 +950,76 @@ typedef struct {
   int32_t *y;
 } csv_table;
 
+/* The header line just read by r: the first file's defines the columns (names, ncols, label_col), a
+ * later file's must repeat them. */
+static int csv_header(const csv_reader *r, const char *label_column, char ***names, int *ncols, int *label_col,
+                      char *err) {
+  const char *path = r->path;
+  if (*names) {
+    if (r->nf != *ncols)
+      return dpm_err(err, "%s:1: the header has %d columns but the training file's has %d", path, r->nf, *ncols);
+    for (int k = 0; k < r->nf; k++)
+      if (strcmp(r->field[k], (*names)[k]) != 0)
+        return dpm_err(err, "%s:1:%d: column %d is '%s' but in the training file it is '%s'", path, r->col[k], k + 1,
+                       r->field[k], (*names)[k]);
+    return 0;
+  }
+  *ncols = r->nf;
+  *names = dpm_calloc((size_t)r->nf, sizeof **names);
+  *label_col = -1;
+  for (int k = 0; k < r->nf; k++) {
+    (*names)[k] = dpm_strdup(r->field[k]);
+    if (strcmp(r->field[k], label_column) == 0) {
+      if (*label_col >= 0)
+        return dpm_err(err, "%s:1:%d: label column '%s' appears twice in the header", path, r->col[k], label_column);
+      *label_col = k;
+    }
+  }
+  if (*label_col < 0) return dpm_err(err, "%s:1: label column '%s' not found in the header", path, label_column);
+  if (r->nf < 2)
+    return dpm_err(err, "%s:1: the header has only the label column; expected at least one feature column", path);
+  return 0;
+}
+
+/* The data line just read by r (as many fields as names): the label (an integer in 0..max_label) into
+ * *label, the features (finite, within float32) into xrow. */
+static int csv_row(const csv_reader *r, char **names, int label_col, int32_t max_label, float *xrow, int32_t *label,
+                   char *err) {
+  const char *path = r->path;
+  for (int k = 0, j = 0; k < r->nf; k++) {
+    const char *s = r->field[k];
+    char *end;
+    if (!*s) return dpm_err(err, "%s:%ld:%d: column '%s': empty value", path, r->lineno, r->col[k], names[k]);
+    errno = 0;
+    if (k == label_col) {
+      long v = strtol(s, &end, 10);
+      if (*end || errno)
+        return dpm_err(err, "%s:%ld:%d: label column '%s': '%s' is not an integer", path, r->lineno, r->col[k],
+                       names[k], s);
+      if (v < 0 || v > max_label) {
+        if (max_label == INT32_MAX - 1)
+          return dpm_err(err, "%s:%ld:%d: label column '%s': label %ld is out of range (labels are 0..K-1)", path,
+                         r->lineno, r->col[k], names[k], v);
+        return dpm_err(err, "%s:%ld:%d: label column '%s': label %ld is not a class of the training file (0..%d)",
+                       path, r->lineno, r->col[k], names[k], v, max_label);
+      }
+      *label = (int32_t)v;
+    } else {
+      double v = strtod(s, &end);
+      if (*end)
+        return dpm_err(err, "%s:%ld:%d: column '%s': '%s' is not a number", path, r->lineno, r->col[k], names[k], s);
+      if (!isfinite(v))
+        return dpm_err(err, "%s:%ld:%d: column '%s': value '%s' is not finite (NaN or Inf)", path, r->lineno,
+                       r->col[k], names[k], s);
+      if (fabs(v) > FLT_MAX)
+        return dpm_err(err, "%s:%ld:%d: column '%s': value '%s' is outside the float32 range", path, r->lineno,
+                       r->col[k], names[k], s);
+      xrow[j++] = (float)v;
+    }
+  }
+  return 0;
+}
+
 /* Parse one CSV file: header (compared to `names` if given, else stored there), then rows. */
 static int csv_read(const char *path, const char *label_column, char ***names, int *ncols, int *label_col,
                     int32_t max_label, csv_table *t, char *err) {
@@ -952,40 +1033,7 @@ static int csv_read(const char *path, const char *label_column, char ***names, i
     dpm_err(err, "%s: empty file (expected a header line of column names)", path);
     goto done;
   }
-  if (!*names) {
-    *ncols = r.nf;
-    *names = dpm_calloc((size_t)r.nf, sizeof **names);
-    *label_col = -1;
-    for (int k = 0; k < r.nf; k++) {
-      (*names)[k] = dpm_strdup(r.field[k]);
-      if (strcmp(r.field[k], label_column) == 0) {
-        if (*label_col >= 0) {
-          dpm_err(err, "%s:1:%d: label column '%s' appears twice in the header", path, r.col[k], label_column);
-          goto done;
-        }
-        *label_col = k;
-      }
-    }
-    if (*label_col < 0) {
-      dpm_err(err, "%s:1: label column '%s' not found in the header", path, label_column);
-      goto done;
-    }
-    if (r.nf < 2) {
-      dpm_err(err, "%s:1: the header has only the label column; expected at least one feature column", path);
-      goto done;
-    }
-  } else {
-    if (r.nf != *ncols) {
-      dpm_err(err, "%s:1: the header has %d columns but the training file's has %d", path, r.nf, *ncols);
-      goto done;
-    }
-    for (int k = 0; k < r.nf; k++)
-      if (strcmp(r.field[k], (*names)[k]) != 0) {
-        dpm_err(err, "%s:1:%d: column %d is '%s' but in the training file it is '%s'", path, r.col[k], k + 1,
-                r.field[k], (*names)[k]);
-        goto done;
-      }
-  }
+  if (csv_header(&r, label_column, names, ncols, label_col, err)) goto done;
   t->d = *ncols - 1;
   while ((got = csv_next(&r, err)) > 0) {
     if (r.nf != *ncols) {
@@ -997,51 +1045,7 @@ static int csv_read(const char *path, const char *label_column, char ***names, i
       t->x = dpm_realloc(t->x, (size_t)t->cap * (size_t)t->d * sizeof(float));
       t->y = dpm_realloc(t->y, (size_t)t->cap * sizeof(int32_t));
     }
-    float *xrow = t->x + (size_t)t->n * (size_t)t->d;
-    for (int k = 0, j = 0; k < r.nf; k++) {
-      const char *s = r.field[k];
-      char *end;
-      if (!*s) {
-        dpm_err(err, "%s:%ld:%d: column '%s': empty value", path, r.lineno, r.col[k], (*names)[k]);
-        goto done;
-      }
-      errno = 0;
-      if (k == *label_col) {
-        long v = strtol(s, &end, 10);
-        if (*end || errno) {
-          dpm_err(err, "%s:%ld:%d: label column '%s': '%s' is not an integer", path, r.lineno, r.col[k],
-                  (*names)[k], s);
-          goto done;
-        }
-        if (v < 0 || v > max_label) {
-          if (max_label == INT32_MAX - 1)
-            dpm_err(err, "%s:%ld:%d: label column '%s': label %ld is out of range (labels are 0..K-1)", path,
-                    r.lineno, r.col[k], (*names)[k], v);
-          else
-            dpm_err(err, "%s:%ld:%d: label column '%s': label %ld is not a class of the training file (0..%d)",
-                    path, r.lineno, r.col[k], (*names)[k], v, max_label);
-          goto done;
-        }
-        t->y[t->n] = (int32_t)v;
-      } else {
-        double v = strtod(s, &end);
-        if (*end) {
-          dpm_err(err, "%s:%ld:%d: column '%s': '%s' is not a number", path, r.lineno, r.col[k], (*names)[k], s);
-          goto done;
-        }
-        if (!isfinite(v)) {
-          dpm_err(err, "%s:%ld:%d: column '%s': value '%s' is not finite (NaN or Inf)", path, r.lineno, r.col[k],
-                  (*names)[k], s);
-          goto done;
-        }
-        if (fabs(v) > FLT_MAX) {
-          dpm_err(err, "%s:%ld:%d: column '%s': value '%s' is outside the float32 range", path, r.lineno,
-                  r.col[k], (*names)[k], s);
-          goto done;
-        }
-        xrow[j++] = (float)v;
-      }
-    }
+    if (csv_row(&r, *names, *label_col, max_label, t->x + (size_t)t->n * (size_t)t->d, &t->y[t->n], err)) goto done;
     t->n++;
     if (verbose && t->n % 1000000 == 0) progress("%s: %lld rows", path, (long long)t->n);
   }
