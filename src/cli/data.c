@@ -15,6 +15,7 @@
 #include "cli/commands.h"
 #include "dpmpi/core/common.h"
 #include "dpmpi/io/data.h"
+#include "io/h5util.h"
 
 static const char *usage_data =
     "Usage: dpmpi data COMMAND [OPTIONS]\n"
@@ -180,27 +181,11 @@ static void describe_file(const char *path, char *fmt, char *source, int *versio
   const char *names[2] = {"format", "source"};
   char *bufs[2] = {fmt, source};
   for (int k = 0; k < 2; k++) {
-    if (H5Aexists(f, names[k]) <= 0) continue;
-    hid_t a = H5Aopen(f, names[k], H5P_DEFAULT), t = H5Aget_type(a);
-    if (H5Tget_class(t) == H5T_STRING && H5Tis_variable_str(t) > 0) {
-      char *s = NULL;
-      hid_t mt = H5Tcopy(H5T_C_S1);
-      H5Tset_size(mt, H5T_VARIABLE);
-      H5Tset_cset(mt, H5Tget_cset(t));
-      if (H5Aread(a, mt, &s) >= 0 && s) {
-        snprintf(bufs[k], cap, "%s", s);
-        H5free_memory(s);
-      }
-      H5Tclose(mt);
-    }
-    H5Tclose(t);
-    H5Aclose(a);
+    char *s = dpm_h5_get_str(f, names[k]);
+    if (s) snprintf(bufs[k], cap, "%s", s);
+    dpm_free(s);
   }
-  if (H5Aexists(f, "format_version") > 0) {
-    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
-    H5Aread(a, H5T_NATIVE_INT, version);
-    H5Aclose(a);
-  }
+  dpm_h5_get_attr(f, "format_version", H5T_NATIVE_INT, version);
   hid_t d = H5Dopen2(f, "/train/y", H5P_DEFAULT);
   if (d >= 0) {
     hid_t t = H5Dget_type(d);

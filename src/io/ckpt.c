@@ -9,6 +9,7 @@
 #include "dpmpi/io/ckpt.h"
 #include "dpmpi/io/ledger_h5.h"
 
+#include "io/atomic.h"
 #include "io/h5util.h"
 
 #include <dirent.h>
@@ -25,34 +26,10 @@
 
 /* ---- attributes ------------------------------------------------------------------------------- */
 
-static int put_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, const void *v) {
-  hid_t sp = H5Screate(H5S_SCALAR), a = H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
-  int rc = (a >= 0 && H5Awrite(a, mtype, v) >= 0) ? 0 : -1;
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  return rc;
-}
-
-static int put_str(hid_t obj, const char *name, const char *v) { return dpm_h5_put_str(obj, name, v); }
-
-static int get_attr(hid_t obj, const char *name, hid_t mtype, void *v) {
-  if (H5Aexists(obj, name) <= 0) return -1;
-  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
-  int rc = (a >= 0 && H5Aread(a, mtype, v) >= 0) ? 0 : -1;
-  if (a >= 0) H5Aclose(a);
-  return rc;
-}
-
-static char *get_str(hid_t obj, const char *name) { return dpm_h5_get_str(obj, name); }
-
 /* seeded_steps: int64 [n, 2] of [begin, end) step ranges; written only when n > 0 */
 static int put_ranges(hid_t obj, const char *name, const int64_t *r, int n) {
-  hsize_t dims[2] = {(hsize_t)n, 2};
-  hid_t sp = H5Screate_simple(2, dims, NULL), a = H5Acreate2(obj, name, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-  int rc = (a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, r) >= 0) ? 0 : -1;
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(sp);
-  return rc;
+  const hsize_t dims[2] = {(hsize_t)n, 2};
+  return dpm_h5_put_array_attr(obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, 2, dims, r);
 }
 
 /* Read ranges written by put_ranges (absent: n = 0); -1 if damaged or not increasing disjoint ranges
@@ -157,14 +134,6 @@ static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, floa
 
 /* ---- write ------------------------------------------------------------------------------------ */
 
-static int sync_path(const char *path, int dir) {
-  int fd = open(path, dir ? O_RDONLY | O_DIRECTORY : O_RDONLY);
-  if (fd < 0) return -1;
-  int rc = fsync(fd);
-  close(fd);
-  return rc;
-}
-
 /* ---- DP-PCA projection (/pca: dataset projection d x k float32, attributes noise_multiplier, clip) ---- */
 
 static int write_pca(hid_t f, const dpm_ckpt_meta *meta) {
@@ -174,8 +143,8 @@ static int write_pca(hid_t f, const dpm_ckpt_meta *meta) {
   hid_t sp = H5Screate_simple(2, dims, NULL), dcpl = dpm_h5_checked_dcpl(2, dims, sizeof(float));
   hid_t d = H5Dcreate2(g, "projection", H5T_IEEE_F32LE, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
   int rc = d >= 0 && H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, meta->pca_projection) >= 0 ? 0 : -1;
-  rc |= put_attr(g, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->pca_sigma) |
-        put_attr(g, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->pca_clip);
+  rc |= dpm_h5_put_attr(g, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->pca_sigma) |
+        dpm_h5_put_attr(g, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->pca_clip);
   if (d >= 0) H5Dclose(d);
   H5Pclose(dcpl);
   H5Sclose(sp);
@@ -199,8 +168,8 @@ static int read_pca(hid_t f, dpm_ckpt_meta *meta) {
     for (size_t i = 0; !rc && i < (size_t)(dims[0] * dims[1]); i++)
       if (!isfinite(meta->pca_projection[i])) rc = -1;
   }
-  if (!rc) rc = get_attr(g, "noise_multiplier", H5T_NATIVE_DOUBLE, &meta->pca_sigma) |
-                get_attr(g, "clip", H5T_NATIVE_DOUBLE, &meta->pca_clip);
+  if (!rc) rc = dpm_h5_get_attr(g, "noise_multiplier", H5T_NATIVE_DOUBLE, &meta->pca_sigma) |
+                dpm_h5_get_attr(g, "clip", H5T_NATIVE_DOUBLE, &meta->pca_clip);
   if (!rc && !(meta->pca_sigma >= 0 && meta->pca_clip >= 0)) rc = -1;
   if (sp >= 0) H5Sclose(sp);
   if (d >= 0) H5Dclose(d);
@@ -210,30 +179,32 @@ static int read_pca(hid_t f, dpm_ckpt_meta *meta) {
 
 static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledger, char *err) {
   int32_t fmt = DPM_CKPT_FORMAT;
-  int rc = put_str(f, "format", CKPT_FORMAT_NAME) | put_attr(f, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
-           put_str(f, "library_version", DPM_VERSION) |
-           put_attr(f, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
-           put_attr(f, "steps_total", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->steps_total) |
-           put_attr(f, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
-           put_attr(f, "sampling_rate", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->q) |
-           put_attr(f, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->sigma) |
-           put_attr(f, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->clip) |
-           put_attr(f, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) |
-           put_attr(f, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
-           put_attr(f, "clipping", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->clipping) |
-           put_attr(f, "accountant", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->accountant) |
-           put_attr(f, "grid_replicas", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->replicas) |
-           put_attr(f, "grid_stages", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stages) |
-           put_attr(f, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
-           put_str(f, "job", meta->job ? meta->job : "") | put_str(f, "layers", meta->layers ? meta->layers : "") |
-           put_attr(f, "epsilon_budget", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->epsilon) |
-           put_attr(f, "data_digest", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->data_digest) |
-           put_str(f, "run_id", meta->run_id) |
-           put_attr(f, "steps_abandoned", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->steps_abandoned);
+  int rc = dpm_h5_put_str(f, "format", CKPT_FORMAT_NAME) |
+           dpm_h5_put_attr(f, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
+           dpm_h5_put_str(f, "library_version", DPM_VERSION) |
+           dpm_h5_put_attr(f, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
+           dpm_h5_put_attr(f, "steps_total", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->steps_total) |
+           dpm_h5_put_attr(f, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
+           dpm_h5_put_attr(f, "sampling_rate", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->q) |
+           dpm_h5_put_attr(f, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->sigma) |
+           dpm_h5_put_attr(f, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->clip) |
+           dpm_h5_put_attr(f, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) |
+           dpm_h5_put_attr(f, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
+           dpm_h5_put_attr(f, "clipping", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->clipping) |
+           dpm_h5_put_attr(f, "accountant", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->accountant) |
+           dpm_h5_put_attr(f, "grid_replicas", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->replicas) |
+           dpm_h5_put_attr(f, "grid_stages", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stages) |
+           dpm_h5_put_attr(f, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
+           dpm_h5_put_str(f, "job", meta->job ? meta->job : "") |
+           dpm_h5_put_str(f, "layers", meta->layers ? meta->layers : "") |
+           dpm_h5_put_attr(f, "epsilon_budget", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->epsilon) |
+           dpm_h5_put_attr(f, "data_digest", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->data_digest) |
+           dpm_h5_put_str(f, "run_id", meta->run_id) |
+           dpm_h5_put_attr(f, "steps_abandoned", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->steps_abandoned);
   DPM_ASSERT(meta->reproducible == (meta->n_seeded > 0));
-  if (meta->reproducible) rc |= put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed) |
+  if (meta->reproducible) rc |= dpm_h5_put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed) |
                                 put_ranges(f, "seeded_steps", meta->seeded_steps, meta->n_seeded);
-  rc |= put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
+  rc |= dpm_h5_put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
   if (rc) return dpm_err(err, "cannot write the checkpoint's attributes");
   if (meta->pca_components > 0 && write_pca(f, meta)) return dpm_err(err, "cannot write the PCA projection /pca");
   hid_t g = H5Gcreate2(f, "privacy", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -247,9 +218,7 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
                    const dpm_ckpt_meta *meta, char err[DPM_ERRLEN]) {
   int rank;
   MPI_Comm_rank(comm, &rank);
-  size_t len = strlen(path) + 16;
-  char *tmp = dpm_malloc(len);
-  snprintf(tmp, len, "%s.tmp", path);
+  char *tmp = dpm_atomic_tmp_name(path);
   int rc = 0;
   H5E_BEGIN_TRY {
     hid_t fapl = dpm_h5_fapl(&comm, 0);
@@ -269,8 +238,7 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
     }
   } H5E_END_TRY;
   /* the same outcome everywhere (a failure is the same on every rank for metadata; data errors may not be) */
-  int bad = rc != 0;
-  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  const int bad = dpm_comm_first_failed(comm, rc) >= 0;
   if (bad && !rc) rc = dpm_err(err, "%s: another rank failed to write its part", tmp);
   if (!bad && rank == 0) {
     H5E_BEGIN_TRY {
@@ -283,14 +251,9 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
         if (H5Fclose(f) < 0 && !rc) rc = dpm_err(err, "%s: cannot close (disk full?)", tmp);
       }
     } H5E_END_TRY;
-    if (!rc && sync_path(tmp, 0)) rc = dpm_err(err, "%s: fsync failed: %s", tmp, strerror(errno));
-    if (!rc && rename(tmp, path)) rc = dpm_err(err, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
-    if (!rc) {
-      char *dir = dpm_strdup(path), *slash = strrchr(dir, '/');
-      if (slash) *slash = '\0';
-      sync_path(slash ? dir : ".", 1);
-      dpm_free(dir);
-    }
+    const int stage = rc ? DPM_ATOMIC_OK : dpm_atomic_commit(tmp, path);
+    if (stage == DPM_ATOMIC_FSYNC) rc = dpm_err(err, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (stage == DPM_ATOMIC_RENAME) rc = dpm_err(err, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
   }
   if (rc && rank == 0) unlink(tmp);
   int r0 = rank == 0 ? rc : 0;
@@ -317,44 +280,46 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
     if (f < 0) {
       rc = dpm_err(err, "%s: not a readable HDF5 file (truncated or damaged?)", path);
     } else {
-      char *fmt = get_str(f, "format");
+      char *fmt = dpm_h5_get_str(f, "format");
       if (!fmt || strcmp(fmt, CKPT_FORMAT_NAME)) {
         rc = dpm_err(err, "%s: not a dpmpi checkpoint (attribute format is %s)", path, fmt ? fmt : "missing");
-      } else if (get_attr(f, "format_version", H5T_NATIVE_INT, &meta->format) || meta->format != DPM_CKPT_FORMAT) {
+      } else if (dpm_h5_get_attr(f, "format_version", H5T_NATIVE_INT, &meta->format) ||
+                 meta->format != DPM_CKPT_FORMAT) {
         rc = dpm_err(err, "%s: checkpoint format version %d, this dpmpi reads version %d%s", path, meta->format,
                      DPM_CKPT_FORMAT, meta->format == 1 ? " (version 1 has no run journal, budget, data digest or "
                      "seeded-step record; finish that run with the dpmpi that wrote it)" : "");
       } else {
-        char *ver = get_str(f, "library_version");
+        char *ver = dpm_h5_get_str(f, "library_version");
         snprintf(meta->version, sizeof meta->version, "%s", ver ? ver : "?");
         dpm_free(ver);
-        int miss = get_attr(f, "step", H5T_NATIVE_INT64, &meta->step) |
-                   get_attr(f, "steps_total", H5T_NATIVE_INT64, &meta->steps_total) |
-                   get_attr(f, "n_train", H5T_NATIVE_INT64, &meta->n_train) |
-                   get_attr(f, "sampling_rate", H5T_NATIVE_DOUBLE, &meta->q) |
-                   get_attr(f, "noise_multiplier", H5T_NATIVE_DOUBLE, &meta->sigma) |
-                   get_attr(f, "clip", H5T_NATIVE_DOUBLE, &meta->clip) |
-                   get_attr(f, "delta", H5T_NATIVE_DOUBLE, &meta->delta) |
-                   get_attr(f, "private", H5T_NATIVE_INT, &meta->privacy) |
-                   get_attr(f, "clipping", H5T_NATIVE_INT, &meta->clipping) |
-                   get_attr(f, "accountant", H5T_NATIVE_INT, &meta->accountant) |
-                   get_attr(f, "grid_replicas", H5T_NATIVE_INT, &meta->replicas) |
-                   get_attr(f, "grid_stages", H5T_NATIVE_INT, &meta->stages) |
-                   get_attr(f, "reproducible", H5T_NATIVE_INT, &meta->reproducible) |
-                   get_attr(f, "epsilon_budget", H5T_NATIVE_DOUBLE, &meta->epsilon) |
-                   get_attr(f, "data_digest", H5T_NATIVE_UINT64, &meta->data_digest) |
-                   get_attr(f, "steps_abandoned", H5T_NATIVE_INT64, &meta->steps_abandoned);
-        if (meta->reproducible) miss |= get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed) |
+        int miss = dpm_h5_get_attr(f, "step", H5T_NATIVE_INT64, &meta->step) |
+                   dpm_h5_get_attr(f, "steps_total", H5T_NATIVE_INT64, &meta->steps_total) |
+                   dpm_h5_get_attr(f, "n_train", H5T_NATIVE_INT64, &meta->n_train) |
+                   dpm_h5_get_attr(f, "sampling_rate", H5T_NATIVE_DOUBLE, &meta->q) |
+                   dpm_h5_get_attr(f, "noise_multiplier", H5T_NATIVE_DOUBLE, &meta->sigma) |
+                   dpm_h5_get_attr(f, "clip", H5T_NATIVE_DOUBLE, &meta->clip) |
+                   dpm_h5_get_attr(f, "delta", H5T_NATIVE_DOUBLE, &meta->delta) |
+                   dpm_h5_get_attr(f, "private", H5T_NATIVE_INT, &meta->privacy) |
+                   dpm_h5_get_attr(f, "clipping", H5T_NATIVE_INT, &meta->clipping) |
+                   dpm_h5_get_attr(f, "accountant", H5T_NATIVE_INT, &meta->accountant) |
+                   dpm_h5_get_attr(f, "grid_replicas", H5T_NATIVE_INT, &meta->replicas) |
+                   dpm_h5_get_attr(f, "grid_stages", H5T_NATIVE_INT, &meta->stages) |
+                   dpm_h5_get_attr(f, "reproducible", H5T_NATIVE_INT, &meta->reproducible) |
+                   dpm_h5_get_attr(f, "epsilon_budget", H5T_NATIVE_DOUBLE, &meta->epsilon) |
+                   dpm_h5_get_attr(f, "data_digest", H5T_NATIVE_UINT64, &meta->data_digest) |
+                   dpm_h5_get_attr(f, "steps_abandoned", H5T_NATIVE_INT64, &meta->steps_abandoned);
+        if (meta->reproducible) miss |= dpm_h5_get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed) |
                                         get_ranges(f, "seeded_steps", meta->step, &meta->seeded_steps, &meta->n_seeded);
         if (meta->reproducible != (meta->n_seeded > 0)) miss = 1;
-        char *id = get_str(f, "run_id");
+        char *id = dpm_h5_get_str(f, "run_id");
         if (!id || strlen(id) != 16 || strspn(id, "0123456789abcdef") != 16) miss = 1;
         else snprintf(meta->run_id, sizeof meta->run_id, "%s", id);
         dpm_free(id);
         meta->stats_printed = 1; /* a checkpoint without the attribute: its run printed them */
-        if (H5Aexists(f, "stats_printed") > 0) miss |= get_attr(f, "stats_printed", H5T_NATIVE_INT, &meta->stats_printed);
-        meta->job = get_str(f, "job");
-        meta->layers = get_str(f, "layers");
+        if (H5Aexists(f, "stats_printed") > 0)
+          miss |= dpm_h5_get_attr(f, "stats_printed", H5T_NATIVE_INT, &meta->stats_printed);
+        meta->job = dpm_h5_get_str(f, "job");
+        meta->layers = dpm_h5_get_str(f, "layers");
         if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step ||
             !(meta->epsilon >= 0) || meta->steps_abandoned < 0)
           rc = dpm_err(err, "%s: checkpoint attributes are missing or damaged", path);
@@ -370,8 +335,8 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
 }
 
 int dpm_ckpt_read_meta(MPI_Comm comm, const char *path, dpm_ckpt_meta *meta, char err[DPM_ERRLEN]) {
-  int rc = read_meta_serial(path, meta, err) ? -1 : 0, bad = rc != 0;
-  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  int rc = read_meta_serial(path, meta, err) ? -1 : 0;
+  const int bad = dpm_comm_first_failed(comm, rc) >= 0;
   if (bad && !rc) {
     dpm_ckpt_meta_free(meta);
     rc = dpm_err(err, "%s: unreadable on another rank (not on a shared file system?)", path);
@@ -409,8 +374,8 @@ int dpm_ckpt_read_ledger(const char *path, dpm_ledger **ledger, char err[DPM_ERR
 /* The accountant attribute: an int (dpm_accountant_kind) in checkpoints, a name in exports. -1 if unreadable. */
 static int get_accountant(hid_t f, int is_export) {
   int kind = -1;
-  if (!is_export) return get_attr(f, "accountant", H5T_NATIVE_INT, &kind) || kind < 0 || kind > 1 ? -1 : kind;
-  char *name = get_str(f, "accountant");
+  if (!is_export) return dpm_h5_get_attr(f, "accountant", H5T_NATIVE_INT, &kind) || kind < 0 || kind > 1 ? -1 : kind;
+  char *name = dpm_h5_get_str(f, "accountant");
   dpm_accountant_kind k;
   if (name && dpm_accountant_parse(name, &k) == 0) kind = (int)k;
   dpm_free(name);
@@ -427,24 +392,25 @@ int dpm_ckpt_read_privacy(const char *path, dpm_ledger **ledger, dpm_ckpt_privac
     hid_t fapl = dpm_h5_fapl(NULL, 0);
     hid_t f = H5Fis_hdf5(path) > 0 ? H5Fopen(path, H5F_ACC_RDONLY, fapl) : -1;
     H5Pclose(fapl);
-    char *fmt = f >= 0 ? get_str(f, "format") : NULL;
+    char *fmt = f >= 0 ? dpm_h5_get_str(f, "format") : NULL;
     if (fmt) info->is_export = !strcmp(fmt, "dpmpi-model");
     if (f < 0)
       rc = dpm_err(err, "%s: not a readable HDF5 file", path);
     else if (!fmt || (strcmp(fmt, CKPT_FORMAT_NAME) && !info->is_export))
       rc = dpm_err(err, "%s: not a dpmpi checkpoint or released model (attribute format is %s)", path,
                    fmt ? fmt : "missing");
-    else if (get_attr(f, "private", H5T_NATIVE_INT, &info->privacy))
+    else if (dpm_h5_get_attr(f, "private", H5T_NATIVE_INT, &info->privacy))
       rc = dpm_err(err, "%s: attribute 'private' is missing or damaged", path);
     else if (!info->privacy)
       rc = dpm_err(err, "%s: written by a non-private run (private = 0): there is no privacy guarantee to compute", path);
-    else if (get_attr(f, "delta", H5T_NATIVE_DOUBLE, &info->delta) || !(info->delta > 0 && info->delta < 1))
+    else if (dpm_h5_get_attr(f, "delta", H5T_NATIVE_DOUBLE, &info->delta) || !(info->delta > 0 && info->delta < 1))
       rc = dpm_err(err, "%s: attribute 'delta' is missing or damaged", path);
     else if ((info->accountant = get_accountant(f, info->is_export)) < 0)
       rc = dpm_err(err, "%s: attribute 'accountant' is missing or damaged", path);
-    else if (info->is_export && get_attr(f, "epsilon", H5T_NATIVE_DOUBLE, &info->epsilon))
+    else if (info->is_export && dpm_h5_get_attr(f, "epsilon", H5T_NATIVE_DOUBLE, &info->epsilon))
       rc = dpm_err(err, "%s: attribute 'epsilon' is missing or damaged", path);
-    else if (H5Aexists(f, "stats_printed") > 0 && get_attr(f, "stats_printed", H5T_NATIVE_INT, &info->stats_printed))
+    else if (H5Aexists(f, "stats_printed") > 0 &&
+             dpm_h5_get_attr(f, "stats_printed", H5T_NATIVE_INT, &info->stats_printed))
       rc = dpm_err(err, "%s: attribute 'stats_printed' is damaged", path);
     else if (H5Lexists(f, "privacy", H5P_DEFAULT) <= 0 || H5Lexists(f, "privacy/privacy_ledger", H5P_DEFAULT) <= 0)
       rc = dpm_err(err, "%s: no privacy ledger /privacy/privacy_ledger (%s)", path,
@@ -480,8 +446,7 @@ int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_
     }
   } H5E_END_TRY;
   if (!rc) rc = dpm_ckpt_read_ledger(path, ledger, err);
-  int bad = rc != 0;
-  MPI_Allreduce(MPI_IN_PLACE, &bad, 1, MPI_INT, MPI_MAX, comm);
+  const int bad = dpm_comm_first_failed(comm, rc) >= 0;
   if (bad && !rc) rc = dpm_err(err, "%s: another rank could not read its part", path);
   if (rc) {
     dpm_ledger_free(*ledger);
@@ -553,9 +518,7 @@ int dpm_ckpt_list(const char *path, char ***paths, char err[DPM_ERRLEN]) {
 
 int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta, const dpm_ledger *ledger,
                     double epsilon, char err[DPM_ERRLEN]) {
-  size_t len = strlen(out) + 8;
-  char *tmp = dpm_malloc(len);
-  snprintf(tmp, len, "%s.tmp", out);
+  char *tmp = dpm_atomic_tmp_name(out);
   int rc = 0;
   H5E_BEGIN_TRY {
     hid_t fapl = dpm_h5_fapl(NULL, 0);
@@ -581,40 +544,37 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
       const char *acct = meta->accountant == 0 ? "rdp" : "tight";
       const char *clip_names[] = {"flat", "per-layer", "per-device"};
       const char *cn = meta->clipping >= 0 && meta->clipping <= 2 ? clip_names[meta->clipping] : "?";
-      int r = put_str(dst, "format", "dpmpi-model") | put_attr(dst, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
-              put_str(dst, "library_version", DPM_VERSION) | put_str(dst, "layers", meta->layers) |
-              put_attr(dst, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
-              put_attr(dst, "steps", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
-              put_attr(dst, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
-              put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
-              put_attr(dst, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
+      int r = dpm_h5_put_str(dst, "format", "dpmpi-model") |
+              dpm_h5_put_attr(dst, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
+              dpm_h5_put_str(dst, "library_version", DPM_VERSION) | dpm_h5_put_str(dst, "layers", meta->layers) |
+              dpm_h5_put_attr(dst, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
+              dpm_h5_put_attr(dst, "steps", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
+              dpm_h5_put_attr(dst, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
+              dpm_h5_put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
+              dpm_h5_put_attr(dst, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
       if (meta->n_seeded > 0) r |= put_ranges(dst, "seeded_steps", meta->seeded_steps, meta->n_seeded);
       if (meta->privacy)
-        r |= put_attr(dst, "epsilon", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &epsilon) |
-             put_attr(dst, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) | put_str(dst, "accountant", acct) |
-             put_attr(dst, "sampling_rate", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->q) |
-             put_attr(dst, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->sigma) |
-             put_str(dst, "clipping", cn) | put_attr(dst, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->clip);
+        r |= dpm_h5_put_attr(dst, "epsilon", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &epsilon) |
+             dpm_h5_put_attr(dst, "delta", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->delta) |
+             dpm_h5_put_str(dst, "accountant", acct) |
+             dpm_h5_put_attr(dst, "sampling_rate", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->q) |
+             dpm_h5_put_attr(dst, "noise_multiplier", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->sigma) |
+             dpm_h5_put_str(dst, "clipping", cn) |
+             dpm_h5_put_attr(dst, "clip", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->clip);
       if (r) rc = dpm_err(err, "%s: cannot write the privacy metadata", tmp);
     }
     if (dst >= 0 && H5Fclose(dst) < 0 && !rc) rc = dpm_err(err, "%s: cannot close", tmp);
     if (src >= 0) H5Fclose(src);
   } H5E_END_TRY;
-  if (!rc && (sync_path(tmp, 0) || rename(tmp, out))) rc = dpm_err(err, "%s: cannot write: %s", out, strerror(errno));
-  if (rc) unlink(tmp);
+  if (!rc && dpm_atomic_commit(tmp, out)) rc = dpm_err(err, "%s: cannot write: %s", out, strerror(errno));
+  else if (rc) unlink(tmp);
   dpm_free(tmp);
   return rc;
 }
 
 /* ---- the run journal ---------------------------------------------------------------------------- */
 
-void dpm_ckpt_dirname(const char *path, char *out, size_t len) {
-  snprintf(out, len, "%s", path);
-  char *slash = strrchr(out, '/');
-  if (slash == out) out[1] = '\0';
-  else if (slash) *slash = '\0';
-  else snprintf(out, len, ".");
-}
+void dpm_ckpt_dirname(const char *path, char *out, size_t len) { dpm_path_dirname(path, out, len); }
 
 int64_t dpm_journal_ledger_steps(const dpm_ledger *L) {
   int64_t n = 0;
@@ -704,7 +664,7 @@ int dpm_journal_append(const char *dir, const char *run_id, const char *line, ch
   int rc = write(fd, buf, (size_t)len) == len && fsync(fd) == 0 ? 0 : -1;
   if (rc) dpm_err(err, "%s: cannot append to the run journal: %s", path, strerror(errno));
   close(fd);
-  if (!rc && fresh) sync_path(dir, 1); /* the new file's directory entry */
+  if (!rc && fresh) dpm_fsync_path(dir, 1); /* the new file's directory entry */
   return rc;
 }
 

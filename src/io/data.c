@@ -6,6 +6,7 @@
  */
 #include "dpmpi/io/data.h"
 
+#include "io/atomic.h"
 #include "io/h5util.h"
 
 #include <errno.h>
@@ -126,23 +127,11 @@ static int link_exists(hid_t file, const char *name) {
   }
 }
 
-/* Validate the file's root attributes and split `group`, fill hdr (no data). The file is open. */
-static int read_header(hid_t file, const char *path, const char *group, dpm_dataset *hdr, char *err) {
-  char xname[128], yname[128], gname[128];
-  if (!group || !group[0] || strlen(group) > 64 || strchr(group, '/'))
-    return dpm_err(err, "%s: invalid split name '%s'", path, group ? group : "");
-  snprintf(gname, sizeof gname, "/%s", group);
-  snprintf(xname, sizeof xname, "/%s/x", group);
-  snprintf(yname, sizeof yname, "/%s/y", group);
-  memset(hdr, 0, sizeof *hdr);
-
-  hid_t root = -1, x = -1, y = -1, xt = -1, yt = -1, xs = -1, ys = -1;
+/* The root group's attributes: format and format_version (checked if present) and num_classes. */
+static int read_root_attrs(hid_t file, const char *path, dpm_dataset *hdr, char *err) {
+  hid_t root = H5Gopen2(file, "/", H5P_DEFAULT);
+  if (root < 0) return dpm_err(err, "%s: cannot open the root group", path);
   int rc = -1;
-  root = H5Gopen2(file, "/", H5P_DEFAULT);
-  if (root < 0) {
-    dpm_err(err, "%s: cannot open the root group", path);
-    goto done;
-  }
   char fmt[64];
   int r = read_str_attr(root, path, "format", fmt, sizeof fmt, err);
   if (r < 0) goto done;
@@ -164,23 +153,17 @@ static int read_header(hid_t file, const char *path, const char *group, dpm_data
     goto done;
   }
   hdr->num_classes = (int)v;
+  rc = 0;
+done:
+  H5Gclose(root);
+  return rc;
+}
 
-  if (!link_exists(file, gname)) {
-    dpm_err(err, "%s: split %s is missing", path, gname);
-    goto done;
-  }
-  if (!link_exists(file, xname) || (x = H5Dopen2(file, xname, H5P_DEFAULT)) < 0) {
-    dpm_err(err, "%s: dataset %s is missing", path, xname);
-    goto done;
-  }
-  if (!link_exists(file, yname) || (y = H5Dopen2(file, yname, H5P_DEFAULT)) < 0) {
-    dpm_err(err, "%s: dataset %s is missing", path, yname);
-    goto done;
-  }
-
-  hdr->checksums = dpm_h5_is_checked(x) && dpm_h5_is_checked(y);
-  xt = H5Dget_type(x);
-  xs = H5Dget_space(x);
+/* x's element type and shape: uint8 N x H x W [x C] images or float32 N x d features; fills hdr's
+ * images, C, H, W and n_total. */
+static int read_x_shape(hid_t x, const char *path, const char *xname, dpm_dataset *hdr, char *err) {
+  hid_t xt = H5Dget_type(x), xs = H5Dget_space(x);
+  int rc = -1;
   H5T_class_t xc = H5Tget_class(xt);
   size_t xsize = H5Tget_size(xt);
   int xrank = H5Sget_simple_extent_ndims(xs);
@@ -220,9 +203,17 @@ static int read_header(hid_t file, const char *path, const char *group, dpm_data
     goto done;
   }
   hdr->n_total = (int64_t)xd[0];
+  rc = 0;
+done:
+  close_id(&xs, H5Sclose);
+  close_id(&xt, H5Tclose);
+  return rc;
+}
 
-  yt = H5Dget_type(y);
-  ys = H5Dget_space(y);
+/* y: integer labels, a vector of one label per row of x (n_total). */
+static int check_y(hid_t y, const char *path, const char *xname, const char *yname, int64_t n_total, char *err) {
+  hid_t yt = H5Dget_type(y), ys = H5Dget_space(y);
+  int rc = -1;
   if (H5Tget_class(yt) != H5T_INTEGER) {
     dpm_err(err, "%s: %s must hold integer labels", path, yname);
     goto done;
@@ -234,36 +225,60 @@ static int read_header(hid_t file, const char *path, const char *group, dpm_data
     goto done;
   }
   H5Sget_simple_extent_dims(ys, yd, NULL);
-  if (yd[0] != xd[0]) {
-    dpm_err(err, "%s: %s has %llu examples but %s has %llu labels", path, xname, (unsigned long long)xd[0],
+  if (yd[0] != (hsize_t)n_total) {
+    dpm_err(err, "%s: %s has %llu examples but %s has %llu labels", path, xname, (unsigned long long)n_total,
             yname, (unsigned long long)yd[0]);
     goto done;
   }
-
-  if (hdr->images) {
-    double mean, std;
-    if (read_num_attr(x, path, xname, "mean", &mean, err)) goto done;
-    if (read_num_attr(x, path, xname, "std", &std, err)) goto done;
-    if (!isfinite(mean) || !isfinite(std) || !(std > 0)) {
-      dpm_err(err, "%s: %s: normalization mean %g, std %g; expected finite values and std > 0", path, xname,
-              mean, std);
-      goto done;
-    }
-    hdr->mean = (float)mean;
-    hdr->std = (float)std;
-  } else {
-    hdr->mean = 0.0f;
-    hdr->std = 1.0f;
-  }
   rc = 0;
 done:
-  close_id(&xs, H5Sclose);
   close_id(&ys, H5Sclose);
-  close_id(&xt, H5Tclose);
   close_id(&yt, H5Tclose);
+  return rc;
+}
+
+/* Images: x's mean and std attributes (finite, std > 0); features are not normalized (0, 1). */
+static int read_normalization(hid_t x, const char *path, const char *xname, dpm_dataset *hdr, char *err) {
+  if (!hdr->images) {
+    hdr->mean = 0.0f;
+    hdr->std = 1.0f;
+    return 0;
+  }
+  double mean, std;
+  if (read_num_attr(x, path, xname, "mean", &mean, err)) return -1;
+  if (read_num_attr(x, path, xname, "std", &std, err)) return -1;
+  if (!isfinite(mean) || !isfinite(std) || !(std > 0))
+    return dpm_err(err, "%s: %s: normalization mean %g, std %g; expected finite values and std > 0", path, xname,
+                   mean, std);
+  hdr->mean = (float)mean;
+  hdr->std = (float)std;
+  return 0;
+}
+
+/* Validate the file's root attributes and split `group`, fill hdr (no data). The file is open. */
+static int read_header(hid_t file, const char *path, const char *group, dpm_dataset *hdr, char *err) {
+  char xname[128], yname[128], gname[128];
+  if (!group || !group[0] || strlen(group) > 64 || strchr(group, '/'))
+    return dpm_err(err, "%s: invalid split name '%s'", path, group ? group : "");
+  snprintf(gname, sizeof gname, "/%s", group);
+  snprintf(xname, sizeof xname, "/%s/x", group);
+  snprintf(yname, sizeof yname, "/%s/y", group);
+  memset(hdr, 0, sizeof *hdr);
+  if (read_root_attrs(file, path, hdr, err)) return -1;
+  if (!link_exists(file, gname)) return dpm_err(err, "%s: split %s is missing", path, gname);
+  hid_t x = -1, y = -1;
+  int rc = -1;
+  if (!link_exists(file, xname) || (x = H5Dopen2(file, xname, H5P_DEFAULT)) < 0) {
+    dpm_err(err, "%s: dataset %s is missing", path, xname);
+  } else if (!link_exists(file, yname) || (y = H5Dopen2(file, yname, H5P_DEFAULT)) < 0) {
+    dpm_err(err, "%s: dataset %s is missing", path, yname);
+  } else {
+    hdr->checksums = dpm_h5_is_checked(x) && dpm_h5_is_checked(y);
+    if (!read_x_shape(x, path, xname, hdr, err) && !check_y(y, path, xname, yname, hdr->n_total, err))
+      rc = read_normalization(x, path, xname, hdr, err);
+  }
   close_id(&x, H5Dclose);
   close_id(&y, H5Dclose);
-  close_id(&root, H5Gclose);
   return rc;
 }
 
@@ -317,12 +332,8 @@ static int check_labels(const int32_t *y, int64_t n, int64_t row0, int K, const 
 
 /* Every rank learns whether any rank failed; all get the message of the lowest failing rank. */
 static int agree(MPI_Comm comm, int rc, char *err) {
-  int rank, size;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &size);
-  int mine = rc ? rank : size, first = size;
-  DPM_MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (first == size) return 0;
+  const int first = dpm_comm_first_failed(comm, rc);
+  if (first < 0) return 0;
   DPM_MPI_CHECK(MPI_Bcast(err, DPM_ERRLEN, MPI_CHAR, first, comm));
   return -1;
 }
@@ -335,18 +346,47 @@ void dpm_dataset_free(dpm_dataset *d) {
   d->y = NULL;
 }
 
-int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t begin, int64_t end,
-                     dpm_dataset *out, char err[DPM_ERRLEN]) {
-  dpm_h5_quiet();
-  memset(out, 0, sizeof *out);
-  err[0] = '\0';
-  /* Every rank checks that it can see the file (cheap); only rank 0 reads its signature. */
+/* Read rows [row0, row0 + rows) of dataset d into buf (memory type mtype) with transfer list dxpl;
+ * rows == 0 selects nothing but still takes part in a collective read. */
+static herr_t read_rows(hid_t d, hid_t mtype, hsize_t row0, hsize_t rows, hid_t dxpl, void *buf) {
+  hid_t fs = H5Dget_space(d), ms = select_rows(fs, row0, rows);
+  herr_t e = H5Dread(d, mtype, ms, fs, dxpl, buf);
+  H5Sclose(ms);
+  H5Sclose(fs);
+  return e;
+}
+
+/* uint8 N x H x W x C -> float N x C x H x W, each byte value mapped through lut (its normalization). */
+static void unpack_images(const uint8_t *src, int64_t N, int C, int H, int W, const float *lut, float *dst) {
+  const size_t chw = (size_t)C * (size_t)H * (size_t)W;
+  for (int64_t i = 0; i < N; i++) {
+    const uint8_t *s = src + (size_t)i * chw;
+    float *d = dst + (size_t)i * chw;
+    for (int h = 0; h < H; h++)
+      for (int w = 0; w < W; w++)
+        for (int ch = 0; ch < C; ch++) d[((size_t)ch * H + h) * W + w] = lut[s[((size_t)h * W + w) * C + ch]];
+  }
+}
+
+/* Every value of the N x F features x (file rows row0..) is finite. */
+static int check_finite(const float *x, int64_t N, int64_t F, int64_t row0, const char *path, const char *xname,
+                        char *err) {
+  for (int64_t i = 0; i < N; i++)
+    for (int64_t j = 0; j < F; j++)
+      if (!isfinite(x[i * F + j]))
+        return dpm_err(err, "%s: %s: value %g at row %lld, column %lld is not finite", path, xname,
+                       (double)x[i * F + j], (long long)(row0 + i), (long long)j);
+  return 0;
+}
+
+/* Collective: every rank checks that it can see the file (cheap), rank 0 reads its signature, then all
+ * open it with MPI-IO. -1 on every rank (err: the lowest failing rank's message) if any rank failed. */
+static hid_t open_collective(MPI_Comm comm, const char *path, char *err) {
   int rank;
   MPI_Comm_rank(comm, &rank);
   int rc = access(path, R_OK) != 0 ? dpm_err(err, "%s: cannot open: %s", path, strerror(errno)) : 0;
   if (agree(comm, rc, err)) return -1;
   if (agree(comm, rank == 0 ? check_hdf5_path(path, err) : 0, err)) return -1;
-
   hid_t fapl = dpm_h5_fapl(&comm, 1);
   hid_t f = H5Fopen(path, H5F_ACC_RDONLY, fapl);
   H5Pclose(fapl);
@@ -355,8 +395,88 @@ int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t
     if (f >= 0) H5Fclose(f);
     return -1;
   }
+  return f;
+}
 
-  rc = read_header(f, path, group, out, err);
+/* A shard's collective read: the split's datasets, and the staging buffer and lookup table of images. */
+typedef struct {
+  const char *path;
+  char xname[128], yname[128];
+  hid_t xd, yd, dxpl;
+  int64_t chunk_rows;
+  float lut[256];
+  uint8_t *raw;
+} shard_reader;
+
+/* Collective reads of rows [r0, r0 + rows) of the shard (rows may be 0: an empty read): x into xdst
+ * (images: into the staging buffer), y in place. 0, or the dataset whose read failed first: 1 x, 2 y. */
+static int read_chunk(const shard_reader *r, dpm_dataset *out, int64_t r0, int64_t rows, float *xdst) {
+  const hsize_t f0 = (hsize_t)(out->begin + r0);
+  herr_t e = out->images ? read_rows(r->xd, H5T_NATIVE_UINT8, f0, (hsize_t)rows, r->dxpl, r->raw)
+                         : read_rows(r->xd, H5T_NATIVE_FLOAT, f0, (hsize_t)rows, r->dxpl, xdst);
+  herr_t e2 = read_rows(r->yd, H5T_NATIVE_INT32, f0, (hsize_t)rows, r->dxpl, out->y + (rows ? r0 : 0));
+  return e < 0 ? 1 : e2 < 0 ? 2 : 0;
+}
+
+/* The rows just read (rows > 0): images unpacked and normalized into xdst, features checked finite,
+ * labels checked to be classes. */
+static int finish_chunk(const shard_reader *r, dpm_dataset *out, int64_t r0, int64_t rows, float *xdst,
+                        char *err) {
+  const int64_t row0 = out->begin + r0;
+  if (out->images) unpack_images(r->raw, rows, out->C, out->H, out->W, r->lut, xdst);
+  else if (check_finite(xdst, rows, (int64_t)out->C * out->H * out->W, row0, r->path, r->xname, err)) return -1;
+  return check_labels(out->y + r0, rows, row0, out->num_classes, r->path, r->yname, err);
+}
+
+/* Collective: rows [out->begin, out->end) of split `group` into out->x (float N x C x H x W, images
+ * normalized) and out->y, in row chunks of at most DPM_IO_CHUNK_BYTES; every rank makes the same number
+ * of collective reads. */
+static int read_shard(MPI_Comm comm, hid_t f, const char *path, const char *group, dpm_dataset *out, char *err) {
+  shard_reader r = {.path = path};
+  snprintf(r.xname, sizeof r.xname, "/%s/x", group);
+  snprintf(r.yname, sizeof r.yname, "/%s/y", group);
+  const int64_t n = out->end - out->begin, chw = (int64_t)out->C * out->H * out->W;
+  const size_t row_bytes = (size_t)chw * (out->images ? 1 : 4);
+  out->x = dpm_malloc_aligned((size_t)(n > 0 ? n : 1) * (size_t)chw * sizeof(float));
+  out->y = dpm_malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
+  r.chunk_rows = (int64_t)(DPM_IO_CHUNK_BYTES / row_bytes);
+  if (r.chunk_rows < 1) r.chunk_rows = 1;
+  long long my_chunks = (n + r.chunk_rows - 1) / r.chunk_rows, n_chunks = 0;
+  DPM_MPI_CHECK(MPI_Allreduce(&my_chunks, &n_chunks, 1, MPI_LONG_LONG, MPI_MAX, comm));
+  if (out->images) {
+    for (int v = 0; v < 256; v++) r.lut[v] = (float)(((double)v / 255.0 - out->mean) / out->std);
+    r.raw = dpm_malloc((size_t)(n < r.chunk_rows ? (n > 0 ? n : 1) : r.chunk_rows) * row_bytes);
+  }
+  r.xd = H5Dopen2(f, r.xname, H5P_DEFAULT);
+  r.yd = H5Dopen2(f, r.yname, H5P_DEFAULT);
+  r.dxpl = H5Pcreate(H5P_DATASET_XFER);
+  H5Pset_dxpl_mpio(r.dxpl, H5FD_MPIO_COLLECTIVE);
+  int rc = 0;
+  for (long long c = 0; c < n_chunks; c++) {
+    int64_t r0 = c * r.chunk_rows, rows = 0;
+    if (r0 < n) rows = n - r0 < r.chunk_rows ? n - r0 : r.chunk_rows;
+    float *xdst = out->x + (size_t)(rows ? r0 : 0) * (size_t)chw;
+    const int bad = read_chunk(&r, out, r0, rows, xdst);
+    if (bad && !rc)
+      rc = dpm_err(err, "%s: reading rows [%lld, %lld) of %s failed (damaged or truncated file?)", path,
+                   (long long)(out->begin + r0), (long long)(out->begin + r0 + rows), bad == 1 ? r.xname : r.yname);
+    if (!rc && rows > 0) rc = finish_chunk(&r, out, r0, rows, xdst, err); /* after an error: only the reads */
+  }
+  H5Pclose(r.dxpl);
+  H5Dclose(r.xd);
+  H5Dclose(r.yd);
+  dpm_free(r.raw);
+  return rc;
+}
+
+int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t begin, int64_t end,
+                     dpm_dataset *out, char err[DPM_ERRLEN]) {
+  dpm_h5_quiet();
+  memset(out, 0, sizeof *out);
+  err[0] = '\0';
+  hid_t f = open_collective(comm, path, err);
+  if (f < 0) return -1;
+  int rc = read_header(f, path, group, out, err);
   if (rc == 0 && !(0 <= begin && begin <= end && end <= out->n_total))
     rc = dpm_err(err, "%s: shard [%lld, %lld) is outside split /%s of %lld examples", path, (long long)begin,
                  (long long)end, group, (long long)out->n_total);
@@ -367,75 +487,7 @@ int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t
   }
   out->begin = begin;
   out->end = end;
-
-  char xname[128], yname[128];
-  snprintf(xname, sizeof xname, "/%s/x", group);
-  snprintf(yname, sizeof yname, "/%s/y", group);
-  const int64_t n = end - begin, chw = (int64_t)out->C * out->H * out->W;
-  const size_t row_bytes = (size_t)chw * (out->images ? 1 : 4);
-  out->x = dpm_malloc_aligned((size_t)(n > 0 ? n : 1) * (size_t)chw * sizeof(float));
-  out->y = dpm_malloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
-
-  /* Collective reads in row chunks; every rank makes the same number of calls. */
-  int64_t chunk_rows = (int64_t)(DPM_IO_CHUNK_BYTES / row_bytes);
-  if (chunk_rows < 1) chunk_rows = 1;
-  long long my_chunks = (n + chunk_rows - 1) / chunk_rows, n_chunks = 0;
-  DPM_MPI_CHECK(MPI_Allreduce(&my_chunks, &n_chunks, 1, MPI_LONG_LONG, MPI_MAX, comm));
-
-  float lut[256];
-  uint8_t *raw = NULL;
-  if (out->images) {
-    for (int v = 0; v < 256; v++) lut[v] = (float)(((double)v / 255.0 - out->mean) / out->std);
-    raw = dpm_malloc((size_t)(n < chunk_rows ? (n > 0 ? n : 1) : chunk_rows) * row_bytes);
-  }
-  hid_t xd = H5Dopen2(f, xname, H5P_DEFAULT), yd = H5Dopen2(f, yname, H5P_DEFAULT);
-  hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
-  H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
-  rc = 0;
-  const int C = out->C, H = out->H, W = out->W;
-  for (long long c = 0; c < n_chunks; c++) {
-    int64_t r0 = c * chunk_rows, rows = 0;
-    if (r0 < n) rows = n - r0 < chunk_rows ? n - r0 : chunk_rows;
-    hid_t fs = H5Dget_space(xd);
-    hid_t ms = select_rows(fs, (hsize_t)(begin + r0), (hsize_t)rows);
-    float *xdst = out->x + (size_t)(rows ? r0 : 0) * (size_t)chw;
-    herr_t e = out->images ? H5Dread(xd, H5T_NATIVE_UINT8, ms, fs, dxpl, raw)
-                           : H5Dread(xd, H5T_NATIVE_FLOAT, ms, fs, dxpl, xdst);
-    H5Sclose(ms);
-    H5Sclose(fs);
-    fs = H5Dget_space(yd);
-    ms = select_rows(fs, (hsize_t)(begin + r0), (hsize_t)rows);
-    herr_t e2 = H5Dread(yd, H5T_NATIVE_INT32, ms, fs, dxpl, out->y + (rows ? r0 : 0));
-    H5Sclose(ms);
-    H5Sclose(fs);
-    if ((e < 0 || e2 < 0) && !rc)
-      rc = dpm_err(err, "%s: reading rows [%lld, %lld) of %s failed (damaged or truncated file?)", path,
-                   (long long)(begin + r0), (long long)(begin + r0 + rows), e < 0 ? xname : yname);
-    if (rc || rows == 0) continue;
-    if (out->images) {
-      /* uint8 N x H x W x C -> float N x C x H x W, normalized. */
-      for (int64_t i = 0; i < rows; i++) {
-        const uint8_t *src = raw + (size_t)i * row_bytes;
-        float *dst = xdst + (size_t)i * (size_t)chw;
-        for (int h = 0; h < H; h++)
-          for (int w = 0; w < W; w++)
-            for (int ch = 0; ch < C; ch++) dst[((size_t)ch * H + h) * W + w] = lut[src[((size_t)h * W + w) * C + ch]];
-      }
-    } else {
-      for (int64_t i = 0; i < rows && !rc; i++)
-        for (int64_t j = 0; j < chw; j++)
-          if (!isfinite(xdst[i * chw + j])) {
-            rc = dpm_err(err, "%s: %s: value %g at row %lld, column %lld is not finite", path, xname,
-                         (double)xdst[i * chw + j], (long long)(begin + r0 + i), (long long)j);
-            break;
-          }
-    }
-    if (!rc) rc = check_labels(out->y + r0, rows, begin + r0, out->num_classes, path, yname, err);
-  }
-  H5Pclose(dxpl);
-  H5Dclose(xd);
-  H5Dclose(yd);
-  dpm_free(raw);
+  rc = read_shard(comm, f, path, group, out, err);
   H5Fclose(f);
   if (agree(comm, rc, err)) {
     dpm_dataset_free(out);
@@ -463,11 +515,8 @@ int dpm_dataset_label_counts(const char *path, const char *group, int64_t *count
   hid_t yd = H5Dopen2(f, yname, H5P_DEFAULT);
   for (int64_t r0 = 0; r0 < hdr.n_total && !rc; r0 += chunk) {
     int64_t rows = hdr.n_total - r0 < chunk ? hdr.n_total - r0 : chunk;
-    hid_t fs = H5Dget_space(yd), ms = select_rows(fs, (hsize_t)r0, (hsize_t)rows);
-    if (H5Dread(yd, H5T_NATIVE_INT32, ms, fs, H5P_DEFAULT, buf) < 0)
+    if (read_rows(yd, H5T_NATIVE_INT32, (hsize_t)r0, (hsize_t)rows, H5P_DEFAULT, buf) < 0)
       rc = dpm_err(err, "%s: reading %s failed (damaged or truncated file?)", path, yname);
-    H5Sclose(ms);
-    H5Sclose(fs);
     if (!rc) rc = check_labels(buf, rows, r0, hdr.num_classes, path, yname, err);
     for (int64_t i = 0; i < rows && !rc; i++) counts[buf[i]]++;
   }
@@ -522,8 +571,10 @@ static int out_commit(out_file *o, char *err) {
     out_abort(o);
     return -1;
   }
-  if (rename(o->tmp, o->out) != 0) {
-    dpm_err(err, "%s: cannot rename %s into place: %s", o->out, o->tmp, strerror(errno));
+  const int stage = dpm_atomic_commit(o->tmp, o->out);
+  if (stage) {
+    if (stage == DPM_ATOMIC_FSYNC) dpm_err(err, "%s: fsync of %s failed: %s", o->out, o->tmp, strerror(errno));
+    else dpm_err(err, "%s: cannot rename %s into place: %s", o->out, o->tmp, strerror(errno));
     out_abort(o);
     return -1;
   }
@@ -532,23 +583,13 @@ static int out_commit(out_file *o, char *err) {
   return 0;
 }
 
-static int write_attr(hid_t obj, const char *name, hid_t type, const void *v) {
-  hid_t s = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, type, s, H5P_DEFAULT, H5P_DEFAULT);
-  herr_t e = a < 0 ? -1 : H5Awrite(a, type, v);
-  if (a >= 0) H5Aclose(a);
-  H5Sclose(s);
-  return e < 0 ? -1 : 0;
-}
-
-static int write_str_attr(hid_t obj, const char *name, const char *value) { return dpm_h5_put_str(obj, name, value); }
-
 static int write_root_attrs(hid_t file, int num_classes, const char *source) {
   hid_t root = H5Gopen2(file, "/", H5P_DEFAULT);
   int version = DPM_DATASET_VERSION;
-  int rc = write_attr(root, "num_classes", H5T_NATIVE_INT, &num_classes) |
-           write_str_attr(root, "format", DPM_DATASET_FORMAT) |
-           write_attr(root, "format_version", H5T_NATIVE_INT, &version) | write_str_attr(root, "source", source);
+  int rc = dpm_h5_put_attr(root, "num_classes", H5T_NATIVE_INT, H5T_NATIVE_INT, &num_classes) |
+           dpm_h5_put_str(root, "format", DPM_DATASET_FORMAT) |
+           dpm_h5_put_attr(root, "format_version", H5T_NATIVE_INT, H5T_NATIVE_INT, &version) |
+           dpm_h5_put_str(root, "source", source);
   H5Gclose(root);
   return rc;
 }
@@ -720,96 +761,88 @@ static int idx_copy_images(idx_file *f, hid_t file, const char *name, uint64_t *
   return rc;
 }
 
-int dpm_convert_idx(const char *train_images, const char *train_labels, const char *test_images,
-                    const char *test_labels, const char *out, char err[DPM_ERRLEN]) {
-  dpm_h5_quiet();
-  idx_file fi[2] = {{0}}, fl[2] = {{0}};
-  const char *ipath[2] = {train_images, test_images}, *lpath[2] = {train_labels, test_labels};
-  const char *split[2] = {"train", "test"};
-  int32_t *y[2] = {NULL, NULL};
-  out_file o = {.file = -1};
-  int rc = -1;
-
-  /* Headers first: nothing is written unless all four files agree. */
+/* Open the four IDX files and check their headers: nothing is written unless they agree (counts of
+ * images and labels per split, image size across splits). */
+static int idx_open_all(idx_file fi[2], idx_file fl[2], const char *ipath[2], const char *lpath[2], char *err) {
   for (int s = 0; s < 2; s++) {
-    if (idx_open(&fi[s], ipath[s], 3, "images", err) || idx_open(&fl[s], lpath[s], 1, "labels", err)) goto done;
-    if (fi[s].dims[0] != fl[s].dims[0]) {
-      dpm_err(err, "%s has %u images but %s has %u labels (count mismatch)", ipath[s], fi[s].dims[0], lpath[s],
-              fl[s].dims[0]);
-      goto done;
-    }
+    if (idx_open(&fi[s], ipath[s], 3, "images", err) || idx_open(&fl[s], lpath[s], 1, "labels", err)) return -1;
+    if (fi[s].dims[0] != fl[s].dims[0])
+      return dpm_err(err, "%s has %u images but %s has %u labels (count mismatch)", ipath[s], fi[s].dims[0],
+                     lpath[s], fl[s].dims[0]);
   }
-  if (fi[0].dims[1] != fi[1].dims[1] || fi[0].dims[2] != fi[1].dims[2]) {
-    dpm_err(err, "%s has %ux%u images but %s has %ux%u (size mismatch)", ipath[0], fi[0].dims[1], fi[0].dims[2],
-            ipath[1], fi[1].dims[1], fi[1].dims[2]);
-    goto done;
-  }
+  if (fi[0].dims[1] != fi[1].dims[1] || fi[0].dims[2] != fi[1].dims[2])
+    return dpm_err(err, "%s has %ux%u images but %s has %ux%u (size mismatch)", ipath[0], fi[0].dims[1],
+                   fi[0].dims[2], ipath[1], fi[1].dims[1], fi[1].dims[2]);
+  return 0;
+}
 
-  int max_label = 0;
+/* Read both label files into y[]; the classes are 0..K-1 with K - 1 the largest training label, every
+ * class present in the training labels and no other label in the test labels. */
+static int idx_classes(idx_file fl[2], int32_t *y[2], const char *lpath[2], int *K, char *err) {
   for (int s = 0; s < 2; s++)
-    if (idx_labels(&fl[s], &y[s], err)) goto done;
+    if (idx_labels(&fl[s], &y[s], err)) return -1;
+  int max_label = 0;
   for (uint64_t i = 0; i < fl[0].items; i++)
     if (y[0][i] > max_label) max_label = y[0][i];
-  const int K = max_label + 1;
+  *K = max_label + 1;
   for (uint64_t i = 0; i < fl[1].items; i++)
-    if (y[1][i] >= K) {
-      dpm_err(err, "%s: label %d of item %llu is not a class of the training labels (0..%d)", test_labels, y[1][i],
-              (unsigned long long)i, K - 1);
-      goto done;
-    }
-  int64_t *counts = dpm_calloc((size_t)K, sizeof *counts);
+    if (y[1][i] >= *K)
+      return dpm_err(err, "%s: label %d of item %llu is not a class of the training labels (0..%d)", lpath[1],
+                     y[1][i], (unsigned long long)i, *K - 1);
+  int64_t *counts = dpm_calloc((size_t)*K, sizeof *counts);
   for (uint64_t i = 0; i < fl[0].items; i++) counts[y[0][i]]++;
-  for (int k = 0; k < K; k++)
-    if (counts[k] == 0) {
-      dpm_free(counts);
-      dpm_err(err, "%s: no training example has label %d; labels must be 0..K-1 with every class present (the "
-              "largest label is %d)", train_labels, k, max_label);
-      goto done;
-    }
+  int rc = 0;
+  for (int k = 0; k < *K && !rc; k++)
+    if (counts[k] == 0)
+      rc = dpm_err(err, "%s: no training example has label %d; labels must be 0..K-1 with every class present (the "
+                   "largest label is %d)", lpath[0], k, max_label);
   dpm_free(counts);
+  return rc;
+}
 
-  if (out_open(&o, out, err)) goto done;
-  double mean = 0, std = 1;
+/* Write /train and /test: x streamed from the image files, y from the labels; the exact mean and std of
+ * the training pixels / 255 (integer sums: independent of summation order). */
+static int idx_write_splits(hid_t file, idx_file fi[2], const idx_file fl[2], int32_t *const y[2],
+                            const char *ipath[2], const char *out, double *mean, double *std, char *err) {
+  static const char *split[2] = {"train", "test"};
   for (int s = 0; s < 2; s++) {
     char name[32];
     snprintf(name, sizeof name, "/%s/x", split[s]);
     progress("%s: %u images of %ux%u from %s%s", split[s], fi[s].dims[0], fi[s].dims[1], fi[s].dims[2], ipath[s],
              gzdirect(fi[s].gz) ? "" : " (gzip)");
     uint64_t sum = 0, sumsq = 0;
-    if (idx_copy_images(&fi[s], o.file, name, &sum, &sumsq, err)) goto done;
+    if (idx_copy_images(&fi[s], file, name, &sum, &sumsq, err)) return -1;
     if (s == 0) {
-      /* Exact integer sums, so the statistics do not depend on summation order. */
       double cnt = (double)fi[0].items;
-      mean = (double)sum / 255.0 / cnt;
-      double var = (double)sumsq / (255.0 * 255.0) / cnt - mean * mean;
-      std = sqrt(var > 0 ? var : 0);
-      if (!(std > 0)) {
-        dpm_err(err, "%s: every training pixel has the same value; cannot normalize", train_images);
-        goto done;
-      }
+      *mean = (double)sum / 255.0 / cnt;
+      double var = (double)sumsq / (255.0 * 255.0) / cnt - *mean * *mean;
+      *std = sqrt(var > 0 ? var : 0);
+      if (!(*std > 0)) return dpm_err(err, "%s: every training pixel has the same value; cannot normalize", ipath[0]);
     }
     snprintf(name, sizeof name, "/%s/y", split[s]);
-    if (write_labels(o.file, name, y[s], (int64_t)fl[s].items)) {
-      dpm_err(err, "%s: writing %s failed (disk full?)", out, name);
-      goto done;
-    }
+    if (write_labels(file, name, y[s], (int64_t)fl[s].items))
+      return dpm_err(err, "%s: writing %s failed (disk full?)", out, name);
   }
+  return 0;
+}
+
+/* The x attributes mean and std: the fixed normalization, or the training pixels' own (from_data). */
+static int idx_write_normalization(hid_t file, double mean, double std, const char *out, char *err) {
+  static const char *split[2] = {"train", "test"};
   for (int s = 0; s < 2; s++) {
     char name[32];
     snprintf(name, sizeof name, "/%s/x", split[s]);
-    hid_t d = H5Dopen2(o.file, name, H5P_DEFAULT);
+    hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
     float fm = (float)(norm_from_data ? mean : norm_mean), fs = (float)(norm_from_data ? std : norm_std);
-    int e = write_attr(d, "mean", H5T_NATIVE_FLOAT, &fm) | write_attr(d, "std", H5T_NATIVE_FLOAT, &fs);
+    int e = dpm_h5_put_attr(d, "mean", H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT, &fm) |
+            dpm_h5_put_attr(d, "std", H5T_NATIVE_FLOAT, H5T_NATIVE_FLOAT, &fs);
     H5Dclose(d);
-    if (e) {
-      dpm_err(err, "%s: writing attributes of %s failed", out, name);
-      goto done;
-    }
+    if (e) return dpm_err(err, "%s: writing attributes of %s failed", out, name);
   }
-  if (write_root_attrs(o.file, K, "idx")) {
-    dpm_err(err, "%s: writing root attributes failed", out);
-    goto done;
-  }
+  return 0;
+}
+
+static void idx_report(int K, double mean, double std) {
   if (norm_from_data)
     progress("%d classes, pixel mean %.6f std %.6f of the training pixels / 255 (NOT covered by the DP guarantee: "
              "computed from the private data without noise)", K, mean, std);
@@ -819,6 +852,26 @@ int dpm_convert_idx(const char *train_images, const char *train_labels, const ch
              norm_std, mean, std);
   else
     progress("%d classes, fixed normalization mean %g std %g (data-independent)", K, norm_mean, norm_std);
+}
+
+int dpm_convert_idx(const char *train_images, const char *train_labels, const char *test_images,
+                    const char *test_labels, const char *out, char err[DPM_ERRLEN]) {
+  dpm_h5_quiet();
+  idx_file fi[2] = {{0}}, fl[2] = {{0}};
+  const char *ipath[2] = {train_images, test_images}, *lpath[2] = {train_labels, test_labels};
+  int32_t *y[2] = {NULL, NULL};
+  out_file o = {.file = -1};
+  int rc = -1, K = 0;
+  double mean = 0, std = 1;
+  if (idx_open_all(fi, fl, ipath, lpath, err) || idx_classes(fl, y, lpath, &K, err)) goto done;
+  if (out_open(&o, out, err)) goto done;
+  if (idx_write_splits(o.file, fi, fl, y, ipath, out, &mean, &std, err)) goto done;
+  if (idx_write_normalization(o.file, mean, std, out, err)) goto done;
+  if (write_root_attrs(o.file, K, "idx")) {
+    dpm_err(err, "%s: writing root attributes failed", out);
+    goto done;
+  }
+  idx_report(K, mean, std);
   rc = out_commit(&o, err);
   if (!rc) progress("wrote %s", out);
 done:
@@ -897,6 +950,76 @@ typedef struct {
   int32_t *y;
 } csv_table;
 
+/* The header line just read by r: the first file's defines the columns (names, ncols, label_col), a
+ * later file's must repeat them. */
+static int csv_header(const csv_reader *r, const char *label_column, char ***names, int *ncols, int *label_col,
+                      char *err) {
+  const char *path = r->path;
+  if (*names) {
+    if (r->nf != *ncols)
+      return dpm_err(err, "%s:1: the header has %d columns but the training file's has %d", path, r->nf, *ncols);
+    for (int k = 0; k < r->nf; k++)
+      if (strcmp(r->field[k], (*names)[k]) != 0)
+        return dpm_err(err, "%s:1:%d: column %d is '%s' but in the training file it is '%s'", path, r->col[k], k + 1,
+                       r->field[k], (*names)[k]);
+    return 0;
+  }
+  *ncols = r->nf;
+  *names = dpm_calloc((size_t)r->nf, sizeof **names);
+  *label_col = -1;
+  for (int k = 0; k < r->nf; k++) {
+    (*names)[k] = dpm_strdup(r->field[k]);
+    if (strcmp(r->field[k], label_column) == 0) {
+      if (*label_col >= 0)
+        return dpm_err(err, "%s:1:%d: label column '%s' appears twice in the header", path, r->col[k], label_column);
+      *label_col = k;
+    }
+  }
+  if (*label_col < 0) return dpm_err(err, "%s:1: label column '%s' not found in the header", path, label_column);
+  if (r->nf < 2)
+    return dpm_err(err, "%s:1: the header has only the label column; expected at least one feature column", path);
+  return 0;
+}
+
+/* The data line just read by r (as many fields as names): the label (an integer in 0..max_label) into
+ * *label, the features (finite, within float32) into xrow. */
+static int csv_row(const csv_reader *r, char **names, int label_col, int32_t max_label, float *xrow, int32_t *label,
+                   char *err) {
+  const char *path = r->path;
+  for (int k = 0, j = 0; k < r->nf; k++) {
+    const char *s = r->field[k];
+    char *end;
+    if (!*s) return dpm_err(err, "%s:%ld:%d: column '%s': empty value", path, r->lineno, r->col[k], names[k]);
+    errno = 0;
+    if (k == label_col) {
+      long v = strtol(s, &end, 10);
+      if (*end || errno)
+        return dpm_err(err, "%s:%ld:%d: label column '%s': '%s' is not an integer", path, r->lineno, r->col[k],
+                       names[k], s);
+      if (v < 0 || v > max_label) {
+        if (max_label == INT32_MAX - 1)
+          return dpm_err(err, "%s:%ld:%d: label column '%s': label %ld is out of range (labels are 0..K-1)", path,
+                         r->lineno, r->col[k], names[k], v);
+        return dpm_err(err, "%s:%ld:%d: label column '%s': label %ld is not a class of the training file (0..%d)",
+                       path, r->lineno, r->col[k], names[k], v, max_label);
+      }
+      *label = (int32_t)v;
+    } else {
+      double v = strtod(s, &end);
+      if (*end)
+        return dpm_err(err, "%s:%ld:%d: column '%s': '%s' is not a number", path, r->lineno, r->col[k], names[k], s);
+      if (!isfinite(v))
+        return dpm_err(err, "%s:%ld:%d: column '%s': value '%s' is not finite (NaN or Inf)", path, r->lineno,
+                       r->col[k], names[k], s);
+      if (fabs(v) > FLT_MAX)
+        return dpm_err(err, "%s:%ld:%d: column '%s': value '%s' is outside the float32 range", path, r->lineno,
+                       r->col[k], names[k], s);
+      xrow[j++] = (float)v;
+    }
+  }
+  return 0;
+}
+
 /* Parse one CSV file: header (compared to `names` if given, else stored there), then rows. */
 static int csv_read(const char *path, const char *label_column, char ***names, int *ncols, int *label_col,
                     int32_t max_label, csv_table *t, char *err) {
@@ -910,40 +1033,7 @@ static int csv_read(const char *path, const char *label_column, char ***names, i
     dpm_err(err, "%s: empty file (expected a header line of column names)", path);
     goto done;
   }
-  if (!*names) {
-    *ncols = r.nf;
-    *names = dpm_calloc((size_t)r.nf, sizeof **names);
-    *label_col = -1;
-    for (int k = 0; k < r.nf; k++) {
-      (*names)[k] = dpm_strdup(r.field[k]);
-      if (strcmp(r.field[k], label_column) == 0) {
-        if (*label_col >= 0) {
-          dpm_err(err, "%s:1:%d: label column '%s' appears twice in the header", path, r.col[k], label_column);
-          goto done;
-        }
-        *label_col = k;
-      }
-    }
-    if (*label_col < 0) {
-      dpm_err(err, "%s:1: label column '%s' not found in the header", path, label_column);
-      goto done;
-    }
-    if (r.nf < 2) {
-      dpm_err(err, "%s:1: the header has only the label column; expected at least one feature column", path);
-      goto done;
-    }
-  } else {
-    if (r.nf != *ncols) {
-      dpm_err(err, "%s:1: the header has %d columns but the training file's has %d", path, r.nf, *ncols);
-      goto done;
-    }
-    for (int k = 0; k < r.nf; k++)
-      if (strcmp(r.field[k], (*names)[k]) != 0) {
-        dpm_err(err, "%s:1:%d: column %d is '%s' but in the training file it is '%s'", path, r.col[k], k + 1,
-                r.field[k], (*names)[k]);
-        goto done;
-      }
-  }
+  if (csv_header(&r, label_column, names, ncols, label_col, err)) goto done;
   t->d = *ncols - 1;
   while ((got = csv_next(&r, err)) > 0) {
     if (r.nf != *ncols) {
@@ -955,51 +1045,7 @@ static int csv_read(const char *path, const char *label_column, char ***names, i
       t->x = dpm_realloc(t->x, (size_t)t->cap * (size_t)t->d * sizeof(float));
       t->y = dpm_realloc(t->y, (size_t)t->cap * sizeof(int32_t));
     }
-    float *xrow = t->x + (size_t)t->n * (size_t)t->d;
-    for (int k = 0, j = 0; k < r.nf; k++) {
-      const char *s = r.field[k];
-      char *end;
-      if (!*s) {
-        dpm_err(err, "%s:%ld:%d: column '%s': empty value", path, r.lineno, r.col[k], (*names)[k]);
-        goto done;
-      }
-      errno = 0;
-      if (k == *label_col) {
-        long v = strtol(s, &end, 10);
-        if (*end || errno) {
-          dpm_err(err, "%s:%ld:%d: label column '%s': '%s' is not an integer", path, r.lineno, r.col[k],
-                  (*names)[k], s);
-          goto done;
-        }
-        if (v < 0 || v > max_label) {
-          if (max_label == INT32_MAX - 1)
-            dpm_err(err, "%s:%ld:%d: label column '%s': label %ld is out of range (labels are 0..K-1)", path,
-                    r.lineno, r.col[k], (*names)[k], v);
-          else
-            dpm_err(err, "%s:%ld:%d: label column '%s': label %ld is not a class of the training file (0..%d)",
-                    path, r.lineno, r.col[k], (*names)[k], v, max_label);
-          goto done;
-        }
-        t->y[t->n] = (int32_t)v;
-      } else {
-        double v = strtod(s, &end);
-        if (*end) {
-          dpm_err(err, "%s:%ld:%d: column '%s': '%s' is not a number", path, r.lineno, r.col[k], (*names)[k], s);
-          goto done;
-        }
-        if (!isfinite(v)) {
-          dpm_err(err, "%s:%ld:%d: column '%s': value '%s' is not finite (NaN or Inf)", path, r.lineno, r.col[k],
-                  (*names)[k], s);
-          goto done;
-        }
-        if (fabs(v) > FLT_MAX) {
-          dpm_err(err, "%s:%ld:%d: column '%s': value '%s' is outside the float32 range", path, r.lineno,
-                  r.col[k], (*names)[k], s);
-          goto done;
-        }
-        xrow[j++] = (float)v;
-      }
-    }
+    if (csv_row(&r, *names, *label_col, max_label, t->x + (size_t)t->n * (size_t)t->d, &t->y[t->n], err)) goto done;
     t->n++;
     if (verbose && t->n % 1000000 == 0) progress("%s: %lld rows", path, (long long)t->n);
   }

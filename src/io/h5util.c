@@ -67,6 +67,28 @@ int dpm_h5_is_checked(hid_t d) {
   return found;
 }
 
+int dpm_h5_put_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, const void *v) {
+  return dpm_h5_put_array_attr(obj, name, ftype, mtype, 0, NULL, v);
+}
+
+int dpm_h5_put_array_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
+                          const void *v) {
+  hid_t sp = rank > 0 ? H5Screate_simple(rank, dims, NULL) : H5Screate(H5S_SCALAR);
+  hid_t a = H5Acreate2(obj, name, ftype, sp, H5P_DEFAULT, H5P_DEFAULT);
+  int rc = (a >= 0 && H5Awrite(a, mtype, v) >= 0) ? 0 : -1;
+  if (a >= 0) H5Aclose(a);
+  H5Sclose(sp);
+  return rc;
+}
+
+int dpm_h5_get_attr(hid_t obj, const char *name, hid_t mtype, void *v) {
+  if (H5Aexists(obj, name) <= 0) return -1;
+  hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+  int rc = (a >= 0 && H5Aread(a, mtype, v) >= 0) ? 0 : -1;
+  if (a >= 0) H5Aclose(a);
+  return rc;
+}
+
 int dpm_h5_put_str(hid_t obj, const char *name, const char *value) {
   hid_t t = H5Tcopy(H5T_C_S1), sp = H5Screate(H5S_SCALAR);
   H5Tset_size(t, H5T_VARIABLE);

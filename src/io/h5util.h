@@ -28,6 +28,14 @@ hid_t dpm_h5_checked_dcpl(int rank, const hsize_t *dims, size_t elem_bytes);
 /* Rows per chunk that dpm_h5_checked_dcpl chooses (>= 1): writers that stream rows write whole chunks. */
 hsize_t dpm_h5_chunk_rows(int rank, const hsize_t *dims, size_t elem_bytes);
 
+/* Scalar numeric attribute: put creates `name` of file type ftype from *v of memory type mtype; get reads
+ * it as mtype into *v. Both return 0, or -1 (get: also if the attribute is absent). */
+int dpm_h5_put_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, const void *v);
+int dpm_h5_get_attr(hid_t obj, const char *name, hid_t mtype, void *v);
+/* The same for an array attribute of `rank` dims (row-major; rank 0: scalar, dims unused). */
+int dpm_h5_put_array_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
+                          const void *v);
+
 /* Scalar string attribute: written as a variable-length UTF-8 string (h5py reads it as str); read in
  * either form (fixed or variable length). get returns a dpm_malloc'd string, NULL if the attribute is
  * absent or not a string. put returns 0 or -1. */

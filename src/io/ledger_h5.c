@@ -2,6 +2,8 @@
  * count}): see dpmpi/io/ledger_h5.h. The accountant (privacy/) knows nothing of files. */
 #include "dpmpi/io/ledger_h5.h"
 
+#include "io/h5util.h"
+
 #include <math.h>
 
 
@@ -24,7 +26,7 @@ static hid_t row_mem_type(void) {
 
 int dpm_ledger_write_hdf5(const dpm_ledger *L, hid_t group, char err[DPM_ERRLEN]) {
   int rc = -1;
-  hid_t ft = -1, mt = -1, space = -1, dset = -1, aspace = -1, attr = -1;
+  hid_t ft = -1, mt = -1, space = -1, dset = -1;
   ledger_row *rows = dpm_malloc(sizeof(ledger_row) * (size_t)(dpm_ledger_size(L) ? dpm_ledger_size(L) : 1));
   const int n = dpm_ledger_size(L);
   for (int i = 0; i < n; i++) {
@@ -57,14 +59,11 @@ int dpm_ledger_write_hdf5(const dpm_ledger *L, hid_t group, char err[DPM_ERRLEN]
       dpm_err(err, "cannot write the privacy ledger");
     } else {
       int32_t fmt = 1;
-      aspace = H5Screate(H5S_SCALAR);
-      attr = H5Acreate2(dset, "format", H5T_STD_I32LE, aspace, H5P_DEFAULT, H5P_DEFAULT);
-      if (attr < 0 || H5Awrite(attr, H5T_NATIVE_INT32, &fmt) < 0) dpm_err(err, "cannot write the ledger format attribute");
+      if (dpm_h5_put_attr(dset, "format", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt))
+        dpm_err(err, "cannot write the ledger format attribute");
       else rc = 0;
     }
   } H5E_END_TRY;
-  if (attr >= 0) H5Aclose(attr);
-  if (aspace >= 0) H5Sclose(aspace);
   if (dset >= 0) H5Dclose(dset);
   if (space >= 0) H5Sclose(space);
   if (mt >= 0) H5Tclose(mt);

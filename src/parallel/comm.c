@@ -29,13 +29,20 @@ void dpm_comm_install_abort(void) {
 
 __attribute__((constructor)) static void install_at_load(void) { dpm_comm_install_abort(); }
 
-void dpm_exit_if_error(MPI_Comm comm, int failed, const char *err) {
+int dpm_comm_first_failed(MPI_Comm comm, int failed) {
   int rank = 0, size = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
   int mine = failed ? rank : size, first = size;
   DPM_MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm));
-  if (first == size) return;
+  return first == size ? -1 : first;
+}
+
+void dpm_exit_if_error(MPI_Comm comm, int failed, const char *err) {
+  const int first = dpm_comm_first_failed(comm, failed);
+  if (first < 0) return;
+  int rank = 0;
+  MPI_Comm_rank(comm, &rank);
   if (rank == first) {
     fprintf(stderr, "dpmpi: error: %s\n", err && err[0] ? err : "unknown error");
     fflush(stderr);

@@ -147,56 +147,64 @@ static int auto_block(int d, int pr, int pc) {
   return nb < 1 ? 1 : nb;
 }
 
-int dpm_pca_eig(MPI_Comm comm, const double *A, int d, int k, dpm_pca_solver solver, int block, double *V,
-                double *evals, dpm_pca_stats *st, char err[DPM_ERRLEN]) {
+/* The BLACS grids of dpm_pca_eig and its descriptors: pr x pc over comm for the solver (block nb), 1 x 1
+ * on rank 0 of comm (ctxt0 < 0 elsewhere) holding the whole d x d matrix A0 and the d x k result V0. */
+typedef struct {
+  int sys, ctxt, ctxt0, pr, pc, nb, mloc, nloc; /* mloc x nloc: this rank's piece of the d x d matrix */
+  int descA[9], descA0[9], descV0[9];
+} eig_grid;
+
+static void eig_grid_init(MPI_Comm comm, int d, int k, int block, eig_grid *g) {
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
-  DPM_ASSERT(d >= 1 && k >= 1 && k <= d && (int64_t)d * k < INT32_MAX && (rank != 0 || A) && V);
-  double t0 = dpm_time();
-  int pr, pc;
-  dpm_pca_grid_shape(size, &pr, &pc);
-  const int nb = block > 0 ? block : auto_block(d, pr, pc), izero = 0, ione = 1;
-
-  /* two grids over comm: pr x pc for the solver, 1 x 1 (rank 0 of comm) holding the whole matrix */
+  dpm_pca_grid_shape(size, &g->pr, &g->pc);
+  g->nb = block > 0 ? block : auto_block(d, g->pr, g->pc);
+  const int izero = 0;
   int me, np;
   Cblacs_pinfo(&me, &np); /* initializes the BLACS if nothing has */
-  int sys = Csys2blacs_handle(comm), ctxt = sys, ctxt0 = sys;
-  Cblacs_gridinit(&ctxt, "Row", pr, pc);
-  Cblacs_gridinit(&ctxt0, "Row", 1, 1);
+  g->sys = g->ctxt = g->ctxt0 = Csys2blacs_handle(comm);
+  Cblacs_gridinit(&g->ctxt, "Row", g->pr, g->pc);
+  Cblacs_gridinit(&g->ctxt0, "Row", 1, 1);
   int npr, npc, myrow, mycol, info = 0;
-  Cblacs_gridinfo(ctxt, &npr, &npc, &myrow, &mycol);
-  DPM_ASSERT(npr == pr && npc == pc && myrow >= 0 && mycol >= 0);
-  DPM_ASSERT((rank == 0) == (ctxt0 >= 0));
-
-  const int mloc = numroc_(&d, &nb, &myrow, &izero, &pr), nloc = numroc_(&d, &nb, &mycol, &izero, &pc);
-  const int lld = mloc > 1 ? mloc : 1;
-  int descA[9], descA0[9] = {1, -1, d, d, d, d, 0, 0, d}, descV0[9] = {1, -1, d, k, d, k, 0, 0, d};
-  descinit_(descA, &d, &d, &nb, &nb, &izero, &izero, &ctxt, &lld, &info);
+  Cblacs_gridinfo(g->ctxt, &npr, &npc, &myrow, &mycol);
+  DPM_ASSERT(npr == g->pr && npc == g->pc && myrow >= 0 && mycol >= 0);
+  DPM_ASSERT((rank == 0) == (g->ctxt0 >= 0));
+  g->mloc = numroc_(&d, &g->nb, &myrow, &izero, &g->pr);
+  g->nloc = numroc_(&d, &g->nb, &mycol, &izero, &g->pc);
+  const int lld = g->mloc > 1 ? g->mloc : 1;
+  const int a0[9] = {1, -1, d, d, d, d, 0, 0, d}, v0[9] = {1, -1, d, k, d, k, 0, 0, d};
+  memcpy(g->descA0, a0, sizeof a0);
+  memcpy(g->descV0, v0, sizeof v0);
+  descinit_(g->descA, &d, &d, &g->nb, &g->nb, &izero, &izero, &g->ctxt, &lld, &info);
   DPM_ASSERT(info == 0);
-  double *V0 = NULL;
   if (rank == 0) {
-    descinit_(descA0, &d, &d, &d, &d, &izero, &izero, &ctxt0, &d, &info);
+    descinit_(g->descA0, &d, &d, &d, &d, &izero, &izero, &g->ctxt0, &d, &info);
     DPM_ASSERT(info == 0);
-    descinit_(descV0, &d, &k, &d, &k, &izero, &izero, &ctxt0, &d, &info);
+    descinit_(g->descV0, &d, &k, &d, &k, &izero, &izero, &g->ctxt0, &d, &info);
     DPM_ASSERT(info == 0);
-    V0 = dpm_malloc(sizeof(double) * (size_t)d * (size_t)k);
   }
-  const size_t nlocal = (size_t)mloc * (size_t)nloc;
-  double *a = dpm_malloc_aligned(sizeof(double) * (nlocal > 0 ? nlocal : 1));
-  double *z = dpm_malloc_aligned(sizeof(double) * (nlocal > 0 ? nlocal : 1));
-  double *w = dpm_malloc(sizeof(double) * (size_t)d), *wd = dpm_malloc(sizeof(double) * (size_t)k);
-  /* A is symmetric: its row-major array is its column-major array */
-  pdgemr2d_(&d, &d, A, &ione, &ione, descA0, a, &ione, &ione, descA, &ctxt);
+}
 
-  /* workspace query, then the solve */
-  double wq = 0;
-  int iwq = 0, lwork = -1, liwork = -1, m = 0, nz = 0, jz0;
-  const int mz = solver == DPM_PCA_SYEVR ? syevr_count(d, k, nb, pr, pc) : d; /* pairs computed */
-  const int il = d - mz + 1, iu = d;
+static void eig_grid_exit(eig_grid *g) {
+  Cblacs_gridexit(g->ctxt);
+  if (g->ctxt0 >= 0) Cblacs_gridexit(g->ctxt0);
+  Cfree_blacs_system_handle(g->sys);
+}
+
+/* The top mz eigenpairs of the distributed symmetric a (overwritten): eigenvalues ascending in w,
+ * eigenvectors in the columns of z; workspace query first. Returns ScaLAPACK's info; *m, *nz: the
+ * eigenvalues and eigenvectors found; *jz0: the column of z holding the k-th largest. */
+static int eig_solve(const eig_grid *g, int d, int k, int mz, dpm_pca_solver solver, double *a, double *w,
+                     double *z, int *m, int *nz, int *jz0) {
+  const int ione = 1, il = d - mz + 1, iu = d;
   const double vl = 0, vu = 0;
+  const int *descA = g->descA;
+  const int nb = g->nb;
+  double wq = 0;
+  int iwq = 0, lwork = -1, liwork = -1, info = 0;
   if (solver == DPM_PCA_SYEVR)
-    pdsyevr_("V", "I", "U", &d, a, &ione, &ione, descA, &vl, &vu, &il, &iu, &m, &nz, w, z, &ione, &ione, descA, &wq,
+    pdsyevr_("V", "I", "U", &d, a, &ione, &ione, descA, &vl, &vu, &il, &iu, m, nz, w, z, &ione, &ione, descA, &wq,
              &lwork, &iwq, &liwork, &info, 1, 1, 1);
   else
     pdsyevd_("V", "U", &d, a, &ione, &ione, descA, w, z, &ione, &ione, descA, &wq, &lwork, &iwq, &liwork, &info, 1, 1);
@@ -205,27 +213,75 @@ int dpm_pca_eig(MPI_Comm comm, const double *A, int d, int k, dpm_pca_solver sol
    * (max(nb (nb-1) / 2, (NqC0 + MpC0) nb) + nb^2: "PDORMTR parameter number 16 had an illegal value" for
    * some d and block sizes); PDSYEVD passes PDORMTR the rest of WORK, so a bound on that requirement is
    * added to the query. (PDSYEVR passes a fixed slice instead: syevr_count handles it.) */
-  const double ormtr = (double)(mloc + nloc + 2 * nb) * nb + 2.0 * nb * nb;
+  const double ormtr = (double)(g->mloc + g->nloc + 2 * nb) * nb + 2.0 * nb * nb;
   DPM_ASSERT(wq + ormtr < 2e9);
   lwork = (int)(wq + ormtr) + 64;
   liwork = iwq > 0 ? iwq : 1;
   if (solver == DPM_PCA_SYEVD) { /* PDSYEVD's documented minimum, in case the query reports less */
-    int minli = 7 * d + 8 * pc + 2;
+    int minli = 7 * d + 8 * g->pc + 2;
     if (liwork < minli) liwork = minli;
   }
   double *work = dpm_malloc(sizeof(double) * (size_t)lwork);
   int *iwork = dpm_malloc(sizeof(int) * (size_t)liwork);
   if (solver == DPM_PCA_SYEVR) {
-    pdsyevr_("V", "I", "U", &d, a, &ione, &ione, descA, &vl, &vu, &il, &iu, &m, &nz, w, z, &ione, &ione, descA, work,
+    pdsyevr_("V", "I", "U", &d, a, &ione, &ione, descA, &vl, &vu, &il, &iu, m, nz, w, z, &ione, &ione, descA, work,
              &lwork, iwork, &liwork, &info, 1, 1, 1);
-    jz0 = mz - k + 1; /* the top mz pairs ascending in columns 1..mz: the top k are the last k */
+    *jz0 = mz - k + 1; /* the top mz pairs ascending in columns 1..mz: the top k are the last k */
   } else {
     pdsyevd_("V", "U", &d, a, &ione, &ione, descA, w, z, &ione, &ione, descA, work, &lwork, iwork, &liwork, &info, 1, 1);
-    m = nz = d;
-    jz0 = d - k + 1; /* all pairs ascending: the top k are the last k columns */
+    *m = *nz = d;
+    *jz0 = d - k + 1; /* all pairs ascending: the top k are the last k columns */
   }
   dpm_free(work);
   dpm_free(iwork);
+  return info;
+}
+
+/* Columns jz0 .. jz0+k-1 of z to the root, there reordered descending into V (d x k row-major) with each
+ * vector's largest entry positive, and their eigenvalues (w from index jz0 - 1) into wd; then V and wd
+ * are broadcast. */
+static void eig_gather(MPI_Comm comm, const eig_grid *g, int d, int k, const double *z, int jz0, const double *w,
+                       double *V, double *wd) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  const int ione = 1;
+  double *V0 = rank == 0 ? dpm_malloc(sizeof(double) * (size_t)d * (size_t)k) : NULL;
+  pdgemr2d_(&d, &k, z, &ione, &jz0, g->descA, V0, &ione, &ione, g->descV0, &g->ctxt);
+  if (rank == 0) {
+    const int off = jz0 - 1; /* w index of column jz0 */
+    for (int c = 0; c < k; c++) {
+      const double *col = V0 + (size_t)(k - 1 - c) * d; /* descending */
+      int arg = 0;
+      for (int i = 1; i < d; i++)
+        if (fabs(col[i]) > fabs(col[arg])) arg = i;
+      const double sgn = col[arg] < 0 ? -1.0 : 1.0;
+      for (int i = 0; i < d; i++) V[(size_t)i * k + c] = sgn * col[i];
+      wd[c] = w[off + k - 1 - c];
+    }
+  }
+  dpm_free(V0);
+  DPM_MPI_CHECK(MPI_Bcast(V, d * k, MPI_DOUBLE, 0, comm));
+  DPM_MPI_CHECK(MPI_Bcast(wd, k, MPI_DOUBLE, 0, comm));
+}
+
+int dpm_pca_eig(MPI_Comm comm, const double *A, int d, int k, dpm_pca_solver solver, int block, double *V,
+                double *evals, dpm_pca_stats *st, char err[DPM_ERRLEN]) {
+  int rank;
+  MPI_Comm_rank(comm, &rank);
+  DPM_ASSERT(d >= 1 && k >= 1 && k <= d && (int64_t)d * k < INT32_MAX && (rank != 0 || A) && V);
+  double t0 = dpm_time();
+  eig_grid g;
+  eig_grid_init(comm, d, k, block, &g);
+  const int ione = 1;
+  const size_t nlocal = (size_t)g.mloc * (size_t)g.nloc;
+  double *a = dpm_malloc_aligned(sizeof(double) * (nlocal > 0 ? nlocal : 1));
+  double *z = dpm_malloc_aligned(sizeof(double) * (nlocal > 0 ? nlocal : 1));
+  double *w = dpm_malloc(sizeof(double) * (size_t)d), *wd = dpm_malloc(sizeof(double) * (size_t)k);
+  /* A is symmetric: its row-major array is its column-major array */
+  pdgemr2d_(&d, &d, A, &ione, &ione, g.descA0, a, &ione, &ione, g.descA, &g.ctxt);
+  const int mz = solver == DPM_PCA_SYEVR ? syevr_count(d, k, g.nb, g.pr, g.pc) : d; /* pairs computed */
+  int m = 0, nz = 0, jz0 = 0;
+  const int info = eig_solve(&g, d, k, mz, solver, a, w, z, &m, &nz, &jz0);
   DPM_ASSERT(info >= 0); /* a negative info is a bad argument: a bug here */
   int bad[2] = {info, (m < mz || nz < mz) ? 1 : 0};
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, bad, 2, MPI_INT, MPI_MAX, comm));
@@ -234,35 +290,17 @@ int dpm_pca_eig(MPI_Comm comm, const double *A, int d, int k, dpm_pca_solver sol
     rc = dpm_err(err, "ScaLAPACK %s failed on the %d x %d PCA matrix (info %d, %d of %d eigenvectors)",
                  solver == DPM_PCA_SYEVR ? "pdsyevr" : "pdsyevd", d, d, bad[0], nz, mz);
   } else {
-    /* columns jz0 .. jz0+k-1 of Z to the root */
-    pdgemr2d_(&d, &k, z, &ione, &jz0, descA, V0, &ione, &ione, descV0, &ctxt);
-    if (rank == 0) {
-      const int off = jz0 - 1; /* w index of column jz0 */
-      for (int c = 0; c < k; c++) {
-        const double *col = V0 + (size_t)(k - 1 - c) * d; /* descending */
-        int arg = 0;
-        for (int i = 1; i < d; i++)
-          if (fabs(col[i]) > fabs(col[arg])) arg = i;
-        const double sgn = col[arg] < 0 ? -1.0 : 1.0;
-        for (int i = 0; i < d; i++) V[(size_t)i * k + c] = sgn * col[i];
-        wd[c] = w[off + k - 1 - c];
-      }
-    }
-    DPM_MPI_CHECK(MPI_Bcast(V, d * k, MPI_DOUBLE, 0, comm));
-    DPM_MPI_CHECK(MPI_Bcast(wd, k, MPI_DOUBLE, 0, comm));
+    eig_gather(comm, &g, d, k, z, jz0, w, V, wd);
     if (evals) memcpy(evals, wd, sizeof(double) * (size_t)k);
   }
   dpm_free(a);
   dpm_free(z);
   dpm_free(w);
   dpm_free(wd);
-  dpm_free(V0);
-  Cblacs_gridexit(ctxt);
-  if (ctxt0 >= 0) Cblacs_gridexit(ctxt0);
-  Cfree_blacs_system_handle(sys);
+  eig_grid_exit(&g);
   double t = dpm_time() - t0;
   max_times(comm, &t, 1);
-  if (st) st->t_eig = t, st->pr = pr, st->pc = pc, st->block = nb;
+  if (st) st->t_eig = t, st->pr = g.pr, st->pc = g.pc, st->block = g.nb;
   return rc;
 }
 

@@ -15,6 +15,10 @@
     if (dpm_rc_ != MPI_SUCCESS) dpm_fatal_at(__FILE__, __LINE__, "MPI call failed: %s", #call); \
   } while (0)
 
+/* Collective over comm: the lowest rank whose `failed` is non-zero, or -1 on every rank if none failed.
+ * The one agreement on a failure that the collective errors below (and io's readers and writers) use. */
+int dpm_comm_first_failed(MPI_Comm comm, int failed);
+
 /* Collective over comm. If any rank has failed (its `failed` is non-zero), the lowest such rank prints
  * "dpmpi: error: <err>" to stderr, and every rank finalizes MPI and exits with DPM_EXIT_USAGE.
  * Otherwise returns normally on every rank. */
