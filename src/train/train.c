@@ -221,10 +221,10 @@ static void setup_keys(trainer *tr) {
 
 /* Test accuracy and mean loss over the whole test split (each rank its shard). */
 static void evaluate(trainer *tr, double *accuracy, double *loss) {
-  double sums[3];
-  dpm_step_eval(&tr->step, &tr->test, sums);
-  *loss = sums[0] / sums[2];
-  *accuracy = sums[1] / sums[2];
+  dpm_step_stats sums;
+  dpm_step_eval(&tr->step, &tr->test, &sums);
+  *loss = sums.loss / sums.examples;
+  *accuracy = sums.correct / sums.examples;
 }
 
 static void print_header(trainer *tr) {
@@ -408,7 +408,8 @@ static void train_loop(trainer *tr) {
   int64_t eval_every = (int64_t)llround(cfg->eval_every_epochs * tr->steps_per_epoch);
   if (eval_every < 1) eval_every = 1;
 
-  double t_start = dpm_time(), t_train = 0, win[4] = {0, 0, 0, 0}; /* loss, examples, correct, clipped */
+  double t_start = dpm_time(), t_train = 0;
+  dpm_step_stats win = {0}; /* summed over the steps since the last progress line */
   double examples_total = 0;
   tr->announced = tr->start;
   for (int64_t t = tr->start; t < tr->steps; t++) {
@@ -420,16 +421,17 @@ static void train_loop(trainer *tr) {
               (long long)(dpm_journal_ledger_steps(tr->ledger) + to - t));
       tr->announced = to;
     }
-    double t0 = dpm_time(), stats[4];
+    double t0 = dpm_time();
+    dpm_step_stats stats;
     double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, total_epochs);
-    dpm_step_run(st, (uint64_t)t, stats);
+    dpm_step_run(st, (uint64_t)t, &stats);
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
-    double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats[1] > 0 ? stats[1] : 1.0);
+    double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats.examples > 0 ? stats.examples : 1.0);
     dpm_sgd_step(opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     t_train += dpm_time() - t0;
-    examples_total += stats[1];
-    for (int k = 0; k < 4; k++) win[k] += stats[k];
+    examples_total += stats.examples;
+    win.loss += stats.loss, win.examples += stats.examples, win.correct += stats.correct, win.clipped += stats.clipped;
 
     int64_t done = t + 1;
     if (done % log_every == 0 || done == tr->steps) {
@@ -438,12 +440,12 @@ static void train_loop(trainer *tr) {
         char eta[32], epsbuf[32];
         fmt_duration((dpm_time() - t_start) / (double)(done - tr->start) * (double)(tr->steps - done), eta, sizeof eta);
         if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "eps %.4f", eps); else snprintf(epsbuf, sizeof epsbuf, "non-private");
-        double n = win[1] > 0 ? win[1] : 1;
+        double n = win.examples > 0 ? win.examples : 1;
         const int w = (int)log10((double)tr->steps) + 1;
         if (cfg->private_stats)
           printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
-                 w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win[0] / n, win[2] / n,
-                 100 * win[3] / (n * (G > 0 ? G : 1)), lr, examples_total / t_train, epsbuf, eta,
+                 w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win.loss / n, win.correct / n,
+                 100 * win.clipped / (n * (G > 0 ? G : 1)), lr, examples_total / t_train, epsbuf, eta,
                  tr->any_seeded ? "  [seeded]" : "");
         else /* DP-safe values only: no statistic of a private batch, its realized size included */
           printf("step %*lld/%lld  epoch %.2f  lr %.4g  ex/s %.0f (expected batch)  %s  ETA %s  elapsed %.0fs%s\n", w,
@@ -451,7 +453,7 @@ static void train_loop(trainer *tr) {
                  expected_per_s(tr, done, t_train), epsbuf, eta, dpm_time() - t_start, tr->any_seeded ? "  [seeded]" : "");
         fflush(stdout);
       }
-      memset(win, 0, sizeof win);
+      win = (dpm_step_stats){0};
     }
     if (done % eval_every == 0 || done == tr->steps)
       report_eval(tr, done, (double)done / tr->steps_per_epoch,
