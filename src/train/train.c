@@ -156,7 +156,7 @@ static void setup_privacy(trainer *tr) {
   char err[DPM_ERRLEN] = "";
   int failed = 0;
   tr->dp = cfg->privacy_enabled;
-  tr->acct = cfg->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
+  tr->acct = cfg->accountant;
   tr->ledger = dpm_ledger_create();
   /* ---- DP-PCA: its Gaussian release is the ledger's first event; training is calibrated after it ---- */
   if (tr->pca_k > 0) {
@@ -252,7 +252,7 @@ static void print_header(trainer *tr) {
            "after the run\n",
            dpm_clipping_name(cfg->clipping), cfg->clip, tr->sigma,
            cfg->noise_multiplier > 0 ? "" : " (calibrated)", cfg->delta,
-           tr->acct == DPM_ACCT_RDP ? "rdp" : "tight", eps);
+           dpm_accountant_name(tr->acct), eps);
     if (cfg->delta > 1.0 / (double)tr->N)
       printf("warning: delta = %g is not below 1/N = %g: the guarantee is weak\n", cfg->delta, 1.0 / (double)tr->N);
   } else {
@@ -304,7 +304,7 @@ static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s
   evaluate(tr, &acc, &loss);
   double eps = epsilon_now(tr);
   if (tr->rank != 0) return;
-  const char *acct = tr->acct == DPM_ACCT_RDP ? "rdp" : "tight";
+  const char *acct = dpm_accountant_name(tr->acct);
   if (tr->dp)
     printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  epsilon %.4f (delta %g, %s)%s\n",
            (long long)step, epoch, 100 * acc, loss, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
