@@ -222,11 +222,11 @@ static void real_init(real *r, const char *layers, int dp, int pb, double q, con
 }
 
 static double real_repeat(real *r, int steps, MPI_Comm comm) {
-  double stats[4];
+  dpm_step_stats stats;
   DPM_MPI_CHECK(MPI_Barrier(comm));
   double t0 = dpm_time();
   for (int k = 0; k < steps; k++, r->t++) {
-    dpm_step_run(&r->st, r->t, stats);
+    dpm_step_run(&r->st, r->t, &stats);
     dpm_sgd_step(&r->opt, dpm_model_params(r->m), dpm_model_grads(r->m), 1.0 / 256, 0.01);
   }
   double dt = (dpm_time() - t0) / steps;

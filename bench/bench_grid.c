@@ -113,9 +113,9 @@ static void runner_init(runner *r, const char *layers, MPI_Comm all, MPI_Comm dp
   dpm_step_init(&r->st);
   dpm_sgd_init(&r->opt, dpm_model_num_params(r->m), 0.9, 0);
   r->ar_step = dpm_malloc(sizeof(double) * (size_t)steps);
-  double stats[4];
+  dpm_step_stats stats;
   for (int w = 0; w < 3; w++, r->t++) {
-    dpm_step_run(&r->st, r->t, stats);
+    dpm_step_run(&r->st, r->t, &stats);
     dpm_sgd_step(&r->opt, dpm_model_params(r->m), dpm_model_grads(r->m), 1.0 / batch, 0.01);
   }
 }
@@ -131,17 +131,18 @@ static void runner_free(runner *r) {
  * per second, allreduce seconds per step: max over ranks of time_allreduce, last-in (per-step min),
  * seconds per step waiting for the slowest rank (max over ranks; with measure_wait only)}. */
 static void runner_repeat(runner *r, int steps, double out[5]) {
-  double stats[4], examples = 0;
+  dpm_step_stats stats;
+  double examples = 0;
   r->st.time_allreduce = 0;
   r->st.time_wait = 0;
   DPM_MPI_CHECK(MPI_Barrier(r->all));
   double t0 = dpm_time();
   for (int k = 0; k < steps; k++, r->t++) {
     double before = r->st.time_allreduce;
-    dpm_step_run(&r->st, r->t, stats);
+    dpm_step_run(&r->st, r->t, &stats);
     r->ar_step[k] = r->st.time_allreduce - before;
     dpm_sgd_step(&r->opt, dpm_model_params(r->m), dpm_model_grads(r->m), 1.0 / r->expected, 0.01);
-    examples += stats[1];
+    examples += stats.examples;
   }
   double dt = dpm_time() - t0, ar = r->st.time_allreduce / steps, last_in = 0, wait = r->st.time_wait / steps;
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &wait, 1, MPI_DOUBLE, MPI_MAX, r->all));

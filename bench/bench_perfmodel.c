@@ -49,14 +49,15 @@ static double step_time(const char *layers, dpm_dataset *d, int b, size_t *param
   dpm_sgd opt;
   *params = dpm_model_num_params(m);
   dpm_sgd_init(&opt, *params, 0.9, 0);
-  double stats[4], times[7];
+  dpm_step_stats stats;
+  double times[7];
   uint64_t t = 0;
-  for (int w = 0; w < 2; w++, t++) dpm_step_run(&st, t, stats), dpm_sgd_step(&opt, dpm_model_params(m), dpm_model_grads(m), 1e-3, 0.01);
+  for (int w = 0; w < 2; w++, t++) dpm_step_run(&st, t, &stats), dpm_sgd_step(&opt, dpm_model_params(m), dpm_model_grads(m), 1e-3, 0.01);
   for (int r = 0; r < 7; r++) {
     const int per = 4;
     double t0 = dpm_time();
     for (int k = 0; k < per; k++, t++) {
-      dpm_step_run(&st, t, stats);
+      dpm_step_run(&st, t, &stats);
       dpm_sgd_step(&opt, dpm_model_params(m), dpm_model_grads(m), 1e-3, 0.01);
     }
     times[r] = (dpm_time() - t0) / per;

@@ -90,14 +90,15 @@ static void runner_free(runner *r) {
 /* `steps` steps, collective over the runner's comm. out: {seconds per step (max over ranks), examples/s
  * (all ranks), allreduce seconds per step, wait seconds per step (each the max over ranks)}. */
 static void runner_repeat(runner *r, int steps, double out[4]) {
-  double stats[4], examples = 0;
+  dpm_step_stats stats;
+  double examples = 0;
   r->st.time_allreduce = r->st.time_wait = 0;
   DPM_MPI_CHECK(MPI_Barrier(r->st.comm));
   double t0 = dpm_time();
   for (int k = 0; k < steps; k++, r->t++) {
-    dpm_step_run(&r->st, r->t, stats);
+    dpm_step_run(&r->st, r->t, &stats);
     dpm_sgd_step(&r->opt, dpm_model_params(r->m), dpm_model_grads(r->m), 1.0 / r->batch, 0.01);
-    examples += stats[1];
+    examples += stats.examples;
   }
   double v[3] = {dpm_time() - t0, r->st.time_allreduce, r->st.time_wait};
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, 3, MPI_DOUBLE, MPI_MAX, r->st.comm));

@@ -163,13 +163,14 @@ static void variant_free(variant *v) {
 
 /* `steps` steps; returns seconds per step (max over ranks), *examples receives examples per step. */
 static double variant_run(variant *v, int steps, double *examples) {
-  double stats[4], ex = 0;
+  dpm_step_stats stats;
+  double ex = 0;
   DPM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
   double t0 = dpm_time();
   for (int k = 0; k < steps; k++, v->t++) {
-    dpm_step_run(&v->st, v->t, stats);
+    dpm_step_run(&v->st, v->t, &stats);
     dpm_sgd_step(&v->opt, dpm_model_params(v->m), dpm_model_grads(v->m), 1e-3, 0.01);
-    ex += stats[1];
+    ex += stats.examples;
   }
   double dt = (dpm_time() - t0) / steps;
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));

@@ -6,6 +6,7 @@
 #include "cli/commands.h"
 #include "dpmpi/privacy/accountant.h"
 #include "dpmpi/io/ckpt.h"
+#include "dpmpi/io/config.h"
 #include "dpmpi/core/common.h"
 
 static const char *CKPT_USAGE =
@@ -78,16 +79,15 @@ static int info_work(char **args, char *err) {
   int64_t extra;
   char found[4096];
   if (open_ckpt(args[0], found, sizeof found, &meta, &L, &eps, &extra, err)) return -1;
-  const char *clip_names[] = {"flat", "per-layer", "per-device"};
   printf("checkpoint: %s (format %d, written by dpmpi %s)\n", found, meta.format, meta.version);
   printf("step: %lld of %lld (%.2f epochs of %lld examples)\n", (long long)meta.step, (long long)meta.steps_total,
          (double)meta.step * meta.q, (long long)meta.n_train);
   printf("grid: %d replicas x %d stages\n", meta.replicas, meta.stages);
   if (meta.privacy)
     printf("privacy: epsilon %.6f at delta %g (%s accountant) after %lld steps of the ledger; sampling rate %.8g, "
-           "noise multiplier %.6g, %s clipping C = %g\n", eps, meta.delta, meta.accountant == 0 ? "rdp" : "tight",
+           "noise multiplier %.6g, %s clipping C = %g\n", eps, meta.delta, dpm_accountant_name(meta.accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT),
            (long long)dpm_journal_ledger_steps(L), meta.q, meta.sigma,
-           meta.clipping >= 0 && meta.clipping <= 2 ? clip_names[meta.clipping] : "?", meta.clip);
+           meta.clipping >= 0 && meta.clipping <= 2 ? dpm_clipping_name((dpm_clipping)meta.clipping) : "?", meta.clip);
   else
     printf("privacy: none (non-private run)\n");
   if (meta.privacy && meta.epsilon > 0) printf("budget: epsilon %g (privacy.epsilon, held on resume)\n", meta.epsilon);

@@ -7,6 +7,7 @@
  * renames it over the final name and fsyncs the directory. Until the rename the final name holds the
  * previous checkpoint or nothing. HDF5's own metadata is checksummed too (file format 1.10 objects). */
 #include "dpmpi/io/ckpt.h"
+#include "dpmpi/io/config.h" /* dpm_clipping_name */
 #include "dpmpi/io/ledger_h5.h"
 
 #include "io/atomic.h"
@@ -541,9 +542,8 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
     }
     if (!rc) {
       int32_t fmt = 1;
-      const char *acct = meta->accountant == 0 ? "rdp" : "tight";
-      const char *clip_names[] = {"flat", "per-layer", "per-device"};
-      const char *cn = meta->clipping >= 0 && meta->clipping <= 2 ? clip_names[meta->clipping] : "?";
+      const char *acct = dpm_accountant_name(meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT);
+      const char *cn = meta->clipping >= 0 && meta->clipping <= 2 ? dpm_clipping_name((dpm_clipping)meta->clipping) : "?";
       int r = dpm_h5_put_str(dst, "format", "dpmpi-model") |
               dpm_h5_put_attr(dst, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
               dpm_h5_put_str(dst, "library_version", DPM_VERSION) | dpm_h5_put_str(dst, "layers", meta->layers) |

@@ -109,6 +109,9 @@ static const key_def KEYS[] = {
    "whether any segment of the run printed them (stats_printed)."},
 };
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])
+/* K_ENUM stores a choice's index as an int into an enum field */
+_Static_assert(sizeof(dpm_accountant_kind) == sizeof(int) && DPM_ACCT_RDP == 0 && DPM_ACCT_TIGHT == 1,
+               "privacy.accountant's choices rdp|tight are dpm_accountant_kind's values");
 
 typedef struct {
   dpm_config *cfg;

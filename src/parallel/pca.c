@@ -354,7 +354,7 @@ int dpm_pca_sigma(const dpm_config *cfg, double *sigma, char err[DPM_ERRLEN]) {
     return 0;
   }
   char inner[DPM_ERRLEN];
-  dpm_accountant_kind kind = cfg->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
+  dpm_accountant_kind kind = cfg->accountant;
   if (dpm_calibrate_sigma(cfg->pca_epsilon, cfg->delta, 1.0, 1, kind, sigma, inner))
     return dpm_err(err, "%s: [pca] epsilon = %g: cannot calibrate the PCA noise: %s", cfg->path, cfg->pca_epsilon,
                    inner);

@@ -51,7 +51,8 @@ void dpm_step_init(dpm_step *s) {
   const dpm_dataset *d = s->data;
   const size_t shard = (size_t)(d->end - d->begin);
   s->sel = dpm_malloc(sizeof(int64_t) * (shard + 1));
-  s->norms = s->clipping == DPM_CLIP_FLAT && s->stages > 1 ? dpm_malloc(sizeof(double) * (shard + 1)) : NULL;
+  s->two_pass = s->dp && s->clipping == DPM_CLIP_FLAT && s->stages > 1;
+  s->norms = s->two_pass ? dpm_malloc(sizeof(double) * (shard + 1)) : NULL;
   s->xb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_input_size(m));
   s->doutb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_output_size(m));
   s->yb = dpm_malloc(sizeof(int32_t) * PB);
@@ -86,6 +87,12 @@ void dpm_step_free(dpm_step *s) {
 
 /* ---- one micro-batch ------------------------------------------------------------------------------ */
 
+/* The passes of a step: two_pass runs PASS_NORMS first; every step and evaluation runs PASS_ACCUMULATE. */
+typedef enum {
+  PASS_NORMS,      /* the per-example squared norms of this stage only: no clipping, no sum, no counts */
+  PASS_ACCUMULATE  /* the counts (loss, correct, clipped) and, in training, the clipped sum */
+} walk_pass;
+
 typedef struct {
   const dpm_dataset *d;
   const int64_t *rows;  /* global indices of the micro-batches' examples, NULL: contiguous from d->begin */
@@ -94,7 +101,7 @@ typedef struct {
   const float *gx;
   const int32_t *gy;
   int64_t M;            /* micro-batches: ceil(n / physical batch), of sizes differing by at most one */
-  int pass;             /* flat on S > 1: 0 = norms only, 1 = clipped accumulation; otherwise 1 */
+  walk_pass pass;
   int train;            /* 0: evaluation (forward only) */
 } walk;
 
@@ -128,7 +135,7 @@ static void forward_mb(dpm_step *s, const walk *w, int64_t k) {
     for (int i = 0; i < B; i++) s->yb[i] = ex_y(w, off + i);
     int correct = 0;
     double loss = dpm_model_forward(m, s->xb, s->yb, B, &correct);
-    if (w->pass == 1) s->acc[0] += loss, s->acc[2] += correct;
+    if (w->pass == PASS_ACCUMULATE) s->acc.loss += loss, s->acc.correct += correct;
   } else {
     dpm_model_forward(m, s->xb, NULL, B, NULL);
     DPM_MPI_CHECK(MPI_Isend(dpm_model_output(m), (int)((size_t)B * dpm_model_output_size(m)), MPI_FLOAT,
@@ -140,7 +147,6 @@ static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
   const int c = (int)(k % s->nctx), B = mb_size(w, k), G = dpm_model_num_groups(s->model);
   dpm_model *m = s->ctx[c];
   const int64_t off = mb_off(w, k);
-  const int flat_pipe = s->dp && s->norms != NULL;
   /* DP: norms in both passes of flat clipping on a pipeline too (pass 1 uses the whole-model norms for
      the coefficients, but ghost conv layers keep their own for the clipped sum's safeguards) */
   double *sq = s->dp ? s->sq : NULL;
@@ -158,7 +164,7 @@ static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
     dpm_model_accumulate(m, NULL);
     return;
   }
-  if (flat_pipe && w->pass == 0) { /* this stage's part of each example's squared norm */
+  if (w->pass == PASS_NORMS) { /* this stage's part of each example's squared norm */
     for (int i = 0; i < B; i++) {
       double t = 0;
       for (int g = 0; g < G; g++) t += s->sq[(size_t)g * B + i];
@@ -166,14 +172,14 @@ static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
     }
     return;
   }
-  if (flat_pipe) { /* coefficients from the whole-model norms */
+  if (s->two_pass) { /* coefficients from the whole-model norms */
     for (int i = 0; i < B; i++) s->sq[i] = s->norms[off + i];
     dpm_clip_coefs(s->sq, 1, B, DPM_CLIP_FLAT, s->threshold, s->coef);
     for (int g = 1; g < G; g++) memcpy(s->coef + (size_t)g * B, s->coef, sizeof(float) * (size_t)B);
   } else {
     dpm_clip_coefs(s->sq, G, B, s->clipping, s->threshold, s->coef);
   }
-  for (int k2 = 0; k2 < G * B; k2++) s->acc[3] += s->coef[k2] < 1.0f;
+  for (int k2 = 0; k2 < G * B; k2++) s->acc.clipped += s->coef[k2] < 1.0f;
   dpm_model_accumulate(m, s->coef);
 }
 
@@ -198,6 +204,13 @@ static void run_pipeline(dpm_step *s, walk *w) {
 static void grid_sum(dpm_step *s, double *v, int n) {
   if (s->size > 1) DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, s->comm));
   if (s->stages > 1) DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, s->pipe));
+}
+
+/* *out = a summed over the whole grid: the first n of (loss, examples, correct, clipped), reduced as doubles. */
+static void grid_sum_stats(dpm_step *s, dpm_step_stats a, int n, dpm_step_stats *out) {
+  double v[4] = {a.loss, a.examples, a.correct, a.clipped};
+  grid_sum(s, v, n);
+  *out = (dpm_step_stats){.loss = v[0], .examples = v[1], .correct = v[2], .clipped = n > 3 ? v[3] : 0};
 }
 
 /* Rebalance this step's sample over the replicas (see dpmpi/train/step.h): every rank of every stage agrees
@@ -275,21 +288,22 @@ static void rebalance(dpm_step *s) {
   if (nreq) DPM_MPI_CHECK(MPI_Waitall(nreq, s->xreq, MPI_STATUSES_IGNORE));
 }
 
-void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]) {
+void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
   dpm_model *m = s->model;
   const dpm_dataset *d = s->data;
   const size_t P = dpm_model_num_params(m);
   const int64_t nsel = dpm_sample_shard(&s->sample_key, t, s->q, d->begin, d->end, s->sel);
   s->nsel = nsel;
   rebalance(s);
-  memset(s->acc, 0, sizeof s->acc);
+  s->acc = (dpm_step_stats){0};
   dpm_model_zero_grads(m);
-  walk w = {.d = d, .rows = s->sel, .n = s->nwalk, .nkeep = s->nkeep, .gx = s->gx, .gy = s->gy, .pass = 1, .train = 1};
-  if (s->dp && s->norms) {
-    w.pass = 0;
+  walk w = {.d = d, .rows = s->sel, .n = s->nwalk, .nkeep = s->nkeep, .gx = s->gx, .gy = s->gy,
+            .pass = PASS_ACCUMULATE, .train = 1};
+  if (s->two_pass) {
+    w.pass = PASS_NORMS;
     run_pipeline(s, &w);
     DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->norms, (int)s->nwalk, MPI_DOUBLE, MPI_SUM, s->pipe));
-    w.pass = 1;
+    w.pass = PASS_ACCUMULATE;
   }
   run_pipeline(s, &w);
   float *grads = dpm_model_grads(m);
@@ -311,15 +325,15 @@ void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]) {
     }
   }
   s->time_allreduce += dpm_time() - t0;
-  s->acc[1] = s->stage == 0 ? (double)s->nwalk : 0;
-  memcpy(stats, s->acc, sizeof s->acc);
-  grid_sum(s, stats, 4);
+  s->acc.examples = s->stage == 0 ? (double)s->nwalk : 0;
+  grid_sum_stats(s, s->acc, 4, stats);
 }
 
-void dpm_step_eval(dpm_step *s, const dpm_dataset *d, double sums[3]) {
-  memset(s->acc, 0, sizeof s->acc);
-  walk w = {.d = d, .rows = NULL, .n = d->end - d->begin, .nkeep = d->end - d->begin, .pass = 1, .train = 0};
+void dpm_step_eval(dpm_step *s, const dpm_dataset *d, dpm_step_stats *sums) {
+  s->acc = (dpm_step_stats){0};
+  walk w = {.d = d, .rows = NULL, .n = d->end - d->begin, .nkeep = d->end - d->begin, .pass = PASS_ACCUMULATE,
+            .train = 0};
   run_pipeline(s, &w);
-  sums[0] = s->acc[0], sums[1] = s->acc[2], sums[2] = s->stage == 0 ? (double)w.n : 0;
-  grid_sum(s, sums, 3);
+  s->acc.examples = s->stage == 0 ? (double)w.n : 0;
+  grid_sum_stats(s, s->acc, 3, sums); /* clipped is 0 here: not reduced */
 }

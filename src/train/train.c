@@ -51,7 +51,8 @@ static const char *USAGE =
     "rank exits with status 75 (requeue and resume). Exit status: 0 done, 2 user error, 3 internal error,\n"
     "75 stopped by a signal after a checkpoint.\n";
 
-/* SIGTERM / SIGUSR1: finish the step, checkpoint, exit DPM_EXIT_SIGNALLED. */
+/* SIGTERM / SIGUSR1: finish the step, checkpoint; train_loop and dpm_cmd_train return DPM_EXIT_SIGNALLED, the exit
+ * status (src/cli/main.c finalizes MPI). */
 #define DPM_EXIT_SIGNALLED 75
 static volatile sig_atomic_t stop_signal = 0;
 static void on_stop_signal(int sig) { stop_signal = sig; }
@@ -156,7 +157,7 @@ static void setup_privacy(trainer *tr) {
   char err[DPM_ERRLEN] = "";
   int failed = 0;
   tr->dp = cfg->privacy_enabled;
-  tr->acct = cfg->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
+  tr->acct = cfg->accountant;
   tr->ledger = dpm_ledger_create();
   /* ---- DP-PCA: its Gaussian release is the ledger's first event; training is calibrated after it ---- */
   if (tr->pca_k > 0) {
@@ -221,10 +222,10 @@ static void setup_keys(trainer *tr) {
 
 /* Test accuracy and mean loss over the whole test split (each rank its shard). */
 static void evaluate(trainer *tr, double *accuracy, double *loss) {
-  double sums[3];
-  dpm_step_eval(&tr->step, &tr->test, sums);
-  *loss = sums[0] / sums[2];
-  *accuracy = sums[1] / sums[2];
+  dpm_step_stats sums;
+  dpm_step_eval(&tr->step, &tr->test, &sums);
+  *loss = sums.loss / sums.examples;
+  *accuracy = sums.correct / sums.examples;
 }
 
 static void print_header(trainer *tr) {
@@ -252,7 +253,7 @@ static void print_header(trainer *tr) {
            "after the run\n",
            dpm_clipping_name(cfg->clipping), cfg->clip, tr->sigma,
            cfg->noise_multiplier > 0 ? "" : " (calibrated)", cfg->delta,
-           tr->acct == DPM_ACCT_RDP ? "rdp" : "tight", eps);
+           dpm_accountant_name(tr->acct), eps);
     if (cfg->delta > 1.0 / (double)tr->N)
       printf("warning: delta = %g is not below 1/N = %g: the guarantee is weak\n", cfg->delta, 1.0 / (double)tr->N);
   } else {
@@ -304,7 +305,7 @@ static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s
   evaluate(tr, &acc, &loss);
   double eps = epsilon_now(tr);
   if (tr->rank != 0) return;
-  const char *acct = tr->acct == DPM_ACCT_RDP ? "rdp" : "tight";
+  const char *acct = dpm_accountant_name(tr->acct);
   if (tr->dp)
     printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  epsilon %.4f (delta %g, %s)%s\n",
            (long long)step, epoch, 100 * acc, loss, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
@@ -395,97 +396,145 @@ static double expected_per_s(const trainer *tr, int64_t done, double t_train) {
   return (double)(done - tr->start) * tr->q * (double)tr->N / (t_train > 0 ? t_train : 1);
 }
 
-static void train_loop(trainer *tr) {
-  dpm_config *cfg = &tr->cfg;
+/* The loop's clocks, counters and periods. */
+typedef struct {
+  int64_t log_every, eval_every; /* a progress line, an evaluation every this many steps (and at the end) */
+  double total_epochs;
+  double t_start, t_train;       /* wall clock at the loop's start; seconds spent in training steps */
+  double examples_total;         /* examples computed in this segment */
+  dpm_step_stats win;            /* summed over the steps since the last progress line */
+} loop_state;
+
+static loop_state loop_begin(trainer *tr) {
+  const dpm_config *cfg = &tr->cfg;
+  loop_state ls = {.total_epochs = tr->steps / tr->steps_per_epoch};
+  ls.log_every = cfg->log_every > 0 ? cfg->log_every : (int64_t)ceil(tr->steps_per_epoch / 10);
+  if (ls.log_every < 1) ls.log_every = 1;
+  ls.eval_every = (int64_t)llround(cfg->eval_every_epochs * tr->steps_per_epoch);
+  if (ls.eval_every < 1) ls.eval_every = 1;
+  ls.t_start = dpm_time();
+  return ls;
+}
+
+/* Collective: the journal first records the block of steps from t to the next progress line or checkpoint,
+ * so a crash inside the block still counts all of it. */
+static void announce_block(trainer *tr, int64_t t, int64_t log_every) {
+  int64_t to = (t / log_every + 1) * log_every, every = tr->cfg.ckpt_every;
+  if (every > 0 && (t / every + 1) * every < to) to = (t / every + 1) * every;
+  if (to > tr->steps) to = tr->steps;
+  journal(tr, "run %lld %lld %lld", (long long)t, (long long)to,
+          (long long)(dpm_journal_ledger_steps(tr->ledger) + to - t));
+  tr->announced = to;
+}
+
+static void add_stats(loop_state *ls, const dpm_step_stats *s) {
+  ls->examples_total += s->examples;
+  ls->win.loss += s->loss, ls->win.examples += s->examples, ls->win.correct += s->correct;
+  ls->win.clipped += s->clipped;
+}
+
+/* The throughput of the progress and evaluation lines: of the realized batches with output.private_stats,
+ * else of the expected batch q*N. */
+static double throughput(const trainer *tr, const loop_state *ls, int64_t done) {
+  return tr->cfg.private_stats ? ls->examples_total / ls->t_train : expected_per_s(tr, done, ls->t_train);
+}
+
+/* The progress line after step `done` (rank 0), then a new window of statistics. */
+static void report_progress(trainer *tr, loop_state *ls, int64_t done, double lr) {
+  const dpm_config *cfg = &tr->cfg;
+  const int G = tr->step.total_groups;
+  double eps = epsilon_now(tr);
+  if (tr->rank == 0) {
+    char eta[32], epsbuf[32];
+    fmt_duration((dpm_time() - ls->t_start) / (double)(done - tr->start) * (double)(tr->steps - done), eta, sizeof eta);
+    if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "eps %.4f", eps); else snprintf(epsbuf, sizeof epsbuf, "non-private");
+    const dpm_step_stats *win = &ls->win;
+    double n = win->examples > 0 ? win->examples : 1;
+    const int w = (int)log10((double)tr->steps) + 1;
+    if (cfg->private_stats)
+      printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
+             w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win->loss / n,
+             win->correct / n, 100 * win->clipped / (n * (G > 0 ? G : 1)), lr, ls->examples_total / ls->t_train,
+             epsbuf, eta, tr->any_seeded ? "  [seeded]" : "");
+    else /* DP-safe values only: no statistic of a private batch, its realized size included */
+      printf("step %*lld/%lld  epoch %.2f  lr %.4g  ex/s %.0f (expected batch)  %s  ETA %s  elapsed %.0fs%s\n", w,
+             (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, lr,
+             expected_per_s(tr, done, ls->t_train), epsbuf, eta, dpm_time() - ls->t_start,
+             tr->any_seeded ? "  [seeded]" : "");
+    fflush(stdout);
+  }
+  ls->win = (dpm_step_stats){0};
+}
+
+/* Collective: the signal any rank received (SIGTERM, SIGUSR1), 0 if none. */
+static int stop_requested(trainer *tr) {
+  int stop = stop_signal;
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, tr->comm));
+  return stop;
+}
+
+/* Collective: the segment ends at step `done` on signal `sig` (the journal, then rank 0's line). */
+static void report_stop(trainer *tr, int sig, int64_t done) {
+  journal(tr, "end %lld %lld", (long long)done, (long long)dpm_journal_ledger_steps(tr->ledger));
+  if (tr->rank != 0) return;
+  printf("stopped by signal %d after step %lld: %s; exiting with status %d\n", sig, (long long)done,
+         tr->cfg.ckpt_dir ? "checkpoint written, resume with --resume" : "no checkpoint.dir, progress is lost",
+         DPM_EXIT_SIGNALLED);
+  fflush(stdout);
+}
+
+/* Collective: the run is complete (the journal, then rank 0's summary line). */
+static void report_done(trainer *tr, const loop_state *ls) {
+  journal(tr, "end %lld %lld", (long long)tr->steps, (long long)dpm_journal_ledger_steps(tr->ledger));
+  if (tr->rank != 0) return;
+  char wall[32];
+  fmt_duration(dpm_time() - ls->t_start, wall, sizeof wall);
+  if (tr->cfg.private_stats)
+    printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)(tr->steps - tr->start), wall,
+           ls->examples_total / (ls->t_train > 0 ? ls->t_train : 1));
+  else
+    printf("done: %lld steps in %s (%.0f examples/s in training steps, from the expected batch)",
+           (long long)(tr->steps - tr->start), wall, expected_per_s(tr, tr->steps, ls->t_train));
+  if (tr->dp) printf(", epsilon %.4f at delta %g", epsilon_now(tr), tr->cfg.delta);
+  printf("\n");
+}
+
+/* Steps tr->start .. tr->steps: each step's sample, forward/backward, clipping, noise and allreduce
+ * (dpm_step_run), the update, the accounting, then progress, evaluation and checkpoint as they fall due.
+ * Returns 0 when the run is complete, or DPM_EXIT_SIGNALLED after SIGTERM or SIGUSR1 (the step in progress
+ * finished, then a checkpoint if checkpoint.dir is set); the process goes on either way. */
+static int train_loop(trainer *tr) {
+  const dpm_config *cfg = &tr->cfg;
   dpm_model *m = tr->model;
-  dpm_step *st = &tr->step;
-  const int G = st->total_groups;
-  const double total_epochs = tr->steps / tr->steps_per_epoch;
-  dpm_sgd *opt = &tr->opt;
-
-  int64_t log_every = cfg->log_every > 0 ? cfg->log_every : (int64_t)ceil(tr->steps_per_epoch / 10);
-  if (log_every < 1) log_every = 1;
-  int64_t eval_every = (int64_t)llround(cfg->eval_every_epochs * tr->steps_per_epoch);
-  if (eval_every < 1) eval_every = 1;
-
-  double t_start = dpm_time(), t_train = 0, win[4] = {0, 0, 0, 0}; /* loss, examples, correct, clipped */
-  double examples_total = 0;
+  loop_state ls = loop_begin(tr);
   tr->announced = tr->start;
   for (int64_t t = tr->start; t < tr->steps; t++) {
-    if (t == tr->announced) { /* the journal first: a crash in the block still counts all of it */
-      int64_t to = (t / log_every + 1) * log_every, every = cfg->ckpt_every;
-      if (every > 0 && (t / every + 1) * every < to) to = (t / every + 1) * every;
-      if (to > tr->steps) to = tr->steps;
-      journal(tr, "run %lld %lld %lld", (long long)t, (long long)to,
-              (long long)(dpm_journal_ledger_steps(tr->ledger) + to - t));
-      tr->announced = to;
-    }
-    double t0 = dpm_time(), stats[4];
-    double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, total_epochs);
-    dpm_step_run(st, (uint64_t)t, stats);
+    if (t == tr->announced) announce_block(tr, t, ls.log_every);
+    double t0 = dpm_time();
+    dpm_step_stats stats;
+    double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, ls.total_epochs);
+    dpm_step_run(&tr->step, (uint64_t)t, &stats); /* the noisy sum of clipped gradients (the plain sum without DP) */
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
-    double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats[1] > 0 ? stats[1] : 1.0);
-    dpm_sgd_step(opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
+    double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats.examples > 0 ? stats.examples : 1.0);
+    dpm_sgd_step(&tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
-    t_train += dpm_time() - t0;
-    examples_total += stats[1];
-    for (int k = 0; k < 4; k++) win[k] += stats[k];
+    ls.t_train += dpm_time() - t0;
+    add_stats(&ls, &stats);
 
-    int64_t done = t + 1;
-    if (done % log_every == 0 || done == tr->steps) {
-      double eps = epsilon_now(tr);
-      if (tr->rank == 0) {
-        char eta[32], epsbuf[32];
-        fmt_duration((dpm_time() - t_start) / (double)(done - tr->start) * (double)(tr->steps - done), eta, sizeof eta);
-        if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "eps %.4f", eps); else snprintf(epsbuf, sizeof epsbuf, "non-private");
-        double n = win[1] > 0 ? win[1] : 1;
-        const int w = (int)log10((double)tr->steps) + 1;
-        if (cfg->private_stats)
-          printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
-                 w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win[0] / n, win[2] / n,
-                 100 * win[3] / (n * (G > 0 ? G : 1)), lr, examples_total / t_train, epsbuf, eta,
-                 tr->any_seeded ? "  [seeded]" : "");
-        else /* DP-safe values only: no statistic of a private batch, its realized size included */
-          printf("step %*lld/%lld  epoch %.2f  lr %.4g  ex/s %.0f (expected batch)  %s  ETA %s  elapsed %.0fs%s\n", w,
-                 (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, lr,
-                 expected_per_s(tr, done, t_train), epsbuf, eta, dpm_time() - t_start, tr->any_seeded ? "  [seeded]" : "");
-        fflush(stdout);
-      }
-      memset(win, 0, sizeof win);
-    }
-    if (done % eval_every == 0 || done == tr->steps)
-      report_eval(tr, done, (double)done / tr->steps_per_epoch,
-                  cfg->private_stats ? examples_total / t_train : expected_per_s(tr, done, t_train));
-    int stop = stop_signal;
-    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &stop, 1, MPI_INT, MPI_MAX, tr->comm));
+    const int64_t done = t + 1;
+    if (done % ls.log_every == 0 || done == tr->steps) report_progress(tr, &ls, done, lr);
+    if (done % ls.eval_every == 0 || done == tr->steps)
+      report_eval(tr, done, (double)done / tr->steps_per_epoch, throughput(tr, &ls, done));
+    const int stop = stop_requested(tr);
     if (cfg->ckpt_dir && (done == tr->steps || stop || (cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0)))
       write_checkpoint(tr, done);
     if (stop) {
-      journal(tr, "end %lld %lld", (long long)done, (long long)dpm_journal_ledger_steps(tr->ledger));
-      if (tr->rank == 0) {
-        printf("stopped by signal %d after step %lld: %s; exiting with status %d\n", stop, (long long)done,
-               cfg->ckpt_dir ? "checkpoint written, resume with --resume" : "no checkpoint.dir, progress is lost",
-               DPM_EXIT_SIGNALLED);
-        fflush(stdout);
-      }
-      if (tr->metrics) fclose(tr->metrics);
-      MPI_Finalize();
-      exit(DPM_EXIT_SIGNALLED);
+      report_stop(tr, stop, done);
+      return DPM_EXIT_SIGNALLED;
     }
   }
-  journal(tr, "end %lld %lld", (long long)tr->steps, (long long)dpm_journal_ledger_steps(tr->ledger));
-  if (tr->rank == 0) {
-    char wall[32];
-    fmt_duration(dpm_time() - t_start, wall, sizeof wall);
-    if (cfg->private_stats)
-      printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)(tr->steps - tr->start), wall,
-             examples_total / (t_train > 0 ? t_train : 1));
-    else
-      printf("done: %lld steps in %s (%.0f examples/s in training steps, from the expected batch)",
-             (long long)(tr->steps - tr->start), wall, expected_per_s(tr, tr->steps, t_train));
-    if (tr->dp) printf(", epsilon %.4f at delta %g", epsilon_now(tr), cfg->delta);
-    printf("\n");
-  }
+  report_done(tr, &ls);
+  return 0;
 }
 
 /* The whole model is built once (small batch) to check shapes and cost its layers; this rank keeps its
@@ -755,193 +804,262 @@ static void run_pca(trainer *tr) {
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &tr->pca_st.t_proj, 1, MPI_DOUBLE, MPI_MAX, tr->comm));
 }
 
-int dpm_cmd_train(int argc, char **argv) {
-  trainer tr;
-  memset(&tr, 0, sizeof tr);
-  tr.comm = MPI_COMM_WORLD;
-  MPI_Comm_rank(tr.comm, &tr.rank);
-  MPI_Comm_size(tr.comm, &tr.size);
+/* The command line. */
+typedef struct {
+  const char *job;     /* JOBFILE */
+  const char *resume;  /* --resume PATH, or NULL: a new run */
+  int resume_branch;   /* --resume-branch */
+  int n_over;
+  char **over;         /* the --section.key=value overrides (owned) */
+} train_args;
+
+/* Returns 1 when --help or --help-keys was printed (nothing more to do), else 0; a mistake is a collective
+ * user error. */
+static int parse_args(trainer *tr, int argc, char **argv, train_args *a) {
   char err[DPM_ERRLEN] = "";
   int failed = 0;
-
-  const char *job = NULL, *resume = NULL;
-  int n_over = 0, resume_branch = 0;
-  char **over = dpm_malloc(sizeof(char *) * (size_t)(argc + 1));
+  memset(a, 0, sizeof *a);
+  a->over = dpm_malloc(sizeof(char *) * (size_t)(argc + 1));
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-      if (tr.rank == 0) fputs(USAGE, stdout);
-      dpm_free(over);
-      return 0;
+      if (tr->rank == 0) fputs(USAGE, stdout);
+      return 1;
     }
     if (!strcmp(argv[i], "--help-keys")) {
-      if (tr.rank == 0) dpm_config_print_keys(stdout);
-      dpm_free(over);
-      return 0;
+      if (tr->rank == 0) dpm_config_print_keys(stdout);
+      return 1;
     }
     if (!strcmp(argv[i], "--resume")) {
-      if (i + 1 < argc) resume = argv[++i];
+      if (i + 1 < argc) a->resume = argv[++i];
       else if (!failed) failed = 1, dpm_err(err, "train: --resume needs a checkpoint file or directory");
       continue;
     }
     if (!strncmp(argv[i], "--resume=", 9)) {
-      resume = argv[i] + 9;
+      a->resume = argv[i] + 9;
       continue;
     }
     if (!strcmp(argv[i], "--resume-branch")) {
-      resume_branch = 1;
+      a->resume_branch = 1;
       continue;
     }
-    if (!strncmp(argv[i], "--", 2)) over[n_over++] = argv[i];
-    else if (!job) job = argv[i];
+    if (!strncmp(argv[i], "--", 2)) a->over[a->n_over++] = argv[i];
+    else if (!a->job) a->job = argv[i];
     else if (!failed) failed = 1, dpm_err(err, "train: unexpected argument '%s' (one job file, then --section.key=value)", argv[i]);
   }
-  if (!job && !failed) failed = 1, dpm_err(err, "train: no job file given (usage: dpmpi train JOBFILE [--section.key=value ...])");
-  if (resume_branch && !resume && !failed) failed = 1, dpm_err(err, "train: --resume-branch needs --resume PATH");
-  dpm_exit_if_error(tr.comm, failed, err);
+  if (!a->job && !failed) failed = 1, dpm_err(err, "train: no job file given (usage: dpmpi train JOBFILE [--section.key=value ...])");
+  if (a->resume_branch && !a->resume && !failed) failed = 1, dpm_err(err, "train: --resume-branch needs --resume PATH");
+  dpm_exit_if_error(tr->comm, failed, err);
+  return 0;
+}
 
-  failed = dpm_config_load(job, n_over, over, &tr.cfg, err) != 0;
-  dpm_free(over);
-  dpm_exit_if_error(tr.comm, failed, err);
-  dpm_config *cfg = &tr.cfg;
-
-  /* shapes and sizes, identical on every rank */
-  dpm_dataset hdr, thdr;
+/* The job file and its overrides; the data's shapes and sizes (identical on every rank; *thdr: the test
+ * split's), the sampling rate and the run's length; the grid, the DP-PCA check and this rank's model. */
+static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
+  char err[DPM_ERRLEN] = "";
+  int failed = dpm_config_load(a->job, a->n_over, a->over, &tr->cfg, err) != 0;
+  dpm_free(a->over);
+  a->over = NULL;
+  dpm_exit_if_error(tr->comm, failed, err);
+  dpm_config *cfg = &tr->cfg;
+  dpm_dataset hdr;
   failed = dpm_dataset_probe(cfg->data_train, "train", &hdr, err) != 0;
-  if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", &thdr, err) != 0;
-  if (!failed && (thdr.C != hdr.C || thdr.H != hdr.H || thdr.W != hdr.W || thdr.num_classes != hdr.num_classes))
+  if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", thdr, err) != 0;
+  if (!failed && (thdr->C != hdr.C || thdr->H != hdr.H || thdr->W != hdr.W || thdr->num_classes != hdr.num_classes))
     failed = 1, dpm_err(err, "%s: /test has shape %dx%dx%d with %d classes but %s /train has %dx%dx%d with %d",
-                        cfg->data_test, thdr.C, thdr.H, thdr.W, thdr.num_classes, cfg->data_train, hdr.C, hdr.H,
+                        cfg->data_test, thdr->C, thdr->H, thdr->W, thdr->num_classes, cfg->data_train, hdr.C, hdr.H,
                         hdr.W, hdr.num_classes);
-  dpm_exit_if_error(tr.comm, failed, err);
-  if (tr.rank == 0)
+  dpm_exit_if_error(tr->comm, failed, err);
+  if (tr->rank == 0)
     for (int k = 0; k < 2; k++)
-      if (!(k ? thdr : hdr).checksums && !(k && strcmp(cfg->data_test, cfg->data_train) == 0))
+      if (!(k ? thdr : &hdr)->checksums && !(k && strcmp(cfg->data_test, cfg->data_train) == 0))
         fprintf(stderr, "dpmpi: warning: %s has no checksums: damage to it would be read silently "
                 "(convert it again with dpmpi data convert)\n", k ? cfg->data_test : cfg->data_train);
-  tr.N = hdr.n_total;
-  if (cfg->batch_size > tr.N)
+  tr->N = hdr.n_total;
+  if (cfg->batch_size > tr->N)
     failed = 1, dpm_err(err, "%s: [train] batch_size = %lld exceeds the %lld training examples", cfg->path,
-                        (long long)cfg->batch_size, (long long)tr.N);
-  dpm_exit_if_error(tr.comm, failed, err);
-  tr.q = (double)cfg->batch_size / (double)tr.N;
-  tr.steps_per_epoch = (double)tr.N / (double)cfg->batch_size;
-  tr.steps = cfg->steps > 0 ? cfg->steps : (int64_t)llround(cfg->epochs * tr.steps_per_epoch);
-  if (tr.steps < 1) tr.steps = 1;
+                        (long long)cfg->batch_size, (long long)tr->N);
+  dpm_exit_if_error(tr->comm, failed, err);
+  tr->q = (double)cfg->batch_size / (double)tr->N;
+  tr->steps_per_epoch = (double)tr->N / (double)cfg->batch_size;
+  tr->steps = cfg->steps > 0 ? cfg->steps : (int64_t)llround(cfg->epochs * tr->steps_per_epoch);
+  if (tr->steps < 1) tr->steps = 1;
 
   char inner[DPM_ERRLEN];
-  failed = dpm_grid_create(tr.comm, (int)cfg->grid_replicas, (int)cfg->grid_stages, &tr.grid, inner) != 0;
+  failed = dpm_grid_create(tr->comm, (int)cfg->grid_replicas, (int)cfg->grid_stages, &tr->grid, inner) != 0;
   if (failed) dpm_err(err, "%s: %s", cfg->path, inner);
-  dpm_exit_if_error(tr.comm, failed, err);
+  dpm_exit_if_error(tr->comm, failed, err);
   dpm_dataset mhdr = hdr; /* the model's input: k features with DP-PCA */
   if (cfg->pca_components > 0) {
-    tr.pca_d = hdr.C * hdr.H * hdr.W;
-    tr.pca_k = (int)cfg->pca_components;
-    failed = dpm_pca_check(cfg, tr.pca_d, err) != 0;
-    dpm_exit_if_error(tr.comm, failed, err);
-    mhdr.C = tr.pca_k, mhdr.H = mhdr.W = 1;
+    tr->pca_d = hdr.C * hdr.H * hdr.W;
+    tr->pca_k = (int)cfg->pca_components;
+    failed = dpm_pca_check(cfg, tr->pca_d, err) != 0;
+    dpm_exit_if_error(tr->comm, failed, err);
+    mhdr.C = tr->pca_k, mhdr.H = mhdr.W = 1;
   }
-  build_model(&tr, &mhdr);
+  build_model(tr, &mhdr);
+}
 
+/* The checkpoint a segment resumes from (--resume). */
+typedef struct {
   dpm_ckpt_meta meta;
-  memset(&meta, 0, sizeof meta);
-  char resume_path[4096] = "", resume_dir[4096] = "";
-  if (resume) find_resume(&tr, resume, &meta, resume_path, sizeof resume_path);
-  if (resume) {
-    check_resume(&tr, &meta, resume_path);
+  char path[4096]; /* the checkpoint file */
+  char dir[4096];  /* its directory: the run journal's unless checkpoint.dir is set */
+} resume_point;
+
+/* Where this segment's history comes from: the checkpoint (checked against the job: sigma, length and
+ * history are the run's), or a new run (privacy parameters, a fresh run id, no history); then the journal's
+ * directory. */
+static void start_segment(trainer *tr, const train_args *a, resume_point *rp) {
+  dpm_config *cfg = &tr->cfg;
+  memset(&rp->meta, 0, sizeof rp->meta);
+  rp->path[0] = rp->dir[0] = '\0';
+  if (a->resume) {
+    find_resume(tr, a->resume, &rp->meta, rp->path, sizeof rp->path);
+    check_resume(tr, &rp->meta, rp->path);
   } else {
-    setup_privacy(&tr);
+    setup_privacy(tr);
     /* a new run: its id (not a secret: it names the journal) and no history */
-    if (tr.rank == 0) {
+    if (tr->rank == 0) {
       dpm_key id = dpm_key_secure();
-      snprintf(tr.run_id, sizeof tr.run_id, "%016llx", (unsigned long long)id.k[0]);
+      snprintf(tr->run_id, sizeof tr->run_id, "%016llx", (unsigned long long)id.k[0]);
     }
-    DPM_MPI_CHECK(MPI_Bcast(tr.run_id, (int)sizeof tr.run_id, MPI_CHAR, 0, tr.comm));
-    tr.seeded = dpm_malloc(sizeof(int64_t) * 2);
-    tr.seeded_out = dpm_malloc(sizeof(int64_t) * 2);
+    DPM_MPI_CHECK(MPI_Bcast(tr->run_id, (int)sizeof tr->run_id, MPI_CHAR, 0, tr->comm));
+    tr->seeded = dpm_malloc(sizeof(int64_t) * 2);
+    tr->seeded_out = dpm_malloc(sizeof(int64_t) * 2);
   }
-  tr.any_seeded = cfg->has_seed || tr.n_seeded > 0;
+  tr->any_seeded = cfg->has_seed || tr->n_seeded > 0;
   /* the run journal: in checkpoint.dir, or next to the resumed checkpoint (its steps are released too) */
-  if (resume) dpm_ckpt_dirname(resume_path, resume_dir, sizeof resume_dir);
-  if (tr.dp) tr.journal_dir = cfg->ckpt_dir ? cfg->ckpt_dir : resume ? resume_dir : NULL;
-  setup_keys(&tr);
-  dpm_model_init_params(tr.model, &tr.init_key);
-  dpm_sgd_init(&tr.opt, dpm_model_num_params(tr.model), cfg->momentum, cfg->weight_decay);
-  if (resume) {
-    dpm_ckpt_model cm = ckpt_model(&tr);
+  if (a->resume) dpm_ckpt_dirname(rp->path, rp->dir, sizeof rp->dir);
+  if (tr->dp) tr->journal_dir = cfg->ckpt_dir ? cfg->ckpt_dir : a->resume ? rp->dir : NULL;
+}
+
+/* Keys, the initial parameters and the optimizer; on --resume the checkpoint's parameters, momentum,
+ * ledger and DP-PCA projection replace them. */
+static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
+  dpm_config *cfg = &tr->cfg;
+  setup_keys(tr);
+  dpm_model_init_params(tr->model, &tr->init_key);
+  dpm_sgd_init(&tr->opt, dpm_model_num_params(tr->model), cfg->momentum, cfg->weight_decay);
+  if (a->resume) {
+    dpm_ckpt_model cm = ckpt_model(tr);
     dpm_ledger *L = NULL;
-    failed = dpm_ckpt_read(tr.comm, resume_path, &cm, &L, err) != 0;
-    dpm_exit_if_error(tr.comm, failed, err);
-    dpm_ledger_free(tr.ledger);
-    tr.ledger = L;
-    tr.start = meta.step;
-    tr.pca_V = meta.pca_projection; /* DP-PCA: the run's projection, never a new draw */
-    meta.pca_projection = NULL;
-    tr.pca_resumed = tr.pca_V != NULL;
-    tr.data_digest = meta.data_digest; /* compared with the job's data once loaded */
-    if (tr.rank == 0)
-      printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", resume_path,
-             (long long)meta.step, (long long)meta.steps_total, meta.replicas, meta.stages, meta.version,
+    char err[DPM_ERRLEN] = "";
+    int failed = dpm_ckpt_read(tr->comm, rp->path, &cm, &L, err) != 0;
+    dpm_exit_if_error(tr->comm, failed, err);
+    dpm_ledger_free(tr->ledger);
+    tr->ledger = L;
+    dpm_ckpt_meta *meta = &rp->meta;
+    tr->start = meta->step;
+    tr->pca_V = meta->pca_projection; /* DP-PCA: the run's projection, never a new draw */
+    meta->pca_projection = NULL;
+    tr->pca_resumed = tr->pca_V != NULL;
+    tr->data_digest = meta->data_digest; /* compared with the job's data once loaded */
+    if (tr->rank == 0)
+      printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", rp->path,
+             (long long)meta->step, (long long)meta->steps_total, meta->replicas, meta->stages, meta->version,
              cfg->has_seed ? "" : "; new secret sampling and noise keys for the remaining steps");
   }
   /* a segment that printed private-batch statistics marks the whole run, whatever later segments do */
-  tr.stats_printed = cfg->private_stats || (resume && meta.stats_printed);
-  if (cfg->ckpt_dir && tr.rank == 0 && mkdir(cfg->ckpt_dir, 0777) && errno != EEXIST)
+  tr->stats_printed = cfg->private_stats || (a->resume && rp->meta.stats_printed);
+}
+
+/* The checkpoint directory, the journal's first lines (a new run), the stop signals' handler and the
+ * metrics file (rank 0, before the long work starts; appended to on resume). */
+static void open_outputs(trainer *tr, const train_args *a) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "";
+  int failed = 0;
+  if (cfg->ckpt_dir && tr->rank == 0 && mkdir(cfg->ckpt_dir, 0777) && errno != EEXIST)
     failed = 1, dpm_err(err, "%s: [checkpoint] dir = %s: cannot create: %s", cfg->path, cfg->ckpt_dir, strerror(errno));
-  dpm_exit_if_error(tr.comm, failed, err);
-  if (!resume) {
-    journal(&tr, "# dpmpi run journal (docs/formats.md): start|branch|run|ckpt|end STEP ... TOTAL ledger steps");
-    journal(&tr, "start 0 0");
+  dpm_exit_if_error(tr->comm, failed, err);
+  if (!a->resume) {
+    journal(tr, "# dpmpi run journal (docs/formats.md): start|branch|run|ckpt|end STEP ... TOTAL ledger steps");
+    journal(tr, "start 0 0");
   }
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_stop_signal;
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGUSR1, &sa, NULL);
-
-  /* the metrics file, opened by rank 0 before the long work starts (appended to on resume) */
-  if (cfg->metrics && tr.rank == 0) {
-    tr.metrics = fopen(cfg->metrics, resume ? "a" : "w");
-    if (!tr.metrics) failed = 1, dpm_err(err, "%s: [output] metrics = %s: cannot open for writing", cfg->path, cfg->metrics);
+  if (cfg->metrics && tr->rank == 0) {
+    tr->metrics = fopen(cfg->metrics, a->resume ? "a" : "w");
+    if (!tr->metrics) failed = 1, dpm_err(err, "%s: [output] metrics = %s: cannot open for writing", cfg->path, cfg->metrics);
   }
-  dpm_exit_if_error(tr.comm, failed, err);
+  dpm_exit_if_error(tr->comm, failed, err);
+}
 
-  load_shard(&tr, cfg->data_train, "train", tr.N, &tr.train);
-  load_shard(&tr, cfg->data_test, "test", thdr.n_total, &tr.test);
+/* The shards of both splits and the training split's digest (on --resume it must be the checkpoint's, and
+ * the journal's history joins the ledger), then DP-PCA. */
+static void load_data(trainer *tr, const train_args *a, const resume_point *rp, const dpm_dataset *thdr) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "";
+  int failed = 0;
+  load_shard(tr, cfg->data_train, "train", tr->N, &tr->train);
+  load_shard(tr, cfg->data_test, "test", thdr->n_total, &tr->test);
   /* the training split's digest: stage 0 of each replica adds its shard's, so it is the same on every grid */
-  uint64_t digest = tr.grid.stage == 0 ? dpm_dataset_digest(&tr.train, tr.train.end - tr.train.begin) : 0;
-  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &digest, 1, MPI_UINT64_T, MPI_SUM, tr.comm));
-  if (resume && digest != tr.data_digest)
+  uint64_t digest = tr->grid.stage == 0 ? dpm_dataset_digest(&tr->train, tr->train.end - tr->train.begin) : 0;
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &digest, 1, MPI_UINT64_T, MPI_SUM, tr->comm));
+  if (a->resume && digest != tr->data_digest)
     failed = 1, dpm_err(err, "%s: written for other training data: %s /train has the same %lld examples but digest "
-                        "%016llx, the checkpoint's is %016llx", resume_path, cfg->data_train, (long long)tr.N,
-                        (unsigned long long)digest, (unsigned long long)tr.data_digest);
-  dpm_exit_if_error(tr.comm, failed, err);
-  tr.data_digest = digest;
-  if (resume && tr.dp) resume_history(&tr, &meta, resume_path, resume_branch); /* the same run on the same data */
-  dpm_ckpt_meta_free(&meta);
+                        "%016llx, the checkpoint's is %016llx", rp->path, cfg->data_train, (long long)tr->N,
+                        (unsigned long long)digest, (unsigned long long)tr->data_digest);
+  dpm_exit_if_error(tr->comm, failed, err);
+  tr->data_digest = digest;
+  if (a->resume && tr->dp) resume_history(tr, &rp->meta, rp->path, a->resume_branch); /* the same run on the same data */
+}
+
+static void setup_step(trainer *tr) {
+  const dpm_config *cfg = &tr->cfg;
+  tr->step = (dpm_step){.comm = tr->grid.dp, .pipe = tr->grid.pipe, .model = tr->model, .data = &tr->train,
+                        .q = tr->q, .dp = tr->dp, .clip = cfg->clip, .sigma = tr->sigma, .clipping = cfg->clipping,
+                        .device_split = cfg->device_split, .physical_batch = (int)cfg->physical_batch_size,
+                        .sample_key = tr->sample_key, .noise_key = tr->noise_key};
+  dpm_step_init(&tr->step);
+}
+
+static void free_trainer(trainer *tr) {
+  dpm_step_free(&tr->step);
+  dpm_sgd_free(&tr->opt);
+  dpm_free(tr->info);
+  dpm_free(tr->pca_V);
+  dpm_free(tr->seeded);
+  dpm_free(tr->seeded_out);
+  if (tr->metrics) fclose(tr->metrics);
+  dpm_dataset_free(&tr->train);
+  dpm_dataset_free(&tr->test);
+  dpm_model_free(tr->model);
+  dpm_free(tr->model_desc);
+  dpm_grid_free(&tr->grid);
+  dpm_ledger_free(tr->ledger);
+  dpm_config_free(&tr->cfg);
+  memset(&tr->noise_key, 0, sizeof tr->noise_key);
+}
+
+/* job -> data -> model -> privacy parameters -> loop. Returns the exit status: 0, or DPM_EXIT_SIGNALLED when
+ * a signal stopped the run (user errors exit 2 on every rank before). */
+int dpm_cmd_train(int argc, char **argv) {
+  trainer tr;
+  memset(&tr, 0, sizeof tr);
+  tr.comm = MPI_COMM_WORLD;
+  MPI_Comm_rank(tr.comm, &tr.rank);
+  MPI_Comm_size(tr.comm, &tr.size);
+  train_args a;
+  if (parse_args(&tr, argc, argv, &a)) {
+    dpm_free(a.over);
+    return 0;
+  }
+  dpm_dataset thdr;
+  setup_job(&tr, &a, &thdr);
+  resume_point rp;
+  start_segment(&tr, &a, &rp);
+  setup_state(&tr, &a, &rp);
+  open_outputs(&tr, &a);
+  load_data(&tr, &a, &rp, &thdr);
+  dpm_ckpt_meta_free(&rp.meta);
   if (tr.pca_k > 0) run_pca(&tr);
-
-  tr.step = (dpm_step){.comm = tr.grid.dp, .pipe = tr.grid.pipe, .model = tr.model, .data = &tr.train, .q = tr.q,
-                       .dp = tr.dp, .clip = cfg->clip, .sigma = tr.sigma, .clipping = cfg->clipping,
-                       .device_split = cfg->device_split, .physical_batch = (int)cfg->physical_batch_size,
-                       .sample_key = tr.sample_key, .noise_key = tr.noise_key};
-  dpm_step_init(&tr.step);
+  setup_step(&tr);
   print_header(&tr);
-  train_loop(&tr);
-  dpm_step_free(&tr.step);
-  dpm_sgd_free(&tr.opt);
-  dpm_free(tr.info);
-  dpm_free(tr.pca_V);
-  dpm_free(tr.seeded);
-  dpm_free(tr.seeded_out);
-
-  if (tr.metrics) fclose(tr.metrics);
-  dpm_dataset_free(&tr.train);
-  dpm_dataset_free(&tr.test);
-  dpm_model_free(tr.model);
-  dpm_free(tr.model_desc);
-  dpm_grid_free(&tr.grid);
-  dpm_ledger_free(tr.ledger);
-  dpm_config_free(cfg);
-  memset(&tr.noise_key, 0, sizeof tr.noise_key);
-  return 0;
+  const int status = train_loop(&tr);
+  free_trainer(&tr);
+  return status;
 }

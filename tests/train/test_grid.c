@@ -126,11 +126,11 @@ static float *run(MPI_Comm comm, gridspec g, const job *j, size_t *P_out, uint64
   const size_t Ps = dpm_model_num_params(m);
   dpm_sgd opt;
   dpm_sgd_init(&opt, Ps, 0.9, 0);
-  double stats[4];
+  dpm_step_stats stats;
   uint64_t h = 0;
   int steps = j->steps ? j->steps : 1;
   for (uint64_t t = j->t0; t < j->t0 + (uint64_t)steps; t++) {
-    dpm_step_run(&st, t, stats);
+    dpm_step_run(&st, t, &stats);
     /* rebalancing: every replica computes floor or ceil of the mean sample; count what moved */
     long long T = st.nsel;
     DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &T, 1, MPI_LONG_LONG, MPI_SUM, grid.dp));

@@ -61,9 +61,9 @@ static float *train(MPI_Comm comm, const float *x, const int32_t *y, int64_t n, 
   dpm_sgd opt;
   *P = dpm_model_num_params(m);
   dpm_sgd_init(&opt, *P, 0.9, 0);
-  double stats[4];
+  dpm_step_stats stats;
   for (int t = 0; t < steps; t++) {
-    dpm_step_run(&st, (uint64_t)t, stats);
+    dpm_step_run(&st, (uint64_t)t, &stats);
     dpm_sgd_step(&opt, dpm_model_params(m), dpm_model_grads(m), 1.0 / (q * (double)n), 0.5);
   }
   float *out = malloc(sizeof(float) * *P);
@@ -86,8 +86,8 @@ static float *clipped_sum(MPI_Comm comm, const float *x, const int32_t *y, int64
                  .clipping = mode, .pipe = MPI_COMM_SELF, .physical_batch = 8, .sample_key = dpm_key_from_seed(3, 0),
                  .noise_key = dpm_key_from_seed(3, 1)};
   dpm_step_init(&st);
-  double stats[4];
-  dpm_step_run(&st, 0, stats);
+  dpm_step_stats stats;
+  dpm_step_run(&st, 0, &stats);
   *P = dpm_model_num_params(m);
   float *out = malloc(sizeof(float) * *P);
   memcpy(out, dpm_model_grads(m), sizeof(float) * *P);
@@ -153,11 +153,12 @@ static void test_noise_once(void) {
   dpm_step_init(&st);
   dpm_step_init(&st1);
   size_t P = dpm_model_num_params(m);
-  double stats[4], sum2 = 0;
+  dpm_step_stats stats;
+  double sum2 = 0;
   int steps = 200, identical = 1;
   for (int t = 0; t < steps; t++) {
-    dpm_step_run(&st, (uint64_t)t, stats);
-    dpm_step_run(&st1, (uint64_t)t, stats);
+    dpm_step_run(&st, (uint64_t)t, &stats);
+    dpm_step_run(&st1, (uint64_t)t, &stats);
     const float *g = dpm_model_grads(m), *g1 = dpm_model_grads(m1);
     identical &= memcmp(g, g1, sizeof(float) * P) == 0;
     for (size_t j = 0; j < P; j++) sum2 += (double)g[j] * g[j];

@@ -10,6 +10,7 @@
 #include <stdio.h>
 
 #include "dpmpi/core/common.h"
+#include "dpmpi/privacy/accountant.h"
 #include "dpmpi/privacy/dpsgd.h"
 
 /* Largest job text (file plus overrides) accepted: checkpoints keep it in a checksummed HDF5 attribute,
@@ -42,7 +43,7 @@ typedef struct {
   double clip;
   dpm_clipping clipping;
   dpm_device_split device_split; /* per-device thresholds */
-  int accountant;             /* dpm_accountant_kind */
+  dpm_accountant_kind accountant;
   int rebudget;               /* --resume: accept an epsilon or delta other than the checkpoint's */
   /* [pca] (dpmpi/parallel/pca.h, docs/pca.md) */
   int64_t pca_components;     /* k; 0 = no PCA */

@@ -34,6 +34,15 @@
 #include "dpmpi/nn/model.h"
 #include "dpmpi/core/rng.h"
 
+/* What a step or an evaluation counted, summed over the grid. */
+typedef struct {
+  double loss;      /* sum of the examples' losses */
+  double examples;  /* examples computed */
+  double correct;   /* correct predictions */
+  double clipped;   /* (example, parameter group) pairs whose clipping coefficient was < 1, at most examples x
+                       groups; 0 in an evaluation and without DP */
+} dpm_step_stats;
+
 typedef struct {
   /* set by the caller */
   MPI_Comm comm;           /* data-parallel communicator: the ranks holding this stage in every replica */
@@ -51,6 +60,8 @@ typedef struct {
   int keep_shards;         /* 1: every replica computes exactly its own sample; 0 (default): the
                               sampled examples are rebalanced over the replicas (see below) */
   /* set by dpm_step_init */
+  int two_pass;            /* 1: flat clipping with DP on S > 1 stages: a pass for the per-example norms, then the
+                              clipped accumulation (see above) */
   int rank, size;          /* in comm */
   int stage, stages;       /* in pipe */
   size_t param_offset;     /* global index of this stage's first parameter */
@@ -74,23 +85,23 @@ typedef struct {
   int32_t *sendy;
   MPI_Request *xreq;
   int xreq_cap;
-  double *norms;           /* flat clipping on S > 1: per sampled example squared norm */
+  double *norms;           /* two_pass: per sampled example squared norm (NULL otherwise) */
   float *xb, *doutb, *coef; /* xb: the micro-batch input (gathered rows, or received activations) */
   double *sq;              /* per-example squared norms of the micro-batch, G x B */
   int32_t *yb;
-  double acc[4];
+  dpm_step_stats acc;      /* this rank's counts of the step or evaluation under way */
 } dpm_step;
 
 /* Allocate buffers and contexts; collective over comm and pipe. */
 void dpm_step_init(dpm_step *s);
 void dpm_step_free(dpm_step *s);
 
-/* Run logical step t; stats (summed over the grid) receive {loss sum, examples, correct, clipped
- * (examples x groups)}. Collective over comm and pipe. */
-void dpm_step_run(dpm_step *s, uint64_t t, double stats[4]);
+/* Run logical step t; *stats receives its counts summed over the grid. Collective over comm and pipe. */
+void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats);
 
 /* Forward the rows [d->begin, d->end) of d (this replica's shard of an evaluation split) through the
- * pipeline; sums (over the grid) receive {loss sum, correct, examples}. Collective over comm and pipe. */
-void dpm_step_eval(dpm_step *s, const dpm_dataset *d, double sums[3]);
+ * pipeline; *sums receives the loss, examples and correct predictions summed over the grid (clipped = 0).
+ * Collective over comm and pipe. */
+void dpm_step_eval(dpm_step *s, const dpm_dataset *d, dpm_step_stats *sums);
 
 #endif
