@@ -68,3 +68,15 @@ void dpm_clip_coefs(const double *sqnorms, int G, int B, dpm_clipping mode, doub
 void dpm_add_noise(const dpm_key *key, uint64_t step, double std, uint64_t j0, size_t n, float *grad) {
   dpm_gauss_add(key, step, DPM_STREAM_NOISE, j0, n, std, grad);
 }
+
+void dpm_add_noise_slice(const dpm_key *key, uint64_t step, double std, int rank, int ranks, size_t offset, size_t P,
+                         float *grad) {
+  DPM_ASSERT(ranks >= 1 && rank >= 0 && rank < ranks);
+  const size_t lo = P * (size_t)rank / (size_t)ranks, hi = P * (size_t)(rank + 1) / (size_t)ranks;
+  dpm_add_noise(key, step, std, offset + lo, hi - lo, grad + lo);
+}
+
+double dpm_update_scale(double q, int64_t n) {
+  DPM_ASSERT(q > 0 && n > 0);
+  return 1.0 / (q * (double)n);
+}

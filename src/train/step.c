@@ -308,8 +308,7 @@ void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
   run_pipeline(s, &w);
   float *grads = dpm_model_grads(m);
   if (s->dp && s->sigma > 0) {
-    size_t lo = P * (size_t)s->rank / (size_t)s->size, hi = P * (size_t)(s->rank + 1) / (size_t)s->size;
-    dpm_add_noise(&s->noise_key, t, s->sigma * s->clip, s->param_offset + lo, hi - lo, grads + lo);
+    dpm_add_noise_slice(&s->noise_key, t, s->sigma * s->clip, s->rank, s->size, s->param_offset, P, grads);
   }
   double t0 = dpm_time();
   if (s->measure_wait && s->size > 1) { /* benchmarks: split waiting for the slowest rank from the transfer */

@@ -22,6 +22,7 @@
 
 #include "dpmpi/optim/sgd.h"
 #include "dpmpi/privacy/accountant.h"
+#include "dpmpi/privacy/budget.h"
 #include "dpmpi/io/ckpt.h"
 #include "dpmpi/core/common.h"
 #include "dpmpi/io/config.h"
@@ -174,30 +175,16 @@ static void setup_privacy(trainer *tr) {
   }
   /* ---- */
   if (!tr->dp) return;
-  if (cfg->noise_multiplier > 0) {
-    tr->sigma = cfg->noise_multiplier;
-    if (cfg->epsilon > 0) {
-      int64_t allowed = 0;
-      if (dpm_ledger_max_steps(tr->ledger, tr->q, tr->sigma, cfg->epsilon, cfg->delta, tr->acct, &allowed, err))
-        dpm_fatal("accountant: %s", err);
-      if (allowed < 1) {
-        failed = 1;
-        dpm_err(err, "%s: one step at noise_multiplier %g and sampling rate %g already exceeds epsilon %g",
-                cfg->path, tr->sigma, tr->q, cfg->epsilon);
-      } else if (allowed < tr->steps) {
-        if (tr->rank == 0)
-          printf("note: the budget epsilon = %g allows %lld of the %lld steps; training stops there\n",
-                 cfg->epsilon, (long long)allowed, (long long)tr->steps);
-        tr->steps = allowed;
-      }
-    }
-  } else {
-    if (dpm_calibrate_sigma_after(tr->ledger, cfg->epsilon, cfg->delta, tr->q, tr->steps, tr->acct, &tr->sigma, err)) {
-      failed = 1;
-      char inner[DPM_ERRLEN];
-      snprintf(inner, sizeof inner, "%s", err);
-      dpm_err(err, "%s: cannot calibrate the noise to epsilon %g: %s", cfg->path, cfg->epsilon, inner);
-    }
+  int64_t allowed = tr->steps;
+  char inner[DPM_ERRLEN];
+  failed = dpm_budget_plan(tr->ledger, tr->q, tr->steps, cfg->noise_multiplier, cfg->epsilon, cfg->delta, tr->acct,
+                           &tr->sigma, &allowed, inner) != 0;
+  if (failed) dpm_err(err, "%s: %s", cfg->path, inner);
+  if (!failed && allowed < tr->steps) {
+    if (tr->rank == 0)
+      printf("note: the budget epsilon = %g allows %lld of the %lld steps; training stops there\n", cfg->epsilon,
+             (long long)allowed, (long long)tr->steps);
+    tr->steps = allowed;
   }
   dpm_exit_if_error(tr->comm, failed, err);
 }
@@ -515,7 +502,7 @@ static int train_loop(trainer *tr) {
     double lr = dpm_lr_at(cfg, (double)t / tr->steps_per_epoch, ls.total_epochs);
     dpm_step_run(&tr->step, (uint64_t)t, &stats); /* the noisy sum of clipped gradients (the plain sum without DP) */
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
-    double scale = tr->dp ? 1.0 / (tr->q * (double)tr->N) : 1.0 / (stats.examples > 0 ? stats.examples : 1.0);
+    double scale = tr->dp ? dpm_update_scale(tr->q, tr->N) : 1.0 / (stats.examples > 0 ? stats.examples : 1.0);
     dpm_sgd_step(&tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     ls.t_train += dpm_time() - t0;

@@ -128,6 +128,22 @@ static void test_noise(void) {
     CHECK(a[j] == (float)(0.5 * dpm_gauss_at(&key, 17, DPM_STREAM_NOISE, j)), "noise %zu is not draw j of step t", j);
 }
 
+/* Noise once over a data-parallel group: the slices of R ranks together are exactly the whole draw, each
+ * parameter once (a slice drawn twice, or missed, would show as a difference). */
+static void test_noise_slices(void) {
+  dpm_key key = dpm_key_from_seed(9, DPM_STREAM_NOISE);
+  enum { P = 1003 };
+  static float whole[P], sliced[P];
+  memset(whole, 0, sizeof whole);
+  dpm_add_noise(&key, 5, 0.7, 4000, P, whole);
+  for (int R = 1; R <= 7; R++) {
+    memset(sliced, 0, sizeof sliced);
+    for (int r = 0; r < R; r++) dpm_add_noise_slice(&key, 5, 0.7, r, R, 4000, P, sliced);
+    CHECK(memcmp(whole, sliced, sizeof whole) == 0, "%d ranks' noise slices differ from one draw of the whole", R);
+  }
+  CHECK_CLOSE(dpm_update_scale(0.004, 60000), 1.0 / 240.0, 1e-15, 0, "update scale 1 / (q N)");
+}
+
 static void test_sgd(void) {
   enum { n = 5 };
   float p[n] = {1, -2, 3, 0.5f, 0}, g[n] = {0.1f, 0.2f, -0.3f, 0, 1};
@@ -168,6 +184,7 @@ int main(int argc, char **argv) {
   test_sampling();
   test_clipping();
   test_noise();
+  test_noise_slices();
   test_sgd();
   test_schedule();
   return dpm_test_finish();

@@ -35,6 +35,7 @@
 #include "dpmpi/io/config.h"
 #include "dpmpi/io/data.h"
 #include "dpmpi/core/rng.h"
+#include "dpmpi/privacy/analyze_gauss.h"
 
 /* ScaLAPACK eigensolver: pdsyevr computes only the k wanted eigenpairs (MRRR); pdsyevd all of them
  * (divide and conquer). Both give the same projection to rounding (tests/parallel/test_pca.c). */
@@ -58,17 +59,7 @@ typedef struct {
  * not above sqrt(size) (1 x 1 for one process, 1 x p for a prime p). */
 void dpm_pca_grid_shape(int size, int *pr, int *pc);
 
-/* Local, no MPI: G += sum over the n rows x_i of x (n x d, row-major float) of c_i^2 x_i x_i^T with
- * c_i = min(1, clip / ||x_i||) (clip = 0: c_i = 1), in double precision. G is d x d row-major; only its
- * upper triangle (j >= i) is updated. */
-void dpm_pca_gram(const float *x, int64_t n, int d, double clip, double *G);
-
-/* Local: add the Analyze-Gauss noise to the upper triangle of the d x d row-major matrix A: entry (i, j),
- * j >= i, gets std * z_p with z_p the standard normal number p of the stream (key, 0, DPM_STREAM_PCA),
- * p = i d - i (i - 1) / 2 + (j - i) its index in the packed upper triangle. Then mirrors the upper
- * triangle into the lower one (A becomes exactly symmetric). The draws depend only on the key, never on
- * the grid. */
-void dpm_pca_add_noise(double *A, int d, double std, const dpm_key *key);
+/* The clipped second-moment matrix and the Analyze-Gauss noise: dpmpi/privacy/analyze_gauss.h. */
 
 /* Collective over comm: the noisy second-moment matrix on rank 0 of comm. Every rank passes its rows x
  * (n_local x d, n_local may be 0); rank 0 receives in A (d x d row-major, symmetric; other ranks may

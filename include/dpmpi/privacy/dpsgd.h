@@ -43,4 +43,15 @@ double dpm_clip_threshold(dpm_clipping mode, double clip, int groups, int stages
  * parameter index and step, whichever rank and partition computes it. */
 void dpm_add_noise(const dpm_key *key, uint64_t step, double std, uint64_t j0, size_t n, float *grad);
 
+/* Noise once (invariant I2) over a data-parallel group of `ranks`: the stage's P parameters (global
+ * indices offset .. offset + P) are split into `ranks` contiguous slices and rank r adds the draws of
+ * slice r, [P r / ranks, P (r+1) / ranks), to grad (the stage's P local sums); over the group every
+ * parameter gets exactly one draw, the one a single rank would add. */
+void dpm_add_noise_slice(const dpm_key *key, uint64_t step, double std, int rank, int ranks, size_t offset, size_t P,
+                         float *grad);
+
+/* The DP update's normalization (invariant I5): 1 / (q n), the expected batch size of Poisson sampling
+ * at rate q over n examples, never the realized one (which would depend on the data). */
+double dpm_update_scale(double q, int64_t n);
+
 #endif
