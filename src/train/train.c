@@ -1,5 +1,6 @@
 /* The training command: job file -> data shards -> model -> privacy parameters -> DP-SGD loop with
- * progress lines, evaluations, a JSON-lines metrics file and the privacy ledger. See dpmpi/train/train.h.
+ * progress lines, evaluations, a JSON-lines metrics file and the privacy ledger. The trainer is in
+ * train/trainer.h; its resume rules are resume.c and its reports report.c.
  *
  * Process grid (dpmpi/parallel/grid.h): D replicas x S pipeline stages. Replica r holds the contiguous shard
  * [N r / D, N (r+1) / D) of the training set; stage s holds a consecutive piece of the layers (balanced by
@@ -34,6 +35,8 @@
 #include "dpmpi/core/rng.h"
 #include "dpmpi/train/step.h"
 
+
+#include "train/trainer.h"
 static const char *USAGE =
     "usage: dpmpi train JOBFILE [--section.key=value ...]\n"
     "       dpmpi train --help-keys      (every job-file key with its default and meaning)\n"
@@ -52,97 +55,19 @@ static const char *USAGE =
     "rank exits with status 75 (requeue and resume). Exit status: 0 done, 2 user error, 3 internal error,\n"
     "75 stopped by a signal after a checkpoint.\n";
 
-/* SIGTERM / SIGUSR1: finish the step, checkpoint; train_loop and dpm_cmd_train return DPM_EXIT_SIGNALLED, the exit
- * status (src/cli/main.c finalizes MPI). */
-#define DPM_EXIT_SIGNALLED 75
 static volatile sig_atomic_t stop_signal = 0;
 static void on_stop_signal(int sig) { stop_signal = sig; }
 
-typedef struct {
-  MPI_Comm comm;
-  int rank, size;
-  dpm_config cfg;
-  dpm_grid grid;
-  dpm_model *model;       /* this rank's stage */
-  char *model_desc;       /* the whole model and its split, for the header */
-  size_t total_params;
-  dpm_step step;
-  dpm_sgd opt;
-  int n_layers, first, last;  /* this rank's stage: layers [first, last) of n_layers */
-  dpm_layer_info *info;       /* every layer of the whole model */
-  int64_t start;              /* first step to run (> 0 after --resume) */
-  dpm_dataset train, test;
-  int64_t N;
-  double q, sigma, steps_per_epoch;
-  int64_t steps;          /* steps the run will take (after the budget) */
-  int dp;
-  dpm_accountant_kind acct;
-  dpm_ledger *ledger;
-  dpm_key init_key, sample_key, noise_key;
-  FILE *metrics;
-  /* DP-PCA preprocessing (src/parallel/pca.c, docs/pca.md); pca_k = 0: none */
-  int pca_d, pca_k;       /* example features d -> model inputs k */
-  double pca_sigma;       /* its noise multiplier (0: non-private PCA) */
-  float *pca_V;           /* d x k projection: computed, or read from the checkpoint on --resume */
-  int pca_resumed;        /* 1: pca_V came from the checkpoint */
-  dpm_pca_stats pca_st;
-  int stats_printed;      /* 1: this or an earlier segment printed private-batch statistics (output.private_stats) */
-  /* what resume must hold to (docs/accountant.md, "What the ledger counts") */
-  char run_id[24];        /* the run's id (every segment), names the journal */
-  const char *journal_dir;/* where this segment appends to the run journal (NULL: no journal) */
-  int64_t announced;      /* the journal announces every step below this */
-  int64_t abandoned;      /* ledger steps this model did not use (abandoned branches, lost in a crash) */
-  int64_t *seeded;        /* [begin, end) ranges that ran seeded before this segment; room for n_seeded + 1 */
-  int64_t *seeded_out;    /* the same plus this segment's, for a checkpoint */
-  int n_seeded;
-  int any_seeded;         /* 1: some step of this model's history ran seeded, or will */
-  uint64_t seed_last;     /* run.seed of the last seeded segment */
-  uint64_t data_digest;   /* of the training split (dpm_dataset_digest), the same on every grid */
-} trainer;
 
-static void fmt_duration(double s, char *buf, size_t len) {
-  if (!(s >= 0) || s > 1e7) {
-    snprintf(buf, len, "?");
-  } else if (s < 60) {
-    snprintf(buf, len, "%.0fs", s);
-  } else if (s < 3600) {
-    snprintf(buf, len, "%dm%02ds", (int)(s / 60), (int)s % 60);
-  } else {
-    snprintf(buf, len, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-  }
-}
 
-/* Epsilon of the ledger as it stands (0 before the first step; +inf for a non-private run). */
-static double epsilon_now(trainer *tr) {
-  if (!tr->dp) return INFINITY;
-  double eps = 0;
-  char err[DPM_ERRLEN];
-  if (dpm_ledger_epsilon(tr->ledger, tr->cfg.delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
-  return eps;
-}
 
-/* Epsilon once the run is complete: the ledger as it stands plus the steps still to run. */
-static double epsilon_after_run(trainer *tr) {
-  dpm_ledger *l = dpm_ledger_create();
-  for (int i = 0; i < dpm_ledger_size(tr->ledger); i++) {
-    int kind;
-    double q, sigma;
-    int64_t count;
-    dpm_ledger_event(tr->ledger, i, &kind, &q, &sigma, &count);
-    if (kind == 0) dpm_ledger_add_sgm(l, q, sigma, count);
-    else dpm_ledger_add_gaussian(l, sigma, count);
-  }
-  dpm_ledger_add_sgm(l, tr->q, tr->sigma, tr->steps - tr->start);
-  double eps = 0;
-  char err[DPM_ERRLEN];
-  if (dpm_ledger_epsilon(l, tr->cfg.delta, tr->acct, &eps, err)) dpm_fatal("accountant: %s", err);
-  dpm_ledger_free(l);
-  return eps;
-}
+
+
+
+
 
 /* Collective: rank 0 appends one line to the run journal and fsyncs it (nothing without a journal). */
-static void journal(trainer *tr, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void journal(trainer *tr, const char *fmt, ...) {
+void trainer_journal(trainer *tr, const char *fmt, ...) {
   if (!tr->journal_dir) return;
   char line[256], err[DPM_ERRLEN] = "";
   va_list ap;
@@ -166,7 +91,7 @@ static void setup_privacy(trainer *tr) {
     dpm_exit_if_error(tr->comm, failed, err);
     if (tr->dp) {
       dpm_ledger_add_gaussian(tr->ledger, tr->pca_sigma, 1);
-      double e_pca = epsilon_now(tr);
+      double e_pca = trainer_epsilon_now(tr);
       if (cfg->epsilon > 0 && !(e_pca < cfg->epsilon))
         failed = 1, dpm_err(err, "%s: the PCA release alone spends epsilon %g of the budget [privacy] epsilon = %g "
                             "(raise [pca] noise_multiplier)", cfg->path, e_pca, cfg->epsilon);
@@ -207,114 +132,11 @@ static void setup_keys(trainer *tr) {
   memset(keys, 0, sizeof keys);
 }
 
-/* Test accuracy and mean loss over the whole test split (each rank its shard). */
-static void evaluate(trainer *tr, double *accuracy, double *loss) {
-  dpm_step_stats sums;
-  dpm_step_eval(&tr->step, &tr->test, &sums);
-  *loss = sums.loss / sums.examples;
-  *accuracy = sums.correct / sums.examples;
-}
 
-static void print_header(trainer *tr) {
-  if (tr->rank != 0) return;
-  dpm_config *cfg = &tr->cfg;
-  printf("dpmpi %s: %s on %d rank%s: %d replica%s x %d pipeline stage%s\n", DPM_VERSION, cfg->path, tr->size,
-         tr->size > 1 ? "s" : "", tr->grid.replicas, tr->grid.replicas > 1 ? "s" : "", tr->grid.stages,
-         tr->grid.stages > 1 ? "s" : "");
-  printf("data: %s (%lld training examples, %lld test, %d classes)\n", cfg->data_train, (long long)tr->N,
-         (long long)tr->test.n_total, tr->train.num_classes);
-  printf("model (%zu parameters):\n%s", tr->total_params, tr->model_desc);
-  printf("training: %lld steps (%.2f epochs), expected batch %lld (q = %.6g, Poisson), micro-batches of <= %lld, "
-         "lr %g, momentum %g\n",
-         (long long)tr->steps, tr->steps / tr->steps_per_epoch, (long long)cfg->batch_size, tr->q,
-         (long long)cfg->physical_batch_size, cfg->lr, cfg->momentum);
-  if (tr->dp) {
-    double eps = epsilon_after_run(tr); /* the ledger (DP-PCA, steps already run) and the steps to come */
-    if (cfg->clipping == DPM_CLIP_FLAT && tr->grid.stages > 1)
-      printf("note: flat clipping on %d pipeline stages runs every micro-batch twice (per-example norms, then the "
-             "clipped sum); privacy.clipping = per-device needs one pass\n", tr->grid.stages);
-    if (cfg->clipping == DPM_CLIP_PER_DEVICE)
-      printf("per-device clipping: each of the %d stages clips its piece to C_s (%s split), sqrt(sum C_s^2) = C\n",
-             tr->grid.stages, cfg->device_split == DPM_SPLIT_EVEN ? "even" : "by parameters");
-    printf("privacy: DP-SGD, %s clipping C = %g, noise multiplier %.6g%s, delta %g, %s accountant: epsilon %.4f "
-           "after the run\n",
-           dpm_clipping_name(cfg->clipping), cfg->clip, tr->sigma,
-           cfg->noise_multiplier > 0 ? "" : " (calibrated)", cfg->delta,
-           dpm_accountant_name(tr->acct), eps);
-    if (cfg->delta > 1.0 / (double)tr->N)
-      printf("warning: delta = %g is not below 1/N = %g: the guarantee is weak\n", cfg->delta, 1.0 / (double)tr->N);
-  } else {
-    printf("privacy: DISABLED (non-private baseline: no clipping, no noise, no guarantee)\n");
-  }
-  if (tr->pca_k > 0) { /* DP-PCA */
-    char how[192] = "";
-    if (tr->dp) {
-      dpm_ledger *l = dpm_ledger_create();
-      dpm_ledger_add_gaussian(l, tr->pca_sigma, 1);
-      double e = 0;
-      char err[DPM_ERRLEN];
-      if (dpm_ledger_epsilon(l, cfg->delta, tr->acct, &e, err)) dpm_fatal("accountant: %s", err);
-      dpm_ledger_free(l);
-      snprintf(how, sizeof how, "clip C = %g, Analyze-Gauss noise multiplier %.6g%s: epsilon %.4f alone", cfg->pca_clip,
-               tr->pca_sigma, cfg->pca_epsilon > 0 ? " (calibrated)" : "", e);
-    } else {
-      snprintf(how, sizeof how, "non-private: no noise, %s", cfg->pca_clip > 0 ? "rows clipped" : "rows not clipped");
-    }
-    if (tr->pca_resumed)
-      printf("pca: %d -> %d features, projection from the checkpoint (%s)\n", tr->pca_d, tr->pca_k, how);
-    else
-      printf("pca: %d -> %d features (%s); ScaLAPACK pdsyevr on a %dx%d BLACS grid (block %d): covariance %.2f s, "
-             "reduce %.2f s, noise %.2f s, eigenvectors %.2f s, projection %.2f s\n", tr->pca_d, tr->pca_k, how,
-             tr->pca_st.pr, tr->pca_st.pc, tr->pca_st.block, tr->pca_st.t_cov, tr->pca_st.t_reduce, tr->pca_st.t_noise,
-             tr->pca_st.t_eig, tr->pca_st.t_proj);
-  }
-  if (tr->dp && cfg->private_stats)
-    printf("note: progress lines show noiseless statistics of the private batches (loss, train accuracy, clipped "
-           "fraction, examples/s), not covered by epsilon; output.private_stats = false prints only DP-safe values\n");
-  if (cfg->has_seed)
-    printf("randomness: SEEDED with run.seed = %llu: reproducible, the noise is predictable — not for a private "
-           "release\n",
-           (unsigned long long)cfg->seed);
-  else
-    printf("randomness: secure (keys from the operating system's CSPRNG, never stored)\n");
-  if (!cfg->has_seed && tr->n_seeded > 0) {
-    printf("randomness: but steps");
-    for (int i = 0; i < tr->n_seeded; i++)
-      printf("%s [%lld, %lld)", i ? "," : "", (long long)tr->seeded[2 * i], (long long)tr->seeded[2 * i + 1]);
-    printf(" of this model ran SEEDED (run.seed = %llu): the run stays labelled reproducible — not for a private "
-           "release\n", (unsigned long long)tr->seed_last);
-  }
-  fflush(stdout);
-}
 
-static void report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s) {
-  double acc, loss;
-  evaluate(tr, &acc, &loss);
-  double eps = epsilon_now(tr);
-  if (tr->rank != 0) return;
-  const char *acct = dpm_accountant_name(tr->acct);
-  if (tr->dp)
-    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  epsilon %.4f (delta %g, %s)%s\n",
-           (long long)step, epoch, 100 * acc, loss, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
-  else
-    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  (non-private)\n", (long long)step,
-           epoch, 100 * acc, loss);
-  fflush(stdout);
-  if (tr->metrics) {
-    char epsbuf[32];
-    if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "%.6f", eps); else snprintf(epsbuf, sizeof epsbuf, "null");
-    fprintf(tr->metrics,
-            "{\"step\": %lld, \"epoch\": %.4f, \"epsilon\": %s, \"delta\": %g, \"accountant\": \"%s\", "
-            "\"test_accuracy\": %.6f, \"test_loss\": %.6f, \"examples_per_second\": %.1f, \"private\": %s, "
-            "\"noise_multiplier\": %.6g, \"sampling_rate\": %.8g, \"clip\": %g, \"clipping\": \"%s\", "
-            "\"reproducible\": %s, \"private_stats\": %s}\n",
-            (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, loss, ex_per_s,
-            tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
-            tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->any_seeded ? "true" : "false",
-            tr->cfg.private_stats ? "true" : "false");
-    fflush(tr->metrics);
-  }
-}
+
+
+
 
 static dpm_ckpt_model ckpt_model(trainer *tr) {
   dpm_ckpt_model cm = {.n_layers = tr->n_layers, .info = tr->info, .first = tr->first, .last = tr->last,
@@ -325,7 +147,7 @@ static dpm_ckpt_model ckpt_model(trainer *tr) {
 
 /* The seeded ranges of the model at `step`: the history's, and [start, step) if this segment is seeded
  * (merged with a range ending at start). Fills tr->seeded_out; returns the count. */
-static int seeded_ranges(trainer *tr, int64_t step) {
+int trainer_seeded_ranges(trainer *tr, int64_t step) {
   int n = tr->n_seeded;
   int64_t *r = tr->seeded_out;
   if (n > 0) memcpy(r, tr->seeded, sizeof(int64_t) * 2 * (size_t)n);
@@ -338,7 +160,7 @@ static int seeded_ranges(trainer *tr, int64_t step) {
 
 static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
   dpm_config *cfg = &tr->cfg;
-  const int n_seeded = seeded_ranges(tr, step);
+  const int n_seeded = trainer_seeded_ranges(tr, step);
   dpm_ckpt_meta meta = {.step = step, .steps_total = tr->steps, .n_train = tr->N, .q = tr->q, .sigma = tr->sigma,
                         .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = (int)cfg->clipping,
                         .accountant = (int)tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
@@ -355,7 +177,7 @@ static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
 }
 
 /* Write DIR/ckpt-STEP.h5 and keep the newest checkpoint.keep of the directory. */
-static void write_checkpoint(trainer *tr, int64_t step) {
+void trainer_write_checkpoint(trainer *tr, int64_t step) {
   dpm_config *cfg = &tr->cfg;
   char path[4096], err[DPM_ERRLEN] = "";
   dpm_ckpt_name(cfg->ckpt_dir, step, path, sizeof path);
@@ -364,7 +186,7 @@ static void write_checkpoint(trainer *tr, int64_t step) {
   double t0 = dpm_time();
   int failed = dpm_ckpt_write(tr->comm, path, &cm, tr->ledger, &meta, err) != 0;
   dpm_exit_if_error(tr->comm, failed, err);
-  journal(tr, "ckpt %lld %lld", (long long)step, (long long)dpm_journal_ledger_steps(tr->ledger));
+  trainer_journal(tr, "ckpt %lld %lld", (long long)step, (long long)dpm_journal_ledger_steps(tr->ledger));
   if (tr->rank != 0) return;
   printf("checkpoint: %s (step %lld, %.2f s)\n", path, (long long)step, dpm_time() - t0);
   fflush(stdout);
@@ -377,20 +199,9 @@ static void write_checkpoint(trainer *tr, int64_t step) {
   if (n >= 0) dpm_free(list);
 }
 
-/* Throughput from the expected batch size q*N (public), never the realized one: steps done in this segment
- * times q*N over the training time. The DP-safe figure of output.private_stats = false. */
-static double expected_per_s(const trainer *tr, int64_t done, double t_train) {
-  return (double)(done - tr->start) * tr->q * (double)tr->N / (t_train > 0 ? t_train : 1);
-}
 
-/* The loop's clocks, counters and periods. */
-typedef struct {
-  int64_t log_every, eval_every; /* a progress line, an evaluation every this many steps (and at the end) */
-  double total_epochs;
-  double t_start, t_train;       /* wall clock at the loop's start; seconds spent in training steps */
-  double examples_total;         /* examples computed in this segment */
-  dpm_step_stats win;            /* summed over the steps since the last progress line */
-} loop_state;
+
+
 
 static loop_state loop_begin(trainer *tr) {
   const dpm_config *cfg = &tr->cfg;
@@ -409,7 +220,7 @@ static void announce_block(trainer *tr, int64_t t, int64_t log_every) {
   int64_t to = (t / log_every + 1) * log_every, every = tr->cfg.ckpt_every;
   if (every > 0 && (t / every + 1) * every < to) to = (t / every + 1) * every;
   if (to > tr->steps) to = tr->steps;
-  journal(tr, "run %lld %lld %lld", (long long)t, (long long)to,
+  trainer_journal(tr, "run %lld %lld %lld", (long long)t, (long long)to,
           (long long)(dpm_journal_ledger_steps(tr->ledger) + to - t));
   tr->announced = to;
 }
@@ -423,35 +234,10 @@ static void add_stats(loop_state *ls, const dpm_step_stats *s) {
 /* The throughput of the progress and evaluation lines: of the realized batches with output.private_stats,
  * else of the expected batch q*N. */
 static double throughput(const trainer *tr, const loop_state *ls, int64_t done) {
-  return tr->cfg.private_stats ? ls->examples_total / ls->t_train : expected_per_s(tr, done, ls->t_train);
+  return tr->cfg.private_stats ? ls->examples_total / ls->t_train : trainer_expected_per_s(tr, done, ls->t_train);
 }
 
-/* The progress line after step `done` (rank 0), then a new window of statistics. */
-static void report_progress(trainer *tr, loop_state *ls, int64_t done, double lr) {
-  const dpm_config *cfg = &tr->cfg;
-  const int G = tr->step.total_groups;
-  double eps = epsilon_now(tr);
-  if (tr->rank == 0) {
-    char eta[32], epsbuf[32];
-    fmt_duration((dpm_time() - ls->t_start) / (double)(done - tr->start) * (double)(tr->steps - done), eta, sizeof eta);
-    if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "eps %.4f", eps); else snprintf(epsbuf, sizeof epsbuf, "non-private");
-    const dpm_step_stats *win = &ls->win;
-    double n = win->examples > 0 ? win->examples : 1;
-    const int w = (int)log10((double)tr->steps) + 1;
-    if (cfg->private_stats)
-      printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
-             w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win->loss / n,
-             win->correct / n, 100 * win->clipped / (n * (G > 0 ? G : 1)), lr, ls->examples_total / ls->t_train,
-             epsbuf, eta, tr->any_seeded ? "  [seeded]" : "");
-    else /* DP-safe values only: no statistic of a private batch, its realized size included */
-      printf("step %*lld/%lld  epoch %.2f  lr %.4g  ex/s %.0f (expected batch)  %s  ETA %s  elapsed %.0fs%s\n", w,
-             (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, lr,
-             expected_per_s(tr, done, ls->t_train), epsbuf, eta, dpm_time() - ls->t_start,
-             tr->any_seeded ? "  [seeded]" : "");
-    fflush(stdout);
-  }
-  ls->win = (dpm_step_stats){0};
-}
+
 
 /* Collective: the signal any rank received (SIGTERM, SIGUSR1), 0 if none. */
 static int stop_requested(trainer *tr) {
@@ -460,31 +246,9 @@ static int stop_requested(trainer *tr) {
   return stop;
 }
 
-/* Collective: the segment ends at step `done` on signal `sig` (the journal, then rank 0's line). */
-static void report_stop(trainer *tr, int sig, int64_t done) {
-  journal(tr, "end %lld %lld", (long long)done, (long long)dpm_journal_ledger_steps(tr->ledger));
-  if (tr->rank != 0) return;
-  printf("stopped by signal %d after step %lld: %s; exiting with status %d\n", sig, (long long)done,
-         tr->cfg.ckpt_dir ? "checkpoint written, resume with --resume" : "no checkpoint.dir, progress is lost",
-         DPM_EXIT_SIGNALLED);
-  fflush(stdout);
-}
 
-/* Collective: the run is complete (the journal, then rank 0's summary line). */
-static void report_done(trainer *tr, const loop_state *ls) {
-  journal(tr, "end %lld %lld", (long long)tr->steps, (long long)dpm_journal_ledger_steps(tr->ledger));
-  if (tr->rank != 0) return;
-  char wall[32];
-  fmt_duration(dpm_time() - ls->t_start, wall, sizeof wall);
-  if (tr->cfg.private_stats)
-    printf("done: %lld steps in %s (%.0f examples/s in training steps)", (long long)(tr->steps - tr->start), wall,
-           ls->examples_total / (ls->t_train > 0 ? ls->t_train : 1));
-  else
-    printf("done: %lld steps in %s (%.0f examples/s in training steps, from the expected batch)",
-           (long long)(tr->steps - tr->start), wall, expected_per_s(tr, tr->steps, ls->t_train));
-  if (tr->dp) printf(", epsilon %.4f at delta %g", epsilon_now(tr), tr->cfg.delta);
-  printf("\n");
-}
+
+
 
 /* Steps tr->start .. tr->steps: each step's sample, forward/backward, clipping, noise and allreduce
  * (dpm_step_run), the update, the accounting, then progress, evaluation and checkpoint as they fall due.
@@ -509,18 +273,18 @@ static int train_loop(trainer *tr) {
     add_stats(&ls, &stats);
 
     const int64_t done = t + 1;
-    if (done % ls.log_every == 0 || done == tr->steps) report_progress(tr, &ls, done, lr);
+    if (done % ls.log_every == 0 || done == tr->steps) trainer_report_progress(tr, &ls, done, lr);
     if (done % ls.eval_every == 0 || done == tr->steps)
-      report_eval(tr, done, (double)done / tr->steps_per_epoch, throughput(tr, &ls, done));
+      trainer_report_eval(tr, done, (double)done / tr->steps_per_epoch, throughput(tr, &ls, done));
     const int stop = stop_requested(tr);
     if (cfg->ckpt_dir && (done == tr->steps || stop || (cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0)))
-      write_checkpoint(tr, done);
+      trainer_write_checkpoint(tr, done);
     if (stop) {
-      report_stop(tr, stop, done);
+      trainer_report_stop(tr, stop, done);
       return DPM_EXIT_SIGNALLED;
     }
   }
-  report_done(tr, &ls);
+  trainer_report_done(tr, &ls);
   return 0;
 }
 
@@ -580,189 +344,13 @@ static void load_shard(trainer *tr, const char *path, const char *group, int64_t
   d->begin = b, d->end = e;
 }
 
-/* The checkpoint to resume from: PATH itself, or the newest valid one of directory PATH (damaged ones
- * are skipped with a warning). */
-static void find_resume(trainer *tr, const char *path, dpm_ckpt_meta *meta, char *out, size_t len) {
-  char err[DPM_ERRLEN] = "", **list = NULL;
-  int n = dpm_ckpt_list(path, &list, err), failed = n < 0, found = 0;
-  if (n == 0) failed = 1, dpm_err(err, "--resume %s: no checkpoint files ckpt-STEP.h5 in the directory", path);
-  dpm_exit_if_error(tr->comm, failed, err);
-  for (int i = 0; i < n; i++) {
-    if (!found) {
-      if (dpm_ckpt_read_meta(tr->comm, list[i], meta, err) == 0) {
-        snprintf(out, len, "%s", list[i]);
-        found = 1;
-      } else if (n > 1 && tr->rank == 0) {
-        fprintf(stderr, "dpmpi: warning: skipping %s: %s\n", list[i], err);
-      }
-    }
-    dpm_free(list[i]);
-  }
-  dpm_free(list);
-  if (!found && n > 1) dpm_err(err, "--resume %s: none of the %d checkpoints is readable", path, n);
-  dpm_exit_if_error(tr->comm, !found, err);
-}
 
-/* The job must continue the checkpoint's run: same model, data size, sampling rate, privacy settings and
- * length; sigma and the ledger come from the checkpoint. */
-static void check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *path) {
-  dpm_config *cfg = &tr->cfg;
-  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
-  int failed = 1;
-  if (dpm_ckpt_same_model(meta->layers, cfg->model_layers, inner))
-    dpm_err(err, "%s: does not match %s: %s", path, cfg->path, inner);
-  else if (meta->n_train != tr->N)
-    dpm_err(err, "%s: written for %lld training examples, %s has %lld", path, (long long)meta->n_train, cfg->data_train,
-            (long long)tr->N);
-  else if (fabs(meta->q - tr->q) > 1e-12 * tr->q)
-    dpm_err(err, "%s: sampling rate %g, the job's batch_size gives %g", path, meta->q, tr->q);
-  else if (meta->privacy != cfg->privacy_enabled)
-    dpm_err(err, "%s: privacy.enabled was %s, the job says %s", path, meta->privacy ? "true" : "false",
-            cfg->privacy_enabled ? "true" : "false");
-  else if (meta->privacy && (meta->clip != cfg->clip || meta->clipping != (int)cfg->clipping))
-    dpm_err(err, "%s: clipping %s C = %g, the job says %s C = %g", path, dpm_clipping_name((dpm_clipping)meta->clipping),
-            meta->clip, dpm_clipping_name(cfg->clipping), cfg->clip);
-  else if (meta->privacy && cfg->noise_multiplier > 0 && cfg->noise_multiplier != meta->sigma)
-    dpm_err(err, "%s: noise multiplier %g, the job says %g", path, meta->sigma, cfg->noise_multiplier);
-  else if (meta->privacy && !cfg->rebudget && cfg->delta != meta->delta)
-    dpm_err(err, "%s: the run's guarantee is at privacy.delta = %g, the job says %g (--privacy.rebudget=true "
-            "accounts the whole ledger at the new delta)", path, meta->delta, cfg->delta);
-  else if (meta->privacy && !cfg->rebudget && cfg->epsilon != meta->epsilon)
-    dpm_err(err, "%s: the run's budget is privacy.epsilon = %g, the job says %g (0: none; --privacy.rebudget=true "
-            "makes the new one the budget of the whole ledger)", path, meta->epsilon, cfg->epsilon);
-  else if (meta->steps_total != tr->steps && !(cfg->noise_multiplier > 0 && cfg->epsilon > 0))
-    dpm_err(err, "%s: the run has %lld steps, the job now asks for %lld", path, (long long)meta->steps_total,
-            (long long)tr->steps);
-  else if (meta->reproducible && cfg->has_seed && meta->seed != cfg->seed)
-    dpm_err(err, "%s: written by a run with run.seed = %llu, the job says %llu", path, (unsigned long long)meta->seed,
-            (unsigned long long)cfg->seed);
-  else if (meta->pca_components != tr->pca_k || (tr->pca_k > 0 && meta->pca_dim != tr->pca_d))
-    dpm_err(err, "%s: written with pca.components = %d, the job says %d", path, meta->pca_components, tr->pca_k);
-  else if (tr->pca_k > 0 && meta->privacy && (meta->pca_clip != cfg->pca_clip ||
-                                              (cfg->pca_noise_multiplier > 0 && meta->pca_sigma != cfg->pca_noise_multiplier)))
-    dpm_err(err, "%s: PCA with clip %g and noise multiplier %g, the job says clip %g%s", path, meta->pca_clip,
-            meta->pca_sigma, cfg->pca_clip, cfg->pca_noise_multiplier > 0 ? " and another noise multiplier" : "");
-  else if (meta->step >= meta->steps_total)
-    dpm_err(err, "%s: the run is complete (step %lld of %lld); nothing to resume", path, (long long)meta->step,
-            (long long)meta->steps_total);
-  else
-    failed = 0;
-  dpm_exit_if_error(tr->comm, failed, err);
-  tr->dp = meta->privacy;
-  tr->acct = meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
-  tr->sigma = meta->sigma;
-  tr->steps = meta->steps_total;
-  tr->pca_sigma = meta->pca_sigma;
-  /* the history this model carries: its run, the seeded ranges, the steps it did not use */
-  snprintf(tr->run_id, sizeof tr->run_id, "%s", meta->run_id);
-  tr->n_seeded = meta->n_seeded;
-  tr->seeded = dpm_malloc(sizeof(int64_t) * 2 * (size_t)(tr->n_seeded + 1));
-  tr->seeded_out = dpm_malloc(sizeof(int64_t) * 2 * (size_t)(tr->n_seeded + 1));
-  if (tr->n_seeded > 0) memcpy(tr->seeded, meta->seeded_steps, sizeof(int64_t) * 2 * (size_t)tr->n_seeded);
-  tr->seed_last = meta->seed;
-  tr->abandoned = meta->steps_abandoned;
-}
 
-/* A forced branch at `step`: the run's checkpoints of later steps (in dir and in checkpoint.dir) belong to
- * the abandoned branch; rank 0 renames them to abandoned-TOTAL-ckpt-STEP.h5, so the directory's newest
- * checkpoint is this branch's and nothing resumes the old one by accident. Their steps stay in the ledger. */
-static void set_aside_branch(trainer *tr, const char *dir, int64_t step, int64_t total) {
-  if (tr->rank != 0) return;
-  for (int k = 0; k < 2; k++) {
-    const char *d = k ? tr->cfg.ckpt_dir : dir;
-    if (!d || (k && !strcmp(d, dir))) continue;
-    char err[DPM_ERRLEN], **list = NULL;
-    int n = dpm_ckpt_list(d, &list, err);
-    for (int i = 0; i < n; i++) {
-      dpm_ckpt_meta m;
-      if (dpm_ckpt_read_meta(MPI_COMM_SELF, list[i], &m, err) == 0) {
-        if (!strcmp(m.run_id, tr->run_id) && m.step > step) {
-          char to[4200], *base = strrchr(list[i], '/');
-          snprintf(to, sizeof to, "%s/abandoned-%lld-%s", d, (long long)total, base ? base + 1 : list[i]);
-          if (rename(list[i], to) == 0)
-            printf("note: %s belongs to the abandoned branch: renamed to %s\n", list[i], to);
-          else
-            fprintf(stderr, "dpmpi: warning: cannot rename %s (abandoned branch): %s\n", list[i], strerror(errno));
-        }
-        dpm_ckpt_meta_free(&m);
-      }
-      dpm_free(list[i]);
-    }
-    if (n > 0) dpm_free(list);
-  }
-  fflush(stdout);
-}
 
-/* After the checkpoint's ledger is read: the steps the run journal knows of beyond it (steps lost in a
- * crash after the checkpoint, or a newer branch) join the ledger; a checkpoint older than the run's newest
- * needs --resume-branch. Then the budget: the remaining steps stop before it would be exceeded. */
-static void resume_history(trainer *tr, const dpm_ckpt_meta *meta, const char *path, int branch_ok) {
-  dpm_config *cfg = &tr->cfg;
-  char err[DPM_ERRLEN] = "", dir[4096];
-  int failed = 0;
-  dpm_ckpt_dirname(path, dir, sizeof dir);
-  /* the journal next to the checkpoint and the one this segment appends to, if elsewhere */
-  dpm_journal j, j2;
-  memset(&j, 0, sizeof j), memset(&j2, 0, sizeof j2);
-  if (tr->rank == 0) {
-    failed = dpm_journal_read(dir, tr->run_id, &j, err) != 0;
-    if (!failed && tr->journal_dir && strcmp(tr->journal_dir, dir))
-      failed = dpm_journal_read(tr->journal_dir, tr->run_id, &j2, err) != 0;
-    if (!failed && j2.found) {
-      j.found = 1;
-      if (j2.total > j.total) j.total = j2.total;
-      if (j2.has_ckpt && (!j.has_ckpt || j2.ckpt_total > j.ckpt_total))
-        j.has_ckpt = 1, j.ckpt_step = j2.ckpt_step, j.ckpt_total = j2.ckpt_total;
-    }
-  }
-  dpm_exit_if_error(tr->comm, failed, err);
-  DPM_MPI_CHECK(MPI_Bcast(&j, (int)sizeof j, MPI_BYTE, 0, tr->comm));
-  const int64_t have = dpm_journal_ledger_steps(tr->ledger), extra = j.total > have ? j.total - have : 0;
-  const int older = j.has_ckpt && j.ckpt_total > have;
-  if (older && !branch_ok)
-    failed = 1, dpm_err(err, "%s: step %lld is not the run's newest checkpoint: its journal %s/journal-%s records "
-                        "ckpt-%08lld.h5 (step %lld) and %lld steps run in all, %lld more than this checkpoint's ledger; "
-                        "resuming here re-runs steps with fresh noise (--resume-branch does it, and the ledger keeps "
-                        "those %lld steps)", path, (long long)meta->step, dir, tr->run_id, (long long)j.ckpt_step,
-                        (long long)j.ckpt_step, (long long)j.total, (long long)extra, (long long)extra);
-  dpm_exit_if_error(tr->comm, failed, err);
-  if (extra > 0) {
-    dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, extra);
-    tr->abandoned += extra;
-    if (tr->rank == 0)
-      printf("note: the run journal records %lld steps beyond this checkpoint's ledger (%s); the ledger counts "
-             "them: %lld steps, %lld of them not used by this model\n", (long long)extra,
-             older ? "a newer branch, abandoned with --resume-branch" : "run after it and lost, e.g. in a crash",
-             (long long)(have + extra), (long long)tr->abandoned);
-  }
-  const int rebudget = cfg->rebudget && (cfg->delta != meta->delta || cfg->epsilon != meta->epsilon);
-  if (rebudget && tr->rank == 0)
-    printf("note: privacy.rebudget: the whole ledger is accounted at delta %g (was %g), budget epsilon %g (was %g; "
-           "0: none)\n", cfg->delta, meta->delta, cfg->epsilon, meta->epsilon);
-  if (cfg->epsilon > 0) {
-    int64_t allowed = 0;
-    if (dpm_ledger_max_steps(tr->ledger, tr->q, tr->sigma, cfg->epsilon, cfg->delta, tr->acct, &allowed, err))
-      dpm_fatal("accountant: %s", err);
-    if (allowed < 1)
-      failed = 1, dpm_err(err, "%s: the budget privacy.epsilon = %g is spent: the ledger's %lld steps are at epsilon %g "
-                          "(delta %g); not one more step fits", path, cfg->epsilon, (long long)(have + extra),
-                          epsilon_now(tr), cfg->delta);
-    dpm_exit_if_error(tr->comm, failed, err);
-    if (allowed < tr->steps - tr->start) {
-      if (tr->rank == 0)
-        printf("note: the budget epsilon = %g allows %lld of the %lld remaining steps; training stops at step %lld\n",
-               cfg->epsilon, (long long)allowed, (long long)(tr->steps - tr->start), (long long)(tr->start + allowed));
-      tr->steps = tr->start + allowed;
-    }
-  }
-  /* the segment begins: recorded only once it is sure to run */
-  journal(tr, older ? "branch %lld %lld %lld" : "start %lld %lld", (long long)meta->step, (long long)(have + extra),
-          (long long)extra);
-  if (rebudget)
-    journal(tr, "# rebudget: delta %g -> %g, epsilon %g -> %g (0: no budget), for the whole ledger", meta->delta,
-            cfg->delta, meta->epsilon, cfg->epsilon);
-  if (older) set_aside_branch(tr, dir, meta->step, have + extra);
-}
+
+
+
+
 
 /* DP-PCA (src/parallel/pca.c): fit the projection on the training shards (unless it came from the checkpoint)
  * and project both splits. Stage 0 of each replica contributes its shard's rows once; the eigensolver
@@ -901,8 +489,8 @@ static void start_segment(trainer *tr, const train_args *a, resume_point *rp) {
   memset(&rp->meta, 0, sizeof rp->meta);
   rp->path[0] = rp->dir[0] = '\0';
   if (a->resume) {
-    find_resume(tr, a->resume, &rp->meta, rp->path, sizeof rp->path);
-    check_resume(tr, &rp->meta, rp->path);
+    trainer_find_resume(tr, a->resume, &rp->meta, rp->path, sizeof rp->path);
+    trainer_check_resume(tr, &rp->meta, rp->path);
   } else {
     setup_privacy(tr);
     /* a new run: its id (not a secret: it names the journal) and no history */
@@ -960,8 +548,8 @@ static void open_outputs(trainer *tr, const train_args *a) {
     failed = 1, dpm_err(err, "%s: [checkpoint] dir = %s: cannot create: %s", cfg->path, cfg->ckpt_dir, strerror(errno));
   dpm_exit_if_error(tr->comm, failed, err);
   if (!a->resume) {
-    journal(tr, "# dpmpi run journal (docs/formats.md): start|branch|run|ckpt|end STEP ... TOTAL ledger steps");
-    journal(tr, "start 0 0");
+    trainer_journal(tr, "# dpmpi run journal (docs/formats.md): start|branch|run|ckpt|end STEP ... TOTAL ledger steps");
+    trainer_journal(tr, "start 0 0");
   }
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
@@ -992,7 +580,7 @@ static void load_data(trainer *tr, const train_args *a, const resume_point *rp, 
                         (unsigned long long)digest, (unsigned long long)tr->data_digest);
   dpm_exit_if_error(tr->comm, failed, err);
   tr->data_digest = digest;
-  if (a->resume && tr->dp) resume_history(tr, &rp->meta, rp->path, a->resume_branch); /* the same run on the same data */
+  if (a->resume && tr->dp) trainer_resume_history(tr, &rp->meta, rp->path, a->resume_branch); /* the same run on the same data */
 }
 
 static void setup_step(trainer *tr) {
@@ -1045,7 +633,7 @@ int dpm_cmd_train(int argc, char **argv) {
   dpm_ckpt_meta_free(&rp.meta);
   if (tr.pca_k > 0) run_pca(&tr);
   setup_step(&tr);
-  print_header(&tr);
+  trainer_print_header(&tr);
   const int status = train_loop(&tr);
   free_trainer(&tr);
   return status;
