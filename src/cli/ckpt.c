@@ -47,7 +47,7 @@ static int open_ckpt(const char *path, char *found, size_t len, dpm_ckpt_meta *m
   }
   *eps = 0;
   if (meta->privacy && dpm_ledger_size(*L) > 0 &&
-      dpm_ledger_epsilon(*L, meta->delta, meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT, eps, err)) {
+      dpm_ledger_epsilon(*L, meta->delta, meta->accountant, eps, err)) {
     dpm_ckpt_meta_free(meta);
     dpm_ledger_free(*L);
     return -1;
@@ -85,9 +85,9 @@ static int info_work(char **args, char *err) {
   printf("grid: %d replicas x %d stages\n", meta.replicas, meta.stages);
   if (meta.privacy)
     printf("privacy: epsilon %.6f at delta %g (%s accountant) after %lld steps of the ledger; sampling rate %.8g, "
-           "noise multiplier %.6g, %s clipping C = %g\n", eps, meta.delta, dpm_accountant_name(meta.accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT),
+           "noise multiplier %.6g, %s clipping C = %g\n", eps, meta.delta, dpm_accountant_name(meta.accountant),
            (long long)dpm_journal_ledger_steps(L), meta.q, meta.sigma,
-           meta.clipping >= 0 && meta.clipping <= 2 ? dpm_clipping_name((dpm_clipping)meta.clipping) : "?", meta.clip);
+           dpm_clipping_name(meta.clipping), meta.clip);
   else
     printf("privacy: none (non-private run)\n");
   if (meta.privacy && meta.epsilon > 0) printf("budget: epsilon %g (privacy.epsilon, held on resume)\n", meta.epsilon);

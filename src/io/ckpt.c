@@ -312,6 +312,7 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
         if (meta->reproducible) miss |= dpm_h5_get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed) |
                                         get_ranges(f, "seeded_steps", meta->step, &meta->seeded_steps, &meta->n_seeded);
         if (meta->reproducible != (meta->n_seeded > 0)) miss = 1;
+        if ((unsigned)meta->clipping > DPM_CLIP_PER_DEVICE || (unsigned)meta->accountant > DPM_ACCT_TIGHT) miss = 1;
         char *id = dpm_h5_get_str(f, "run_id");
         if (!id || strlen(id) != 16 || strspn(id, "0123456789abcdef") != 16) miss = 1;
         else snprintf(meta->run_id, sizeof meta->run_id, "%s", id);
@@ -542,8 +543,8 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
     }
     if (!rc) {
       int32_t fmt = 1;
-      const char *acct = dpm_accountant_name(meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT);
-      const char *cn = meta->clipping >= 0 && meta->clipping <= 2 ? dpm_clipping_name((dpm_clipping)meta->clipping) : "?";
+      const char *acct = dpm_accountant_name(meta->accountant);
+      const char *cn = dpm_clipping_name(meta->clipping);
       int r = dpm_h5_put_str(dst, "format", "dpmpi-model") |
               dpm_h5_put_attr(dst, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
               dpm_h5_put_str(dst, "library_version", DPM_VERSION) | dpm_h5_put_str(dst, "layers", meta->layers) |

@@ -45,8 +45,8 @@ void trainer_check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pa
   else if (meta->privacy != cfg->privacy_enabled)
     dpm_err(err, "%s: privacy.enabled was %s, the job says %s", path, meta->privacy ? "true" : "false",
             cfg->privacy_enabled ? "true" : "false");
-  else if (meta->privacy && (meta->clip != cfg->clip || meta->clipping != (int)cfg->clipping))
-    dpm_err(err, "%s: clipping %s C = %g, the job says %s C = %g", path, dpm_clipping_name((dpm_clipping)meta->clipping),
+  else if (meta->privacy && (meta->clip != cfg->clip || meta->clipping != cfg->clipping))
+    dpm_err(err, "%s: clipping %s C = %g, the job says %s C = %g", path, dpm_clipping_name(meta->clipping),
             meta->clip, dpm_clipping_name(cfg->clipping), cfg->clip);
   else if (meta->privacy && cfg->noise_multiplier > 0 && cfg->noise_multiplier != meta->sigma)
     dpm_err(err, "%s: noise multiplier %g, the job says %g", path, meta->sigma, cfg->noise_multiplier);
@@ -75,7 +75,7 @@ void trainer_check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pa
     failed = 0;
   dpm_exit_if_error(tr->comm, failed, err);
   tr->dp = meta->privacy;
-  tr->acct = meta->accountant == 0 ? DPM_ACCT_RDP : DPM_ACCT_TIGHT;
+  tr->acct = meta->accountant;
   tr->sigma = meta->sigma;
   tr->steps = meta->steps_total;
   tr->pca_sigma = meta->pca_sigma;

@@ -162,8 +162,8 @@ static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
   dpm_config *cfg = &tr->cfg;
   const int n_seeded = trainer_seeded_ranges(tr, step);
   dpm_ckpt_meta meta = {.step = step, .steps_total = tr->steps, .n_train = tr->N, .q = tr->q, .sigma = tr->sigma,
-                        .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = (int)cfg->clipping,
-                        .accountant = (int)tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
+                        .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = cfg->clipping,
+                        .accountant = tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
                         .reproducible = n_seeded > 0, .seed = cfg->has_seed ? cfg->seed : tr->seed_last,
                         .job = cfg->text,
                         .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,

@@ -234,5 +234,12 @@ cp "$tmp/seeded/ckpt-00000010.h5" "$tmp/old.h5"
 expect_usage_error 2 "checkpoint format version 1, this dpmpi reads version 2 (version 1 has no run journal" \
   train "$tmp/job.ini" "${budget[@]}" --run.seed=5 --resume "$tmp/old.h5"
 expect_usage_error 1 "--resume-branch needs --resume PATH" train "$tmp/job.ini" "${budget[@]}" --resume-branch
+# an unknown accountant or clipping mode (a damaged attribute) is refused, never read as another one
+for a in accountant clipping; do
+  cp "$tmp/full/ckpt-00000020.h5" "$tmp/bad-$a.h5"
+  /usr/bin/python3 -c 'import sys, h5py, numpy as np; f = h5py.File(sys.argv[1], "r+"); f.attrs.modify(sys.argv[2], np.int32(7))' \
+    "$tmp/bad-$a.h5" "$a"
+  expect_usage_error 1 "bad-$a.h5: checkpoint attributes are missing or damaged" ckpt info "$tmp/bad-$a.h5"
+done
 
 finish cli_resume

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "dpmpi/privacy/accountant.h"
+#include "dpmpi/privacy/dpsgd.h"
 #include "dpmpi/core/common.h"
 #include "dpmpi/nn/model.h"
 
@@ -25,8 +26,8 @@ typedef struct {
   int64_t n_train;       /* training examples N */
   double q, sigma, clip, delta;
   int privacy;           /* 1: DP-SGD */
-  int clipping;          /* dpm_clipping */
-  int accountant;        /* dpm_accountant_kind */
+  dpm_clipping clipping;  /* read: checked to be a known mode */
+  dpm_accountant_kind accountant; /* read: checked to be a known accountant */
   int replicas, stages;  /* the grid that wrote it */
   int reproducible;      /* 1: seeded run (seed below); 0: secure keys, never stored */
   uint64_t seed;
