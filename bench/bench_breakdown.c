@@ -20,10 +20,10 @@
  *        [--models mlp,cnn (default), wide]
  * CSV (appended, header if the file is new): one row per model and variant (nonprivate, dp):
  *   model,batch,ranks,variant,params,<the phases above, ms per step>,total,step,noise_ns_per_draw,
- *   philox_ns_per_draw,dense_norms_kernel_ms,nonprivate_total
+ *   memory_floor_ns_per_param,dense_norms_kernel_ms,nonprivate_total
  * total = the sum of the phases, step = the real step (ms); noise_ns_per_draw = the noise phase per
- * parameter drawn on this rank (0 for nonprivate); philox_ns_per_draw = Philox4x64-10 alone per draw (one
- * call per 4 draws); dense_norms_kernel_ms = dpm_dense_sqnorms alone on the dense layers' shapes;
+ * parameter drawn on this rank (0 for nonprivate); memory_floor_ns_per_param = a pass adding a constant to
+ * the gradient (the memory traffic the noise cannot avoid); dense_norms_kernel_ms = dpm_dense_sqnorms alone on the dense layers' shapes;
  * nonprivate_total = the non-private variant's total (in both rows, to plot the phases relative to it).
  * Data: N = 60000 synthetic 28x28 examples (the cost does not depend on the pixel values). */
 #include <getopt.h>
@@ -181,25 +181,32 @@ static double dense_norms_seconds(const dpm_model *m, int nlayers, int B, int re
   return total;
 }
 
-/* The noise generator alone: seconds per Gaussian draw of dpm_add_noise on n parameters, and of the
- * Philox4x64-10 blocks it consumes (n / 4 calls of dpm_philox, no transformation), medians of `repeats`. */
-static void noise_parts(size_t n, int repeats, double *gauss, double *philox) {
-  double tg[MAX_REPEATS], tp[MAX_REPEATS];
+/* The noise generator alone, per implementation (core/rng.h: scalar, AVX2, AVX-512; each only if the CPU has
+ * it, else 0): seconds per draw of dpm_add_noise on n parameters (draw + add), and the memory-speed floor:
+ * the same read-modify-write pass over the buffer adding a constant. Medians of `repeats`. */
+static void noise_parts(size_t n, int repeats, double gauss[DPM_RNG_IMPLS], double *floor_) {
+  double tg[MAX_REPEATS], tf[MAX_REPEATS];
   float *buf = dpm_calloc(n, sizeof(float));
   const dpm_key key = dpm_key_from_seed(4, 1);
-  uint64_t sink = 0;
+  const dpm_rng_impl in_use = dpm_rng_impl_current();
+  for (int impl = 0; impl < DPM_RNG_IMPLS; impl++) {
+    gauss[impl] = 0;
+    if (dpm_rng_impl_select((dpm_rng_impl)impl)) continue;
+    for (int r = 0; r < repeats; r++) {
+      double t0 = dpm_time();
+      dpm_add_noise(&key, (uint64_t)r, 1.0, 0, n, buf);
+      tg[r] = (dpm_time() - t0) / (double)n;
+    }
+    gauss[impl] = bench_median(tg, repeats);
+  }
+  dpm_rng_impl_select(in_use);
   for (int r = 0; r < repeats; r++) {
     double t0 = dpm_time();
-    dpm_add_noise(&key, (uint64_t)r, 1.0, 0, n, buf);
-    double t1 = dpm_time();
-    for (size_t b = 0; b < n / 4; b++) {
-      uint64_t ctr[4] = {b, (uint64_t)r, DPM_STREAM_NOISE, 0}, w[4];
-      dpm_philox(&key, ctr, w);
-      sink ^= w[0] ^ w[1] ^ w[2] ^ w[3];
-    }
-    tg[r] = (t1 - t0) / (double)n, tp[r] = (dpm_time() - t1) / (double)n;
+    for (size_t k = 0; k < n; k++) buf[k] += 0.5f;
+    __asm__ volatile("" : : "r"(buf) : "memory");
+    tf[r] = (dpm_time() - t0) / (double)n;
   }
-  *gauss = bench_median(tg, repeats), *philox = bench_median(tp, repeats) + 0 * (double)(sink & 1);
+  *floor_ = bench_median(tf, repeats);
   dpm_free(buf);
 }
 
@@ -284,7 +291,7 @@ int main(int argc, char **argv) {
     if (ftell(out) == 0) {
       fprintf(out, "model,batch,ranks,variant,params");
       for (int p = 0; p < NPH; p++) fprintf(out, ",%s", PHASE[p]);
-      fprintf(out, ",total,step,noise_ns_per_draw,philox_ns_per_draw,dense_norms_kernel_ms,nonprivate_total\n");
+      fprintf(out, ",total,step,noise_ns_per_draw,memory_floor_ns_per_param,dense_norms_kernel_ms,nonprivate_total\n");
     }
   }
   if (rank == 0)
@@ -327,19 +334,21 @@ int main(int argc, char **argv) {
       printf("  %-11s %12.3f %10.3f %+10.3f  (ratio %.3f)\n", "sum", tot[0], tot[1], tot[1] - tot[0], tot[1] / tot[0]);
       printf("  %-11s %12.3f %10.3f %+10.3f  (ratio %.3f; dpm_step_run + dpm_sgd_step)\n", "real step", s0, s1,
              s1 - s0, s1 / s0);
-      double ng, np_;
-      noise_parts(P, repeats, &ng, &np_);
+      double ng[DPM_RNG_IMPLS], floor_;
+      noise_parts(P, repeats, ng, &floor_);
       const double ns_draw = 1e6 * med[1][PH_NOISE] / (double)(P / (size_t)size),
                    kernel = 1e3 * dense_norms_seconds(s[0].m, s[0].nlayers, batch, repeats);
-      printf("  noise in the step: %.2f ns per draw (%zu draws on this rank); dpm_add_noise alone %.2f ns per draw, "
-             "of which Philox4x64-10 %.2f ns (the rest: ziggurat, conversion, add)\n", ns_draw, P / (size_t)size,
-             1e9 * ng, 1e9 * np_);
+      printf("  noise in the step: %.2f ns per draw (%zu draws on this rank, %s); dpm_add_noise alone per draw + add:",
+             ns_draw, P / (size_t)size, dpm_rng_impl_name(dpm_rng_impl_current()));
+      for (int i = DPM_RNG_IMPLS - 1; i >= 0; i--)
+        if (ng[i] > 0) printf(" %s %.3f ns", dpm_rng_impl_name((dpm_rng_impl)i), 1e9 * ng[i]);
+      printf("; memory floor (read + write of the gradient) %.3f ns\n", 1e9 * floor_);
       printf("  dense layers' norm kernel alone (dpm_dense_sqnorms, batch %d): %.3f ms per micro-batch\n", batch,
              kernel);
       for (int dp = 0; out && dp < 2; dp++) {
         fprintf(out, "%s,%d,%d,%s,%zu", names[mi], batch, size, dp ? "dp" : "nonprivate", P);
         for (int p = 0; p < NPH; p++) fprintf(out, ",%.4f", med[dp][p]);
-        fprintf(out, ",%.4f,%.4f,%.3f,%.3f,%.4f,%.4f\n", tot[dp], dp ? s1 : s0, dp ? ns_draw : 0, 1e9 * np_, kernel,
+        fprintf(out, ",%.4f,%.4f,%.3f,%.3f,%.4f,%.4f\n", tot[dp], dp ? s1 : s0, dp ? ns_draw : 0, 1e9 * floor_, kernel,
                 tot[0]);
       }
     }

@@ -1,41 +1,18 @@
-/* Philox4x64-10 counter-based generator, secret keys from getrandom, Gaussian and Bernoulli draws
- * addressed by (key, step, stream, index): see dpmpi/core/rng.h. */
+/* The counter-based streams of dpmpi/core/rng.h: keys (splitmix64 seeds, getrandom), AES-128 blocks of the
+ * counter (index, step, tag, sub) through a per-thread cache of key schedules, the portable kernel of normals
+ * (groups of 16 Box-Muller draws) and the single draws, and the choice of kernel at run time (noise_avx2.c,
+ * noise_avx512.c). The stream's definition is in core/noise.h. */
 #include "dpmpi/core/rng.h"
 
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/random.h>
 
+#include "core/noise.h"
 #include "dpmpi/core/common.h"
-
-#define PHILOX_M0 0xD2E7470EE14C6C93ULL
-#define PHILOX_M1 0xCA5A826395121157ULL
-#define PHILOX_W0 0x9E3779B97F4A7C15ULL
-#define PHILOX_W1 0xBB67AE8584CAA73BULL
-
-static inline void mulhilo(uint64_t a, uint64_t b, uint64_t *hi, uint64_t *lo) {
-  __uint128_t p = (__uint128_t)a * b;
-  *hi = (uint64_t)(p >> 64);
-  *lo = (uint64_t)p;
-}
-
-void dpm_philox(const dpm_key *key, const uint64_t ctr[4], uint64_t out[4]) {
-  uint64_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-  uint64_t k0 = key->k[0], k1 = key->k[1];
-  /* fully unrolled: the rounds then overlap with the neighbouring blocks' (2x faster here) */
-#pragma GCC unroll 10
-  for (int round = 0; round < 10; round++) {
-    uint64_t hi0, lo0, hi1, lo1;
-    mulhilo(PHILOX_M0, c0, &hi0, &lo0);
-    mulhilo(PHILOX_M1, c2, &hi1, &lo1);
-    uint64_t n0 = hi1 ^ c1 ^ k0, n1 = lo1, n2 = hi0 ^ c3 ^ k1, n3 = lo0;
-    c0 = n0; c1 = n1; c2 = n2; c3 = n3;
-    k0 += PHILOX_W0;
-    k1 += PHILOX_W1;
-  }
-  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
-}
 
 static uint64_t splitmix64(uint64_t *state) {
   uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
@@ -67,128 +44,235 @@ dpm_key dpm_key_secure(void) {
   return key;
 }
 
-/* Gaussian draws: the ziggurat method with 128 layers (Marsaglia and Tsang 2000, in Doornik's 2005
- * ZIGNOR form, which takes the layer index and the uniform from independent bits). It is exact given
- * exact uniforms and about 5x faster than Box-Muller here, which matters because every parameter gets
- * a fresh draw every step. Draw number e (0..3) of counter block b first uses word e of
- * philox(b, step, tag, 0): its top 53 bits are the uniform, its low 7 bits the layer. The rare draws
- * that fall outside the rectangle core (about 1.3%) take further uniforms from
- * philox(b, step, tag, (e + 1) << 32 | k), k = 0, 1, ..., so every draw is still a pure function of
- * (key, step, tag, index). */
-#define ZIG_C 128
-#define ZIG_R 3.442619855899
-#define ZIG_V 9.91256303526217e-3
+/* ---- implementations ---------------------------------------------------------------------------- */
 
-static double zig_x[ZIG_C + 1], zig_ratio[ZIG_C];
-static pthread_once_t zig_once = PTHREAD_ONCE_INIT;
+static const char *IMPL_NAME[DPM_RNG_IMPLS] = {"scalar", "avx2", "avx512"};
+static const dpm_gauss_kernel KERNEL[DPM_RNG_IMPLS] = {dpm_gauss_add_scalar, dpm_gauss_add_avx2, dpm_gauss_add_avx512};
+static const dpm_words_kernel WORDS[DPM_RNG_IMPLS] = {dpm_words_scalar, dpm_words_avx2, dpm_words_avx512};
+static dpm_rng_impl current = DPM_RNG_SCALAR;
+static pthread_once_t impl_once = PTHREAD_ONCE_INIT;
 
-static void zig_init(void) {
-  double f = exp(-0.5 * ZIG_R * ZIG_R);
-  zig_x[0] = ZIG_V / f;
-  zig_x[1] = ZIG_R;
-  zig_x[ZIG_C] = 0;
-  for (int i = 2; i < ZIG_C; i++) {
-    zig_x[i] = sqrt(-2 * log(ZIG_V / zig_x[i - 1] + f));
-    f = exp(-0.5 * zig_x[i] * zig_x[i]);
+const char *dpm_rng_impl_name(dpm_rng_impl impl) { return impl < DPM_RNG_IMPLS ? IMPL_NAME[impl] : "?"; }
+
+int dpm_rng_impl_available(dpm_rng_impl impl) {
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  switch (impl) {
+    case DPM_RNG_SCALAR: return 1;
+    case DPM_RNG_AVX2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("aes") && __builtin_cpu_supports("fma");
+    case DPM_RNG_AVX512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("aes") &&
+             __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    default: return 0;
   }
-  for (int i = 0; i < ZIG_C; i++) zig_ratio[i] = zig_x[i + 1] / zig_x[i];
+#else
+  return impl == DPM_RNG_SCALAR;
+#endif
 }
 
-/* A source of further uniforms for draw e of block ctr[0]. */
-typedef struct {
-  const dpm_key *key;
-  uint64_t ctr[4], words[4];
-  int used;
-} zig_extra;
-
-static double extra_u01_open0(zig_extra *z) {
-  if (z->used == 4) {
-    dpm_philox(z->key, z->ctr, z->words);
-    z->ctr[3]++;
-    z->used = 0;
-  }
-  return dpm_u01_open0(z->words[z->used++]);
-}
-
-/* One standard normal from the 64-bit word w, with extra uniforms from z when w alone cannot decide. */
-static double zig_draw(uint64_t w, zig_extra *z) {
-  for (;;) {
-    double u = 2.0 * dpm_u01(w) - 1.0; /* top 53 bits */
-    int i = (int)(w & (ZIG_C - 1));    /* low 7 bits */
-    if (fabs(u) < zig_ratio[i]) return u * zig_x[i];
-    if (i == 0) { /* the tail beyond R (Marsaglia 1964) */
-      double a, b;
-      do {
-        a = log(extra_u01_open0(z)) / ZIG_R;
-        b = log(extra_u01_open0(z));
-      } while (-2 * b < a * a);
-      return u < 0 ? a - ZIG_R : ZIG_R - a;
+static void impl_init(void) {
+  current = DPM_RNG_SCALAR;
+  for (int i = DPM_RNG_IMPLS - 1; i > 0; i--)
+    if (dpm_rng_impl_available((dpm_rng_impl)i)) {
+      current = (dpm_rng_impl)i;
+      break;
     }
-    double x = u * zig_x[i];
-    double f0 = exp(-0.5 * (zig_x[i] * zig_x[i] - x * x)), f1 = exp(-0.5 * (zig_x[i + 1] * zig_x[i + 1] - x * x));
-    if (f1 + extra_u01_open0(z) * (f0 - f1) < 1.0) return x;
-    /* rejected: a fresh word for the next try */
-    if (z->used == 4) {
-      dpm_philox(z->key, z->ctr, z->words);
-      z->ctr[3]++;
-      z->used = 0;
-    }
-    w = z->words[z->used++];
+  const char *env = getenv("DPMPI_RNG");
+  if (env && *env) {
+    for (int i = 0; i < DPM_RNG_IMPLS; i++)
+      if (strcmp(env, IMPL_NAME[i]) == 0) {
+        if (!dpm_rng_impl_available((dpm_rng_impl)i))
+          dpm_fatal("DPMPI_RNG=%s: this CPU cannot run it (it lacks the instructions)", env);
+        current = (dpm_rng_impl)i;
+        return;
+      }
+    dpm_fatal("DPMPI_RNG=%s: expected scalar, avx2 or avx512", env);
   }
 }
 
-/* The rare draws outside the rectangle core (about 1.3%), kept out of line so the common path stays short. */
-static __attribute__((noinline)) double gauss_slow(const dpm_key *key, const uint64_t ctr[4], int e, uint64_t w) {
-  zig_extra z = {key, {ctr[0], ctr[1], ctr[2], ((uint64_t)(e + 1) << 32)}, {0, 0, 0, 0}, 4};
-  return zig_draw(w, &z);
+dpm_rng_impl dpm_rng_impl_current(void) {
+  pthread_once(&impl_once, impl_init);
+  return current;
 }
 
-static inline double gauss_from_word(const dpm_key *key, const uint64_t ctr[4], int e, uint64_t w) {
-  int i = (int)(w & (ZIG_C - 1));
-  double u = 2.0 * dpm_u01(w) - 1.0;
-  if (__builtin_expect(fabs(u) < zig_ratio[i], 1)) return u * zig_x[i];
-  return gauss_slow(key, ctr, e, w);
+int dpm_rng_impl_select(dpm_rng_impl impl) {
+  pthread_once(&impl_once, impl_init);
+  if (impl >= DPM_RNG_IMPLS || !dpm_rng_impl_available(impl)) return -1;
+  current = impl;
+  return 0;
 }
 
-void dpm_gauss4(const dpm_key *key, const uint64_t ctr[4], double out[4]) {
-  pthread_once(&zig_once, zig_init);
-  uint64_t r[4];
-  dpm_philox(key, ctr, r);
-  for (int e = 0; e < 4; e++) out[e] = gauss_from_word(key, ctr, e, r[e]);
+/* ---- blocks --------------------------------------------------------------------------------------- */
+
+static void put_le64(uint8_t *p, uint64_t v) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  memcpy(p, &v, 8);
+#else
+  for (int b = 0; b < 8; b++) p[b] = (uint8_t)(v >> (8 * b));
+#endif
+}
+static uint64_t get_le64(const uint8_t *p) {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+#else
+  uint64_t v = 0;
+  for (int b = 7; b >= 0; b--) v = v << 8 | p[b];
+  return v;
+#endif
 }
 
-double dpm_gauss_at(const dpm_key *key, uint64_t step, uint64_t tag, uint64_t j) {
-  uint64_t ctr[4] = {j / 4, step, tag, 0};
-  double z[4];
-  dpm_gauss4(key, ctr, z);
-  return z[j % 4];
+void dpm_stream_block(const dpm_stream_key *sk, uint64_t index, uint64_t step, unsigned tag, unsigned sub,
+                      uint64_t out[2]) {
+  uint8_t in[16], ct[16];
+  put_le64(in, index);
+  put_le64(in + 8, dpm_stream_hi(step, tag, sub));
+#if defined(__x86_64__)
+  if (sk->ni)
+    dpm_aes128_encrypt_ni(&sk->ks, in, ct);
+  else
+#endif
+    dpm_aes128_encrypt_portable(&sk->ks, in, ct);
+  out[0] = get_le64(ct), out[1] = get_le64(ct + 8);
 }
 
-void dpm_gauss_add(const dpm_key *key, uint64_t step, uint64_t tag, uint64_t j0, size_t n, double scale,
-                   float *out) {
-  pthread_once(&zig_once, zig_init);
-  size_t k = 0;
-  /* head: up to the first block boundary */
-  while (k < n && (j0 + k) % 4 != 0) {
-    out[k] += (float)(scale * dpm_gauss_at(key, step, tag, j0 + k));
-    k++;
+void dpm_words_scalar(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t b0, size_t nblocks, uint64_t *out) {
+  for (size_t k = 0; k < nblocks; k++) dpm_stream_block(sk, b0 + k, step, tag, 0, out + 2 * k);
+}
+
+/* Key schedules of the last few keys this thread used (a step alternates the sampling and the noise key),
+ * for the implementation in use. */
+#define KEY_CACHE 4
+static __thread struct {
+  dpm_key key;
+  dpm_stream_key sk;
+  int valid;
+} key_cache[KEY_CACHE];
+static __thread int key_cache_next;
+
+static const dpm_stream_key *stream_key(const dpm_key *key, uint64_t step, unsigned tag) {
+  if (step >> 40 || tag > 255) dpm_fatal("internal error: random stream step %llu or tag %u out of range",
+                                         (unsigned long long)step, tag);
+  const int ni = dpm_rng_impl_current() != DPM_RNG_SCALAR;
+  for (int c = 0; c < KEY_CACHE; c++)
+    if (key_cache[c].valid && key_cache[c].sk.ni == ni && key_cache[c].key.k[0] == key->k[0] &&
+        key_cache[c].key.k[1] == key->k[1])
+      return &key_cache[c].sk;
+  const int c = key_cache_next;
+  key_cache_next = (c + 1) % KEY_CACHE;
+  uint8_t bytes[16];
+  put_le64(bytes, key->k[0]);
+  put_le64(bytes + 8, key->k[1]);
+  dpm_aes128_expand(bytes, &key_cache[c].sk.ks);
+  key_cache[c].sk.ni = ni;
+  key_cache[c].key = *key;
+  key_cache[c].valid = 1;
+  return &key_cache[c].sk;
+}
+
+void dpm_rng_block(const dpm_key *key, uint64_t index, uint64_t step, unsigned tag, uint64_t out[2]) {
+  dpm_stream_block(stream_key(key, step, tag), index, step, tag, 0, out);
+}
+
+void dpm_rng_words(const dpm_key *key, uint64_t step, unsigned tag, uint64_t w0, size_t n, uint64_t *out) {
+  if (n == 0) return;
+  const dpm_stream_key *sk = stream_key(key, step, tag);
+  uint64_t w[2];
+  if (w0 % 2) { /* the odd head: word 1 of its block */
+    dpm_stream_block(sk, w0 / 2, step, tag, 0, w);
+    *out++ = w[1], w0++, n--;
   }
-  /* body: whole blocks */
-  for (; n - k >= 4; k += 4) {
-    uint64_t ctr[4] = {(j0 + k) / 4, step, tag, 0}, r[4];
-    dpm_philox(key, ctr, r);
-    for (int e = 0; e < 4; e++) out[k + e] += (float)(scale * gauss_from_word(key, ctr, e, r[e]));
+  if (n / 2) WORDS[dpm_rng_impl_current()](sk, step, tag, w0 / 2, n / 2, out);
+  if (n % 2) {
+    dpm_stream_block(sk, (w0 + n) / 2, step, tag, 0, w);
+    out[n - 1] = w[0];
   }
-  /* tail */
-  for (; k < n; k++) out[k] += (float)(scale * dpm_gauss_at(key, step, tag, j0 + k));
 }
 
-int dpm_bernoulli_at(const dpm_key *key, uint64_t step, uint64_t tag, uint64_t i, double q) {
+int dpm_bernoulli_at(const dpm_key *key, uint64_t step, unsigned tag, uint64_t i, double q) {
   if (q >= 1.0) return 1;
   if (q <= 0.0) return 0;
-  uint64_t ctr[4] = {i, step, tag, 0}, r[4];
-  dpm_philox(key, ctr, r);
+  uint64_t r[2];
+  dpm_rng_block(key, i / 2, step, tag, r);
   /* threshold = floor(q * 2^64), exact for q in (0,1) as a double */
-  uint64_t threshold = (uint64_t)ldexp(q, 64);
-  return r[0] < threshold;
+  return r[i % 2] < (uint64_t)ldexp(q, 64);
+}
+
+/* ---- normals (the definition is in core/noise.h) -------------------------------------------------- */
+
+double dpm_noise_K_extra(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t pair_index) {
+  double K = 13;
+  for (unsigned sub = 1; sub < 1u << 16; sub++) {
+    uint64_t w[2];
+    dpm_stream_block(sk, pair_index, step, tag, sub, w);
+    for (int i = 0; i < 2; i++) {
+      if (w[i]) return K + __builtin_clzll(w[i]);
+      K += 64;
+    }
+  }
+  dpm_fatal("internal error: the radius of normal pair %llu found no set bit in 2^23 words",
+            (unsigned long long)pair_index);
+}
+
+/* With FMA hardware, fma() is one instruction instead of a library routine; both round once, so the clones
+ * give the same bits (the file is compiled with -ffp-contract=off: no other multiply-add is fused). */
+#if defined(__x86_64__)
+__attribute__((target_clones("fma", "default")))
+#endif
+void dpm_noise_group(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t g, double z[16]) {
+  uint64_t W[16];
+  for (int q = 0; q < 8; q++) dpm_stream_block(sk, 8 * g + (uint64_t)q, step, tag, 0, W + 2 * q);
+  for (int l = 0; l < 8; l++) {
+    const uint64_t U = W[l];
+    const double K = U & 0xFFF ? dpm_noise_K(U) : dpm_noise_K_extra(sk, step, tag, 8 * g + (uint64_t)l);
+    dpm_noise_pair(U, K, W[8 + l], z + l, z + 8 + l);
+  }
+}
+
+void dpm_gauss_add_scalar(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n, double scale,
+                          float *out) {
+  DPM_ASSERT(j0 % 16 == 0);
+  for (size_t k = 0; k < n; k += 16) {
+    double z[16];
+    dpm_noise_group(sk, step, tag, (j0 + k) / 16, z);
+    const size_t m = n - k < 16 ? n - k : 16;
+    for (size_t i = 0; i < m; i++) out[k + i] += (float)(scale * z[i]);
+  }
+}
+
+void dpm_gauss_draws_scalar(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n, double *z) {
+  DPM_ASSERT(j0 % 16 == 0 && n % 16 == 0);
+  for (size_t k = 0; k < n; k += 16) dpm_noise_group(sk, step, tag, (j0 + k) / 16, z + k);
+}
+
+#if defined(__x86_64__)
+__attribute__((target_clones("fma", "default")))
+#endif
+double dpm_gauss_at(const dpm_key *key, uint64_t step, unsigned tag, uint64_t j) {
+  const dpm_stream_key *sk = stream_key(key, step, tag);
+  const uint64_t g = j / 16, l = j % 8;
+  uint64_t u[2], a[2];
+  dpm_stream_block(sk, 8 * g + l / 2, step, tag, 0, u);     /* W[l] */
+  dpm_stream_block(sk, 8 * g + 4 + l / 2, step, tag, 0, a); /* W[8 + l] */
+  const uint64_t U = u[l % 2];
+  const double K = U & 0xFFF ? dpm_noise_K(U) : dpm_noise_K_extra(sk, step, tag, 8 * g + l);
+  double zc, zs;
+  dpm_noise_pair(U, K, a[l % 2], &zc, &zs);
+  return j % 16 < 8 ? zc : zs;
+}
+
+void dpm_gauss_add(const dpm_key *key, uint64_t step, unsigned tag, uint64_t j0, size_t n, double scale,
+                   float *out) {
+  if (n == 0) return;
+  const dpm_stream_key *sk = stream_key(key, step, tag);
+  if (j0 % 16) { /* the head, up to the first whole group */
+    double z[16];
+    dpm_noise_group(sk, step, tag, j0 / 16, z);
+    size_t k = 0;
+    for (size_t i = j0 % 16; i < 16 && k < n; i++, k++) out[k] += (float)(scale * z[i]);
+    j0 += k, out += k, n -= k;
+  }
+  if (n) KERNEL[dpm_rng_impl_current()](sk, step, tag, j0, n, scale, out);
 }

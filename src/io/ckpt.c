@@ -7,6 +7,7 @@
  * renames it over the final name and fsyncs the directory. Until the rename the final name holds the
  * previous checkpoint or nothing. HDF5's own metadata is checksummed too (file format 1.10 objects). */
 #include "dpmpi/io/ckpt.h"
+#include "dpmpi/core/rng.h"
 #include "dpmpi/io/config.h" /* dpm_clipping_name */
 #include "dpmpi/io/ledger_h5.h"
 
@@ -205,7 +206,9 @@ static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledg
   DPM_ASSERT(meta->reproducible == (meta->n_seeded > 0));
   if (meta->reproducible) rc |= dpm_h5_put_attr(f, "seed", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->seed) |
                                 put_ranges(f, "seeded_steps", meta->seeded_steps, meta->n_seeded);
-  rc |= dpm_h5_put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed);
+  const int32_t stream = DPM_RNG_STREAM_VERSION;
+  rc |= dpm_h5_put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed) |
+        dpm_h5_put_attr(f, "rng_stream", H5T_STD_I32LE, H5T_NATIVE_INT32, &stream);
   if (rc) return dpm_err(err, "cannot write the checkpoint's attributes");
   if (meta->pca_components > 0 && write_pca(f, meta)) return dpm_err(err, "cannot write the PCA projection /pca");
   hid_t g = H5Gcreate2(f, "privacy", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -317,6 +320,8 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
         if (!id || strlen(id) != 16 || strspn(id, "0123456789abcdef") != 16) miss = 1;
         else snprintf(meta->run_id, sizeof meta->run_id, "%s", id);
         dpm_free(id);
+        meta->rng_stream = 1; /* a checkpoint without the attribute: written before stream version 2 */
+        if (H5Aexists(f, "rng_stream") > 0) miss |= dpm_h5_get_attr(f, "rng_stream", H5T_NATIVE_INT, &meta->rng_stream);
         meta->stats_printed = 1; /* a checkpoint without the attribute: its run printed them */
         if (H5Aexists(f, "stats_printed") > 0)
           miss |= dpm_h5_get_attr(f, "stats_printed", H5T_NATIVE_INT, &meta->stats_printed);

@@ -399,16 +399,15 @@ const float *dpm_model_input_grad(const dpm_model *m) { return m->dx; }
 /* ---- init ------------------------------------------------------------------------------------- */
 
 static void fill_uniform(float *p, size_t n, size_t j0, float bound, const dpm_key *key, int layer_num) {
-  uint64_t out[4];
+  uint64_t out[2];
   uint64_t block = UINT64_MAX;
   for (size_t k = 0; k < n; k++) {
     uint64_t j = j0 + k;
-    if (j / 4 != block) {
-      block = j / 4;
-      uint64_t ctr[4] = {block, (uint64_t)layer_num, DPM_STREAM_INIT, 0};
-      dpm_philox(key, ctr, out);
+    if (j / 2 != block) {
+      block = j / 2;
+      dpm_rng_block(key, block, (uint64_t)layer_num, DPM_STREAM_INIT, out);
     }
-    p[k] = (float)((2.0 * dpm_u01(out[j % 4]) - 1.0) * bound);
+    p[k] = (float)((2.0 * dpm_u01(out[j % 2]) - 1.0) * bound);
   }
 }
 

@@ -35,19 +35,9 @@ static size_t packed_size(int d) { return (size_t)d * (size_t)(d + 1) / 2; }
 
 void dpm_pca_add_noise(double *A, int d, double std, const dpm_key *key) {
   const size_t P = packed_size(d);
-  double z[4];
-  uint64_t block = UINT64_MAX;
   size_t p = 0;
-  for (int i = 0; i < d; i++) {
-    for (int j = i; j < d; j++, p++) {
-      if (p / 4 != block) {
-        block = p / 4;
-        uint64_t ctr[4] = {block, 0, DPM_STREAM_PCA, 0};
-        dpm_gauss4(key, ctr, z);
-      }
-      A[(size_t)i * d + j] += std * z[p % 4];
-    }
-  }
+  for (int i = 0; i < d; i++)
+    for (int j = i; j < d; j++, p++) A[(size_t)i * d + j] += std * dpm_gauss_at(key, 0, DPM_STREAM_PCA, p);
   DPM_ASSERT(p == P);
   for (int i = 0; i < d; i++)
     for (int j = i + 1; j < d; j++) A[(size_t)j * d + i] = A[(size_t)i * d + j];

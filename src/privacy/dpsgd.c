@@ -14,12 +14,13 @@ int64_t dpm_sample_shard(const dpm_key *key, uint64_t step, double q, int64_t be
   }
   /* floor(q * 2^64): the realized rate is q rounded down by < 2^-64, never above the accounted q */
   const uint64_t threshold = (uint64_t)ldexp(q, 64);
-  int64_t i = begin;
-  while (i < end) {
-    uint64_t block = (uint64_t)i / 4, ctr[4] = {block, step, DPM_STREAM_SAMPLE, 0}, r[4];
-    dpm_philox(key, ctr, r);
-    for (uint64_t e = (uint64_t)i % 4; e < 4 && i < end; e++, i++)
-      if (r[e] < threshold) idx[n++] = i;
+  /* example i decides by word i of the stream (key, step, SAMPLE), in chunks of the vectorized key stream */
+  uint64_t r[1024];
+  for (int64_t i = begin; i < end; i += 1024) {
+    const size_t len = (size_t)(end - i < 1024 ? end - i : 1024);
+    dpm_rng_words(key, step, DPM_STREAM_SAMPLE, (uint64_t)i, len, r);
+    for (size_t e = 0; e < len; e++)
+      if (r[e] < threshold) idx[n++] = i + (int64_t)e;
   }
   return n;
 }

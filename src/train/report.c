@@ -1,5 +1,6 @@
 /* What `dpmpi train` prints and writes as it runs: the header, progress lines (DP-safe ones with
  * output.private_stats = false), evaluations and metrics lines, the closing lines, and epsilon so far. */
+#include "dpmpi/core/rng.h"
 #include "train/trainer.h"
 
 void trainer_fmt_duration(double s, char *buf, size_t len) {
@@ -112,6 +113,8 @@ void trainer_print_header(trainer *tr) {
            (unsigned long long)cfg->seed);
   else
     printf("randomness: secure (keys from the operating system's CSPRNG, never stored)\n");
+  printf("randomness: AES-128 counter-mode streams (version %d), Gaussian noise by Box-Muller, %s kernel\n",
+         DPM_RNG_STREAM_VERSION, dpm_rng_impl_name(dpm_rng_impl_current()));
   if (!cfg->has_seed && tr->n_seeded > 0) {
     printf("randomness: but steps");
     for (int i = 0; i < tr->n_seeded; i++)

@@ -68,6 +68,11 @@ void trainer_check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pa
                                               (cfg->pca_noise_multiplier > 0 && meta->pca_sigma != cfg->pca_noise_multiplier)))
     dpm_err(err, "%s: PCA with clip %g and noise multiplier %g, the job says clip %g%s", path, meta->pca_clip,
             meta->pca_sigma, cfg->pca_clip, cfg->pca_noise_multiplier > 0 ? " and another noise multiplier" : "");
+  else if (meta->rng_stream != DPM_RNG_STREAM_VERSION)
+    dpm_err(err, "%s: written by dpmpi %s, whose random streams (sampling, noise) are version %d%s; this dpmpi draws "
+            "version %d (AES-128), so the run would not continue its own streams: finish it with dpmpi %s", path,
+            meta->version, meta->rng_stream, meta->rng_stream == 1 ? " (Philox4x64-10)" : "", DPM_RNG_STREAM_VERSION,
+            meta->version);
   else if (meta->step >= meta->steps_total)
     dpm_err(err, "%s: the run is complete (step %lld of %lld); nothing to resume", path, (long long)meta->step,
             (long long)meta->steps_total);

@@ -233,6 +233,12 @@ cp "$tmp/seeded/ckpt-00000010.h5" "$tmp/old.h5"
 /usr/bin/python3 -c 'import sys, h5py, numpy as np; h5py.File(sys.argv[1], "r+").attrs["format_version"] = np.int32(1)' "$tmp/old.h5"
 expect_usage_error 2 "checkpoint format version 1, this dpmpi reads version 2 (version 1 has no run journal" \
   train "$tmp/job.ini" "${budget[@]}" --run.seed=5 --resume "$tmp/old.h5"
+# another random-stream version (rng.h: DPM_RNG_STREAM_VERSION): refused, the run would not continue its streams
+check "checkpoints record the random-stream version" test "$(attr "$tmp/seeded/ckpt-00000010.h5" rng_stream)" = 2
+cp "$tmp/seeded/ckpt-00000010.h5" "$tmp/stream1.h5"
+/usr/bin/python3 -c 'import sys, h5py; del h5py.File(sys.argv[1], "r+").attrs["rng_stream"]' "$tmp/stream1.h5"
+expect_usage_error 2 "random streams (sampling, noise) are version 1 (Philox4x64-10); this dpmpi draws version 2" \
+  train "$tmp/job.ini" "${budget[@]}" --run.seed=5 --resume "$tmp/stream1.h5"
 expect_usage_error 1 "--resume-branch needs --resume PATH" train "$tmp/job.ini" "${budget[@]}" --resume-branch
 # an unknown accountant or clipping mode (a damaged attribute) is refused, never read as another one
 for a in accountant clipping; do

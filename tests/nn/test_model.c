@@ -166,17 +166,17 @@ static void test_init(void) {
     CHECK(mx <= bound && mx > 0.9 * bound, "group %d within +-1/sqrt(fan_in): max %g bound %g", g, mx, bound);
     CHECK_CLOSE(s2 / n, bound * bound / 3, 0.15, 0, "variance of uniform init");
   }
-  /* the documented stream: weight j of layer l is 2 u - 1 scaled by 1/sqrt(fan_in), u from Philox at
-   * counter {j / 4, l, DPM_STREAM_INIT, 0}, word j % 4; biases continue the weights' index */
+  /* the documented stream: weight j of layer l is 2 u - 1 scaled by 1/sqrt(fan_in), u from word j % 2 of
+   * block j / 2 of stream (key, l, DPM_STREAM_INIT); biases continue the weights' index */
   const int layer_of_group[4] = {0, 3, 7, 9};
   for (int g = 0; g < 4; g++) {
     const float *p = dpm_model_params(a) + dpm_model_group_offset(a, g);
     const size_t n = dpm_model_group_size(a, g), picks[3] = {0, 5, n - 1};
     for (int q = 0; q < 3; q++) {
-      uint64_t ctr[4] = {picks[q] / 4, (uint64_t)layer_of_group[g], DPM_STREAM_INIT, 0}, out[4];
-      dpm_philox(&k1, ctr, out);
-      double ref = (2 * dpm_u01(out[picks[q] % 4]) - 1) / sqrt(fan[g]);
-      CHECK_CLOSE(p[picks[q]], ref, 1e-6, 0, "init value from the documented Philox stream");
+      uint64_t out[2];
+      dpm_rng_block(&k1, picks[q] / 2, (uint64_t)layer_of_group[g], DPM_STREAM_INIT, out);
+      double ref = (2 * dpm_u01(out[picks[q] % 2]) - 1) / sqrt(fan[g]);
+      CHECK_CLOSE(p[picks[q]], ref, 1e-6, 0, "init value from the documented stream");
     }
   }
   dpm_model_free(a);

@@ -49,6 +49,8 @@ typedef struct {
                               branches, steps lost in a crash) */
   int n_seeded;            /* seeded_steps: [begin, end) step ranges that ran seeded (reproducible = n_seeded > 0) */
   int64_t *seeded_steps;   /* 2 x n_seeded values (read: allocated) */
+  int rng_stream;          /* the random streams' definition, DPM_RNG_STREAM_VERSION of the writer (dpmpi/core/rng.h);
+                              read: 1 when the attribute is missing (dpmpi before version 2 drew with Philox4x64-10) */
 } dpm_ckpt_meta;
 
 /* This rank's view of the model for writing and reading. */
