@@ -143,7 +143,7 @@ static dpm_ckpt_model ckpt_model(trainer *tr) {
   dpm_ckpt_model cm = {.n_layers = tr->n_layers, .info = tr->info, .first = tr->first, .last = tr->last,
                        .writer = tr->grid.replica == 0, .params = dpm_model_params(tr->model),
                        .n_state = dpm_optimizer_num_state(tr->opt)};
-  DPM_ASSERT(cm.n_state <= DPM_CKPT_MAX_STATE);
+  _Static_assert(DPM_OPTIMIZER_MAX_STATE <= DPM_CKPT_MAX_STATE, "checkpoints hold every optimizer's state buffers");
   for (int k = 0; k < cm.n_state; k++) cm.state[k] = dpm_optimizer_state(tr->opt, k, &cm.state_group[k]);
   return cm;
 }
