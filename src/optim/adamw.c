@@ -24,6 +24,9 @@ void dpm_adamw_free(dpm_adamw *o) {
   o->m = o->v = NULL;
 }
 
+/* Built with -fno-math-errno (CMakeLists.txt): v >= 0, so sqrtf never sets errno, and without the errno
+ * branch this loop vectorizes (24 instead of 60 ms per update at 11.6M parameters; SGD's takes ~16). The
+ * results are the same bits: sqrt is correctly rounded either way. */
 void dpm_adamw_step(dpm_adamw *o, float *params, const float *grad, double scale, double lr) {
   const int64_t t = ++o->t;
   const double bc1 = 1 - pow(o->beta1, (double)t), bc2 = 1 - pow(o->beta2, (double)t);
