@@ -82,8 +82,8 @@ int dpm_ckpt_read_meta(MPI_Comm comm, const char *path, dpm_ckpt_meta *meta, cha
 void dpm_ckpt_meta_free(dpm_ckpt_meta *meta);
 
 /* Collective: read this rank's layers (parameters and the m->n_state optimizer state buffers; a group
- * missing from the file is an error naming it) and the ledger (*ledger: new, dpm_ledger_free). The model must have the checkpoint's layers (check
- * with dpm_ckpt_same_model first). Returns 0 or -1 with err. */
+ * missing from the file is an error naming it) and the ledger (*ledger: new, dpm_ledger_free). The model
+ * must have the checkpoint's layers (check with dpm_ckpt_same_model first). Returns 0 or -1 with err. */
 int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_ledger **ledger,
                   char err[DPM_ERRLEN]);
 
