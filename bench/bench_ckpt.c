@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n; i++) dpm_model_layer_info(m, i, &info[i]);
     float *vel = dpm_calloc(P, sizeof(float));
     dpm_ckpt_model cm = {.n_layers = n, .info = info, .first = 0, .last = n, .writer = rank == 0,
-                         .params = dpm_model_params(m), .velocity = vel};
+                         .params = dpm_model_params(m), .n_state = 1, .state = {vel}, .state_group = {"/optimizer"}};
     dpm_ledger *L = dpm_ledger_create();
     dpm_ledger_add_sgm(L, 0.01, 1.0, 1000);
     dpm_ckpt_meta meta = {.step = 1000, .steps_total = 2000, .n_train = 60000, .q = 0.01, .sigma = 1, .clip = 1,

@@ -209,6 +209,10 @@ static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledg
   const int32_t stream = DPM_RNG_STREAM_VERSION;
   rc |= dpm_h5_put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed) |
         dpm_h5_put_attr(f, "rng_stream", H5T_STD_I32LE, H5T_NATIVE_INT32, &stream);
+  rc |= dpm_h5_put_str(f, "optimizer", dpm_optimizer_name(meta->optimizer));
+  hid_t og = H5Gopen2(f, "optimizer", H5P_DEFAULT);
+  rc |= og < 0 || dpm_h5_put_attr(og, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->optimizer_steps);
+  if (og >= 0) H5Gclose(og);
   if (rc) return dpm_err(err, "cannot write the checkpoint's attributes");
   if (meta->pca_components > 0 && write_pca(f, meta)) return dpm_err(err, "cannot write the PCA projection /pca");
   hid_t g = H5Gcreate2(f, "privacy", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -237,7 +241,15 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
       if (g1 >= 0) H5Gclose(g1);
       if (g2 >= 0) H5Gclose(g2);
       if (!rc) rc = layers_io(f, "/model", m, m->params, 1, err);
-      if (!rc) rc = layers_io(f, "/optimizer", m, m->velocity, 1, err);
+      DPM_ASSERT(m->n_state >= 0 && m->n_state <= DPM_CKPT_MAX_STATE);
+      for (int k = 0; k < m->n_state && !rc; k++) { /* the optimizer's buffers: /optimizer or a group in it */
+        if (strcmp(m->state_group[k], "/optimizer")) {
+          hid_t g = H5Gcreate2(f, m->state_group[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+          if (g < 0) rc = dpm_err(err, "%s: cannot create group %s", tmp, m->state_group[k]);
+          else H5Gclose(g);
+        }
+        if (!rc) rc = layers_io(f, m->state_group[k], m, m->state[k], 1, err);
+      }
       if (H5Fclose(f) < 0 && !rc) rc = dpm_err(err, "%s: cannot close (disk full?)", tmp);
     }
   } H5E_END_TRY;
@@ -325,6 +337,18 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
         meta->stats_printed = 1; /* a checkpoint without the attribute: its run printed them */
         if (H5Aexists(f, "stats_printed") > 0)
           miss |= dpm_h5_get_attr(f, "stats_printed", H5T_NATIVE_INT, &meta->stats_printed);
+        meta->optimizer = DPM_OPT_SGD; /* a checkpoint without the attribute: SGD, the only optimizer then */
+        if (H5Aexists(f, "optimizer") > 0) {
+          char *opt = dpm_h5_get_str(f, "optimizer");
+          if (dpm_optimizer_parse(opt, &meta->optimizer)) miss = 1; /* unknown: damaged, never another rule */
+          dpm_free(opt);
+        }
+        meta->optimizer_steps = meta->step; /* without the attribute: one update per step */
+        hid_t og = H5Lexists(f, "optimizer", H5P_DEFAULT) > 0 ? H5Gopen2(f, "optimizer", H5P_DEFAULT) : -1;
+        if (og >= 0 && H5Aexists(og, "step") > 0)
+          miss |= dpm_h5_get_attr(og, "step", H5T_NATIVE_INT64, &meta->optimizer_steps);
+        if (og >= 0) H5Gclose(og);
+        if (meta->optimizer_steps < 0 || meta->optimizer_steps > meta->step) miss = 1;
         meta->job = dpm_h5_get_str(f, "job");
         meta->layers = dpm_h5_get_str(f, "layers");
         if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step ||
@@ -448,7 +472,12 @@ int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_
       rc = dpm_err(err, "%s: cannot open for reading", path);
     } else {
       rc = layers_io(f, "/model", m, m->params, 0, err);
-      if (!rc) rc = layers_io(f, "/optimizer", m, m->velocity, 0, err);
+      for (int k = 0; k < m->n_state && !rc; k++) rc = layers_io(f, m->state_group[k], m, m->state[k], 0, err);
+      if (rc) { /* the dataset's message, with the file it is in */
+        char inner[DPM_ERRLEN];
+        snprintf(inner, sizeof inner, "%s", err);
+        dpm_err(err, "%s: %s", path, inner);
+      }
       H5Fclose(f);
     }
   } H5E_END_TRY;

@@ -39,8 +39,22 @@ static const key_def KEYS[] = {
   {"train", "physical_batch_size", K_POS_INT, OFF(physical_batch_size), "256", NULL,
    "Largest micro-batch a rank processes at once (memory bound); logical batches are accumulated over micro-batches."},
   {"train", "lr", K_POS_NUM, OFF(lr), "0.1", NULL, "Learning rate (peak, before the schedule)."},
-  {"train", "momentum", K_NONNEG_NUM, OFF(momentum), "0.9", NULL, "SGD momentum (heavy ball, PyTorch convention), in [0, 1)."},
-  {"train", "weight_decay", K_NONNEG_NUM, OFF(weight_decay), "0", NULL, "L2 weight decay added to the (noisy) gradient."},
+  {"train", "optimizer", K_ENUM, OFF(optimizer), "sgd", "sgd|adamw",
+   "Update rule applied to the privatized gradient (the noisy clipped sum divided by q*N: post-processing, it never "
+   "sees private data): sgd (heavy-ball momentum) or adamw (Adam with bias correction and decoupled weight decay, "
+   "Loshchilov & Hutter 2019, as PyTorch's AdamW: p -= lr*weight_decay*p, then the Adam step). DP-Adam is adamw "
+   "with privacy enabled. A run resumes only with the optimizer it was started with."},
+  {"train", "momentum", K_NONNEG_NUM, OFF(momentum), "0.9", NULL,
+   "SGD momentum (heavy ball, PyTorch convention), in [0, 1). Not used by adamw (see adam_beta1)."},
+  {"train", "weight_decay", K_NONNEG_NUM, OFF(weight_decay), "0", NULL,
+   "sgd: L2 weight decay added to the (noisy) gradient. adamw: decoupled weight decay, p -= lr*weight_decay*p "
+   "before the Adam step (PyTorch's AdamW default is 0.01)."},
+  {"train", "adam_beta1", K_NONNEG_NUM, OFF(adam_beta1), "0.9", NULL,
+   "adamw: decay rate of the first moment (running mean of the gradient), in [0, 1)."},
+  {"train", "adam_beta2", K_NONNEG_NUM, OFF(adam_beta2), "0.999", NULL,
+   "adamw: decay rate of the second moment (running mean of the squared gradient), in [0, 1)."},
+  {"train", "adam_eps", K_POS_NUM, OFF(adam_eps), "1e-8", NULL,
+   "adamw: added to the square root of the bias-corrected second moment in the update's denominator."},
   {"train", "lr_schedule", K_ENUM, OFF(lr_schedule), "constant", "constant|cosine|step",
    "Learning-rate schedule: constant; cosine decay to 0 over the run; step (multiply by lr_step_gamma every lr_step_every epochs)."},
   {"train", "lr_step_gamma", K_POS_NUM, OFF(lr_step_gamma), "0.1", NULL, "Factor of the step schedule."},
@@ -112,6 +126,8 @@ static const key_def KEYS[] = {
 /* K_ENUM stores a choice's index as an int into an enum field */
 _Static_assert(sizeof(dpm_accountant_kind) == sizeof(int) && DPM_ACCT_RDP == 0 && DPM_ACCT_TIGHT == 1,
                "privacy.accountant's choices rdp|tight are dpm_accountant_kind's values");
+_Static_assert(sizeof(dpm_optimizer_kind) == sizeof(int) && DPM_OPT_SGD == 0 && DPM_OPT_ADAMW == 1 && DPM_OPT_COUNT == 2,
+               "train.optimizer's choices sgd|adamw are dpm_optimizer_kind's values (and dpm_optimizer_name's)");
 
 typedef struct {
   dpm_config *cfg;
@@ -310,6 +326,8 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
   if ((cfg->epochs > 0) == (cfg->steps > 0))
     return dpm_err(err, "%s: give exactly one of [train] epochs and [train] steps", f);
   if (cfg->momentum >= 1) return dpm_err(err, "%s: [train] momentum = %g: expected a number in [0, 1)", f, cfg->momentum);
+  if (cfg->adam_beta1 >= 1) return dpm_err(err, "%s: [train] adam_beta1 = %g: expected a number in [0, 1)", f, cfg->adam_beta1);
+  if (cfg->adam_beta2 >= 1) return dpm_err(err, "%s: [train] adam_beta2 = %g: expected a number in [0, 1)", f, cfg->adam_beta2);
   if (cfg->privacy_enabled) {
     if (cfg->epsilon <= 0 && cfg->noise_multiplier <= 0)
       return dpm_err(err, "%s: privacy is enabled: give [privacy] epsilon (target), noise_multiplier, or both", f);
@@ -425,4 +443,17 @@ void dpm_config_print_keys(FILE *out) {
 
 const char *dpm_clipping_name(dpm_clipping c) {
   return c == DPM_CLIP_FLAT ? "flat" : c == DPM_CLIP_PER_LAYER ? "per-layer" : "per-device";
+}
+
+static const char *const OPTIMIZER_NAMES[DPM_OPT_COUNT] = {[DPM_OPT_SGD] = "sgd", [DPM_OPT_ADAMW] = "adamw"};
+
+const char *dpm_optimizer_name(dpm_optimizer_kind k) {
+  DPM_ASSERT((unsigned)k < DPM_OPT_COUNT);
+  return OPTIMIZER_NAMES[k];
+}
+
+int dpm_optimizer_parse(const char *name, dpm_optimizer_kind *k) {
+  for (int i = 0; i < DPM_OPT_COUNT; i++)
+    if (name && !strcmp(name, OPTIMIZER_NAMES[i])) return *k = (dpm_optimizer_kind)i, 0;
+  return -1;
 }

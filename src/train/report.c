@@ -60,10 +60,13 @@ void trainer_print_header(trainer *tr) {
   printf("data: %s (%lld training examples, %lld test, %d classes)\n", cfg->data_train, (long long)tr->N,
          (long long)tr->test.n_total, tr->train.num_classes);
   printf("model (%zu parameters):\n%s", tr->total_params, tr->model_desc);
+  char opt[256];
+  dpm_optimizer_describe(tr->opt, opt, sizeof opt);
   printf("training: %lld steps (%.2f epochs), expected batch %lld (q = %.6g, Poisson), micro-batches of <= %lld, "
-         "lr %g, momentum %g\n",
+         "lr %g\n",
          (long long)tr->steps, tr->steps / tr->steps_per_epoch, (long long)cfg->batch_size, tr->q,
-         (long long)cfg->physical_batch_size, cfg->lr, cfg->momentum);
+         (long long)cfg->physical_batch_size, cfg->lr);
+  printf("optimizer: %s, on the %s gradient\n", opt, tr->dp ? "privatized (noisy clipped sum / q N)" : "mean");
   if (tr->dp) {
     double eps = trainer_epsilon_after_run(tr); /* the ledger (DP-PCA, steps already run) and the steps to come */
     if (cfg->clipping == DPM_CLIP_FLAT && tr->grid.stages > 1)

@@ -37,6 +37,11 @@ void trainer_check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pa
   int failed = 1;
   if (dpm_ckpt_same_model(meta->layers, cfg->model_layers, inner))
     dpm_err(err, "%s: does not match %s: %s", path, cfg->path, inner);
+  else if (meta->optimizer != cfg->optimizer)
+    dpm_err(err, "%s: written by a run with train.optimizer = %s, the job says %s (%s; a run resumes only with the "
+            "optimizer it started with)", path, dpm_optimizer_name(meta->optimizer), dpm_optimizer_name(cfg->optimizer),
+            meta->optimizer == DPM_OPT_SGD ? "the checkpoint holds no Adam state" : "the checkpoint holds Adam state, "
+            "no SGD momentum");
   else if (meta->n_train != tr->N)
     dpm_err(err, "%s: written for %lld training examples, %s has %lld", path, (long long)meta->n_train, cfg->data_train,
             (long long)tr->N);

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dpmpi/optim/optimizer.h"
 #include "dpmpi/optim/sgd.h"
 #include "dpmpi/privacy/accountant.h"
 #include "dpmpi/privacy/budget.h"
@@ -141,7 +142,9 @@ static void setup_keys(trainer *tr) {
 static dpm_ckpt_model ckpt_model(trainer *tr) {
   dpm_ckpt_model cm = {.n_layers = tr->n_layers, .info = tr->info, .first = tr->first, .last = tr->last,
                        .writer = tr->grid.replica == 0, .params = dpm_model_params(tr->model),
-                       .velocity = tr->opt.velocity};
+                       .n_state = dpm_optimizer_num_state(tr->opt)};
+  _Static_assert(DPM_OPTIMIZER_MAX_STATE <= DPM_CKPT_MAX_STATE, "checkpoints hold every optimizer's state buffers");
+  for (int k = 0; k < cm.n_state; k++) cm.state[k] = dpm_optimizer_state(tr->opt, k, &cm.state_group[k]);
   return cm;
 }
 
@@ -163,7 +166,9 @@ static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
   const int n_seeded = trainer_seeded_ranges(tr, step);
   dpm_ckpt_meta meta = {.step = step, .steps_total = tr->steps, .n_train = tr->N, .q = tr->q, .sigma = tr->sigma,
                         .clip = cfg->clip, .delta = cfg->delta, .privacy = tr->dp, .clipping = cfg->clipping,
-                        .accountant = tr->acct, .replicas = tr->grid.replicas, .stages = tr->grid.stages,
+                        .accountant = tr->acct, .optimizer = cfg->optimizer,
+                        .optimizer_steps = dpm_optimizer_steps(tr->opt), .replicas = tr->grid.replicas,
+                        .stages = tr->grid.stages,
                         .reproducible = n_seeded > 0, .seed = cfg->has_seed ? cfg->seed : tr->seed_last,
                         .job = cfg->text,
                         .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
@@ -267,7 +272,7 @@ static int train_loop(trainer *tr) {
     dpm_step_run(&tr->step, (uint64_t)t, &stats); /* the noisy sum of clipped gradients (the plain sum without DP) */
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
     double scale = tr->dp ? dpm_update_scale(tr->q, tr->N) : 1.0 / (stats.examples > 0 ? stats.examples : 1.0);
-    dpm_sgd_step(&tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr);
+    dpm_optimizer_step(tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr); /* post-processing */
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     ls.t_train += dpm_time() - t0;
     add_stats(&ls, &stats);
@@ -508,13 +513,13 @@ static void start_segment(trainer *tr, const train_args *a, resume_point *rp) {
   if (tr->dp) tr->journal_dir = cfg->ckpt_dir ? cfg->ckpt_dir : a->resume ? rp->dir : NULL;
 }
 
-/* Keys, the initial parameters and the optimizer; on --resume the checkpoint's parameters, momentum,
- * ledger and DP-PCA projection replace them. */
+/* Keys, the initial parameters and the optimizer; on --resume the checkpoint's parameters, optimizer state
+ * (SGD's momentum, AdamW's moments and update count), ledger and DP-PCA projection replace them. */
 static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
   dpm_config *cfg = &tr->cfg;
   setup_keys(tr);
   dpm_model_init_params(tr->model, &tr->init_key);
-  dpm_sgd_init(&tr->opt, dpm_model_num_params(tr->model), cfg->momentum, cfg->weight_decay);
+  tr->opt = dpm_optimizer_create(cfg, dpm_model_num_params(tr->model));
   if (a->resume) {
     dpm_ckpt_model cm = ckpt_model(tr);
     dpm_ledger *L = NULL;
@@ -525,6 +530,7 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
     tr->ledger = L;
     dpm_ckpt_meta *meta = &rp->meta;
     tr->start = meta->step;
+    dpm_optimizer_set_steps(tr->opt, meta->optimizer_steps); /* AdamW's bias correction continues */
     tr->pca_V = meta->pca_projection; /* DP-PCA: the run's projection, never a new draw */
     meta->pca_projection = NULL;
     tr->pca_resumed = tr->pca_V != NULL;
@@ -594,7 +600,7 @@ static void setup_step(trainer *tr) {
 
 static void free_trainer(trainer *tr) {
   dpm_step_free(&tr->step);
-  dpm_sgd_free(&tr->opt);
+  dpm_optimizer_free(tr->opt);
   dpm_free(tr->info);
   dpm_free(tr->pca_V);
   dpm_free(tr->seeded);

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dpmpi/optim/optimizer.h"
 #include "dpmpi/optim/sgd.h"
 #include "dpmpi/privacy/accountant.h"
 #include "dpmpi/privacy/budget.h"
@@ -40,7 +41,7 @@ typedef struct {
   char *model_desc;       /* the whole model and its split, for the header */
   size_t total_params;
   dpm_step step;
-  dpm_sgd opt;
+  dpm_optimizer *opt;     /* train.optimizer, its state in this stage's slab layout */
   int n_layers, first, last;  /* this rank's stage: layers [first, last) of n_layers */
   dpm_layer_info *info;       /* every layer of the whole model */
   int64_t start;              /* first step to run (> 0 after --resume) */

@@ -13,12 +13,14 @@
 #include "dpmpi/parallel/comm.h"
 #include <stdint.h>
 
+#include "dpmpi/io/config.h" /* dpm_optimizer_kind */
 #include "dpmpi/privacy/accountant.h"
 #include "dpmpi/privacy/dpsgd.h"
 #include "dpmpi/core/common.h"
 #include "dpmpi/nn/model.h"
 
 #define DPM_CKPT_FORMAT 2
+#define DPM_CKPT_MAX_STATE 2 /* optimizer state buffers per parameter */
 
 typedef struct {
   int64_t step;          /* logical steps done */
@@ -28,6 +30,9 @@ typedef struct {
   int privacy;           /* 1: DP-SGD */
   dpm_clipping clipping;  /* read: checked to be a known mode */
   dpm_accountant_kind accountant; /* read: checked to be a known accountant */
+  dpm_optimizer_kind optimizer;   /* train.optimizer; read: checked to be a known one, sgd when the attribute is
+                                   * missing (written before AdamW existed: /optimizer holds SGD's momentum) */
+  int64_t optimizer_steps; /* updates the optimizer applied (AdamW's bias correction); read: step when missing */
   int replicas, stages;  /* the grid that wrote it */
   int reproducible;      /* 1: seeded run (seed below); 0: secure keys, never stored */
   uint64_t seed;
@@ -60,7 +65,11 @@ typedef struct {
   int first, last;            /* this rank's stage holds layers [first, last) */
   int writer;                 /* 1: this rank writes its stage's layers (one rank per stage) */
   float *params;              /* the stage's parameter slab (layer order) */
-  float *velocity;            /* the stage's optimizer state, same layout */
+  /* the stage's optimizer state: n_state buffers in the slab's layout, buffer k stored per layer under the
+     group state_group[k] (dpm_optimizer_state gives both: "/optimizer" for SGD's momentum) */
+  int n_state;
+  float *state[DPM_CKPT_MAX_STATE];
+  const char *state_group[DPM_CKPT_MAX_STATE];
 } dpm_ckpt_model;
 
 /* Collective over comm: write the checkpoint to `path` (via a temporary file in the same directory, then
@@ -74,9 +83,9 @@ int dpm_ckpt_write(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, con
 int dpm_ckpt_read_meta(MPI_Comm comm, const char *path, dpm_ckpt_meta *meta, char err[DPM_ERRLEN]);
 void dpm_ckpt_meta_free(dpm_ckpt_meta *meta);
 
-/* Collective: read this rank's layers (parameters and, when m->velocity is not NULL, optimizer state)
- * and the ledger (*ledger: new, dpm_ledger_free). The model must have the checkpoint's layers (check
- * with dpm_ckpt_same_model first). Returns 0 or -1 with err. */
+/* Collective: read this rank's layers (parameters and the m->n_state optimizer state buffers; a group
+ * missing from the file is an error naming it) and the ledger (*ledger: new, dpm_ledger_free). The model
+ * must have the checkpoint's layers (check with dpm_ckpt_same_model first). Returns 0 or -1 with err. */
 int dpm_ckpt_read(MPI_Comm comm, const char *path, const dpm_ckpt_model *m, dpm_ledger **ledger,
                   char err[DPM_ERRLEN]);
 

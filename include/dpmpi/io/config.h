@@ -19,6 +19,9 @@
 
 typedef enum { DPM_SCHED_CONSTANT, DPM_SCHED_COSINE, DPM_SCHED_STEP } dpm_schedule;
 
+/* train.optimizer: the update rule applied to the privatized gradient (dpmpi/optim/optimizer.h) */
+typedef enum { DPM_OPT_SGD, DPM_OPT_ADAMW, DPM_OPT_COUNT } dpm_optimizer_kind;
+
 typedef struct {
   /* [data] */
   char *data_train, *data_test;
@@ -30,6 +33,8 @@ typedef struct {
   int64_t batch_size;         /* expected logical batch q*N */
   int64_t physical_batch_size;
   double lr, momentum, weight_decay;
+  dpm_optimizer_kind optimizer;
+  double adam_beta1, adam_beta2, adam_eps; /* train.optimizer = adamw */
   dpm_schedule lr_schedule;
   double lr_step_gamma;       /* step schedule: multiply by gamma ... */
   double lr_step_every;       /* ... every this many epochs */
@@ -77,5 +82,10 @@ void dpm_config_free(dpm_config *cfg);
 void dpm_config_print_keys(FILE *out);
 
 const char *dpm_clipping_name(dpm_clipping c);
+
+/* "sgd" or "adamw" (train.optimizer's values). */
+const char *dpm_optimizer_name(dpm_optimizer_kind k);
+/* The kind named `name` (exactly as dpm_optimizer_name spells it): 0, or -1 for an unknown name. */
+int dpm_optimizer_parse(const char *name, dpm_optimizer_kind *k);
 
 #endif
