@@ -34,13 +34,24 @@ typedef struct {
   float *e_ln1w, *e_ln1b, *e_ln2w, *e_ln2b; /* per-example LayerNorm gradients [B, C] */
 } block_acts;
 
+/* The sequence linears, 4 per block (c_attn, attn.c_proj, c_fc, mlp.c_proj) then the LM head, and how
+ * each one's per-example norms are formed (dpm_gpt_set_norm_method). */
+enum { L_ATTN, L_APROJ, L_FC, L_MPROJ, LIN_PER_BLOCK };
+typedef struct {
+  int kw, kb;        /* weight and bias tensors (kb -1: none) */
+  int C, OC, trans;  /* in, out; trans: the weight is stored [OC, C] (the head's wte) */
+  int explicit_;     /* 0: ghost norms */
+  float *E;          /* explicit and kept: [max_batch, C*OC] per-example gradients (NULL: not kept) */
+} linear;
+
 struct dpm_gpt {
   dpm_gpt_config cfg;
   int max_batch, n_tensors, head; /* head: the LM head's tensor (WTE when tied) */
   tensor *t;
   float *params, *grads;
   size_t nparams;
-  dpm_norm_method method;
+  linear *lin;       /* LIN_PER_BLOCK * L + 1 */
+  int n_lin, E_ready; /* E_ready: the kept gradients are this backward's */
   void *arena;
   float *x0, *lnf, *lnf_mean, *lnf_rstd, *logits, *probs; /* probs: dlogits after backward */
   float *e_lnfw, *e_lnfb;
@@ -93,6 +104,20 @@ static void build_tensors(dpm_gpt *g) {
 static int bt(int l, int k) { return FIRST_BLOCK + PER_BLOCK * l + k; }
 static float *P(dpm_gpt *g, int k) { return g->params + g->t[k].off; }
 static float *D(dpm_gpt *g, int k) { return g->grads + g->t[k].off; }
+
+static void build_linears(dpm_gpt *g) {
+  const int C = g->cfg.C, L = g->cfg.L;
+  g->n_lin = LIN_PER_BLOCK * L + 1;
+  g->lin = dpm_calloc((size_t)g->n_lin, sizeof(linear));
+  for (int l = 0; l < L; l++) {
+    linear *k = g->lin + LIN_PER_BLOCK * l;
+    k[L_ATTN] = (linear){bt(l, ATTN_W), bt(l, ATTN_B), C, 3 * C, 0, 0, NULL};
+    k[L_APROJ] = (linear){bt(l, APROJ_W), bt(l, APROJ_B), C, C, 0, 0, NULL};
+    k[L_FC] = (linear){bt(l, FC_W), bt(l, FC_B), C, 4 * C, 0, 0, NULL};
+    k[L_MPROJ] = (linear){bt(l, MPROJ_W), bt(l, MPROJ_B), 4 * C, C, 0, 0, NULL};
+  }
+  g->lin[g->n_lin - 1] = (linear){g->head, -1, C, g->cfg.V, 1, 0, NULL};
+}
 
 /* ---- arena: measured with base NULL, then carved ---------------------------------------------------- */
 
@@ -172,11 +197,15 @@ dpm_gpt *dpm_gpt_create(const dpm_gpt_config *cfg, int max_batch, char err[DPM_E
   g->blk = dpm_calloc((size_t)cfg->L, sizeof(block_acts));
   g->arena = dpm_malloc_aligned(layout(g, NULL));
   layout(g, g->arena);
+  build_linears(g);
+  dpm_gpt_set_norm_method(g, DPM_NORM_AUTO, DPM_GPT_KEEP_BYTES);
   return g;
 }
 
 void dpm_gpt_free(dpm_gpt *g) {
   if (!g) return;
+  for (int j = 0; j < g->n_lin; j++) dpm_free(g->lin[j].E);
+  dpm_free(g->lin);
   dpm_free(g->arena);
   dpm_free(g->blk);
   dpm_free(g->params);
@@ -194,7 +223,32 @@ const char *dpm_gpt_tensor_name(const dpm_gpt *g, int k) { return g->t[k].name; 
 size_t dpm_gpt_tensor_offset(const dpm_gpt *g, int k) { return g->t[k].off; }
 size_t dpm_gpt_tensor_size(const dpm_gpt *g, int k) { return g->t[k].size; }
 void dpm_gpt_zero_grads(dpm_gpt *g) { memset(g->grads, 0, g->nparams * sizeof(float)); }
-void dpm_gpt_set_norm_method(dpm_gpt *g, dpm_norm_method method) { g->method = method; }
+void dpm_gpt_set_norm_method(dpm_gpt *g, dpm_norm_method method, size_t keep_bytes) {
+  const int T = g->cfg.T;
+  size_t budget = keep_bytes;
+  for (int j = 0; j < g->n_lin; j++) {
+    linear *k = &g->lin[j];
+    const size_t bytes = (size_t)g->max_batch * k->C * k->OC * sizeof(float);
+    const int fits = bytes <= budget;
+    int keep = 0;
+    if (method == DPM_NORM_GHOST) {
+      k->explicit_ = 0;
+    } else if (method == DPM_NORM_EXPLICIT) {
+      k->explicit_ = 1, keep = fits;
+    } else if (fits && !dpm_seq_linear_ghost_cheaper(T, k->C, k->OC, 1)) {
+      k->explicit_ = 1, keep = 1;
+    } else {
+      k->explicit_ = !dpm_seq_linear_ghost_cheaper(T, k->C, k->OC, 0);
+    }
+    dpm_free(k->E);
+    k->E = NULL;
+    if (keep) {
+      k->E = dpm_malloc_aligned(bytes);
+      budget -= bytes;
+    }
+  }
+  g->E_ready = 0;
+}
 
 int dpm_gpt_tensor_shape(const dpm_gpt *g, int k, int dims[2]) {
   dims[0] = g->t[k].dims[0], dims[1] = g->t[k].dims[1];
@@ -272,18 +326,33 @@ const float *dpm_gpt_logits(const dpm_gpt *g) { return g->logits; }
 
 /* ---- backward: per-tensor per-example squared norms ----------------------------------------------------- */
 
-static int use_ghost(const dpm_gpt *g, int T, int C, int OC) {
-  if (g->method == DPM_NORM_GHOST) return 1;
-  if (g->method == DPM_NORM_EXPLICIT) return 0;
-  return dpm_seq_linear_ghost_cheaper(T, C, OC);
+/* linear j's input A and output gradient G, [B*T, C] and [B*T, OC] (G valid once backward has passed it) */
+static void linear_io(const dpm_gpt *g, int j, const float **A, const float **G) {
+  if (j == g->n_lin - 1) {
+    *A = g->lnf, *G = g->probs; /* dlogits after backward */
+    return;
+  }
+  const block_acts *k = &g->blk[j / LIN_PER_BLOCK];
+  switch (j % LIN_PER_BLOCK) {
+    case L_ATTN: *A = k->ln1, *G = k->dqkv; break;
+    case L_APROJ: *A = k->atty, *G = k->dattn; break;
+    case L_FC: *A = k->ln2, *G = k->dfch; break;
+    default: *A = k->fchg, *G = k->dmlp; break;
+  }
 }
 
-/* squared norms of a linear's weight (sqw) and bias (sqb, may be NULL) gradients, ghost or explicit */
-static void linear_norms(dpm_gpt *g, const float *A, const float *G, int C, int OC, double *sqw, double *sqb) {
-  if (use_ghost(g, g->T, C, OC))
-    dpm_seq_linear_sqnorms_ghost(sqw, sqb, A, G, g->dscratch, g->B, g->T, C, OC);
+/* squared norms of linear j's weight (sqw) and bias (sqb, may be NULL) gradients: ghost, explicit and kept
+   for the clipped sum, or explicit in scratch */
+static void linear_norms(dpm_gpt *g, int j, double *sqw, double *sqb) {
+  const linear *k = &g->lin[j];
+  const float *A, *G;
+  linear_io(g, j, &A, &G);
+  if (!k->explicit_)
+    dpm_seq_linear_sqnorms_ghost(sqw, sqb, A, G, g->dscratch, g->B, g->T, k->C, k->OC);
+  else if (k->E)
+    dpm_seq_linear_grads_explicit(k->E, sqw, sqb, A, G, k->trans, g->B, g->T, k->C, k->OC);
   else
-    dpm_seq_linear_sqnorms_explicit(sqw, sqb, A, G, g->fscratch, g->B, g->T, C, OC);
+    dpm_seq_linear_sqnorms_explicit(sqw, sqb, A, G, g->fscratch, g->B, g->T, k->C, k->OC);
 }
 
 void dpm_gpt_backward(dpm_gpt *g, double *sq) {
@@ -296,7 +365,7 @@ void dpm_gpt_backward(dpm_gpt *g, double *sq) {
   /* loss, LM head, final LayerNorm */
   dpm_seq_xent_backward(dlogits, g->probs, g->tgt, g->pad_id, B, T, V);
   dpm_lm_head_backward(tmp, dlogits, P(g, g->head), B, T, C, V);
-  if (sq) linear_norms(g, g->lnf, dlogits, C, V, g->sq_head, NULL);
+  if (sq) linear_norms(g, g->n_lin - 1, g->sq_head, NULL);
   memset(dres, 0, BTC * sizeof(float));
   const float *xL = L ? g->blk[L - 1].res3 : g->x0;
   dpm_layernorm_backward(dres, g->e_lnfw, g->e_lnfb, tmp, xL, g->lnf_mean, g->lnf_rstd, P(g, lnf), B, T, C);
@@ -309,20 +378,20 @@ void dpm_gpt_backward(dpm_gpt *g, double *sq) {
     /* MLP: res3 = res2 + c_proj(gelu(c_fc(ln_2(res2)))) */
     memcpy(k->dmlp, dres, BTC * sizeof(float));
     dpm_seq_linear_backward(tmp, k->dmlp, P(g, bt(l, MPROJ_W)), B, T, 4 * C, C);
-    if (sq) linear_norms(g, k->fchg, k->dmlp, 4 * C, C, SQ(bt(l, MPROJ_W)), SQ(bt(l, MPROJ_B)));
+    if (sq) linear_norms(g, LIN_PER_BLOCK * l + L_MPROJ, SQ(bt(l, MPROJ_W)), SQ(bt(l, MPROJ_B)));
     dpm_gelu_backward(k->dfch, k->fch, tmp, 4 * BTC);
     dpm_seq_linear_backward(tmp, k->dfch, P(g, bt(l, FC_W)), B, T, C, 4 * C);
-    if (sq) linear_norms(g, k->ln2, k->dfch, C, 4 * C, SQ(bt(l, FC_W)), SQ(bt(l, FC_B)));
+    if (sq) linear_norms(g, LIN_PER_BLOCK * l + L_FC, SQ(bt(l, FC_W)), SQ(bt(l, FC_B)));
     dpm_layernorm_backward(dres, k->e_ln2w, k->e_ln2b, tmp, k->res2, k->ln2_mean, k->ln2_rstd, P(g, bt(l, LN2_W)),
                            B, T, C);
     if (sq) dpm_rows_sqnorm(SQ(bt(l, LN2_W)), k->e_ln2w, B, C), dpm_rows_sqnorm(SQ(bt(l, LN2_B)), k->e_ln2b, B, C);
     /* attention: res2 = x + c_proj(attention(c_attn(ln_1(x)))) */
     memcpy(k->dattn, dres, BTC * sizeof(float));
     dpm_seq_linear_backward(tmp, k->dattn, P(g, bt(l, APROJ_W)), B, T, C, C);
-    if (sq) linear_norms(g, k->atty, k->dattn, C, C, SQ(bt(l, APROJ_W)), SQ(bt(l, APROJ_B)));
+    if (sq) linear_norms(g, LIN_PER_BLOCK * l + L_APROJ, SQ(bt(l, APROJ_W)), SQ(bt(l, APROJ_B)));
     dpm_attention_backward(k->dqkv, tmp, k->qkv, k->att, g->fscratch, B, T, C, H);
     dpm_seq_linear_backward(tmp, k->dqkv, P(g, bt(l, ATTN_W)), B, T, C, 3 * C);
-    if (sq) linear_norms(g, k->ln1, k->dqkv, C, 3 * C, SQ(bt(l, ATTN_W)), SQ(bt(l, ATTN_B)));
+    if (sq) linear_norms(g, LIN_PER_BLOCK * l + L_ATTN, SQ(bt(l, ATTN_W)), SQ(bt(l, ATTN_B)));
     dpm_layernorm_backward(dres, k->e_ln1w, k->e_ln1b, tmp, x, k->ln1_mean, k->ln1_rstd, P(g, bt(l, LN1_W)), B, T,
                            C);
     if (sq) dpm_rows_sqnorm(SQ(bt(l, LN1_W)), k->e_ln1w, B, C), dpm_rows_sqnorm(SQ(bt(l, LN1_B)), k->e_ln1b, B, C);
@@ -334,7 +403,11 @@ void dpm_gpt_backward(dpm_gpt *g, double *sq) {
     dpm_embed_sqnorms(g->sq_emb, SQ(WPE), g->tok, dres, g->dscratch, B, T, C);
     double *sw = sq + (size_t)WTE * B;
     if (g->cfg.tied) {
-      dpm_tied_cross(g->cross, g->tok, dres, g->lnf, dlogits, g->dscratch, B, T, C, V);
+      const float *Hk = g->lin[g->n_lin - 1].E;
+      if (Hk)
+        dpm_tied_cross_kept(g->cross, g->tok, dres, Hk, B, T, C, V);
+      else
+        dpm_tied_cross(g->cross, g->tok, dres, g->lnf, dlogits, g->dscratch, B, T, C, V);
       for (int b = 0; b < B; b++) {
         const double v = g->sq_emb[b] + g->sq_head[b] + 2.0 * g->cross[b];
         sw[b] = v < 0 ? 0 : v; /* rounding of a ~0 norm; NaN stays NaN */
@@ -346,50 +419,60 @@ void dpm_gpt_backward(dpm_gpt *g, double *sq) {
   }
 #undef SQ
   g->backward_done = 1;
+  g->E_ready = sq != NULL;
 }
 
 /* ---- the coefficient-weighted gradient sum -------------------------------------------------------------- */
 
 void dpm_gpt_accumulate(dpm_gpt *g, const float *coef) {
   DPM_ASSERT(g->backward_done);
-  const int B = g->B, T = g->T, C = g->cfg.C, V = g->cfg.V, L = g->cfg.L, lnf = bt(L, 0);
+  const int B = g->B, T = g->T, C = g->cfg.C, L = g->cfg.L, lnf = bt(L, 0);
 #define CO(k) (coef ? coef + (size_t)(k) * B : NULL)
-  float *fs = g->fscratch, *row = g->row;
   dpm_embed_accumulate(D(g, WTE), D(g, WPE), g->tok, g->dres, CO(WTE), CO(WPE), B, T, C);
-  dpm_seq_linear_accumulate_t(D(g, g->head), g->lnf, g->probs, CO(g->head), fs, row, B, T, C, V);
-  dpm_rows_accumulate(D(g, lnf), g->e_lnfw, CO(lnf), B, (size_t)C);
-  dpm_rows_accumulate(D(g, lnf + 1), g->e_lnfb, CO(lnf + 1), B, (size_t)C);
-  for (int l = 0; l < L; l++) {
-    const block_acts *k = &g->blk[l];
-    dpm_rows_accumulate(D(g, bt(l, LN1_W)), k->e_ln1w, CO(bt(l, LN1_W)), B, (size_t)C);
-    dpm_rows_accumulate(D(g, bt(l, LN1_B)), k->e_ln1b, CO(bt(l, LN1_B)), B, (size_t)C);
-    dpm_seq_linear_accumulate(D(g, bt(l, ATTN_W)), D(g, bt(l, ATTN_B)), k->ln1, k->dqkv, CO(bt(l, ATTN_W)),
-                              CO(bt(l, ATTN_B)), fs, row, B, T, C, 3 * C);
-    dpm_seq_linear_accumulate(D(g, bt(l, APROJ_W)), D(g, bt(l, APROJ_B)), k->atty, k->dattn, CO(bt(l, APROJ_W)),
-                              CO(bt(l, APROJ_B)), fs, row, B, T, C, C);
-    dpm_rows_accumulate(D(g, bt(l, LN2_W)), k->e_ln2w, CO(bt(l, LN2_W)), B, (size_t)C);
-    dpm_rows_accumulate(D(g, bt(l, LN2_B)), k->e_ln2b, CO(bt(l, LN2_B)), B, (size_t)C);
-    dpm_seq_linear_accumulate(D(g, bt(l, FC_W)), D(g, bt(l, FC_B)), k->ln2, k->dfch, CO(bt(l, FC_W)),
-                              CO(bt(l, FC_B)), fs, row, B, T, C, 4 * C);
-    dpm_seq_linear_accumulate(D(g, bt(l, MPROJ_W)), D(g, bt(l, MPROJ_B)), k->fchg, k->dmlp, CO(bt(l, MPROJ_W)),
-                              CO(bt(l, MPROJ_B)), fs, row, B, T, 4 * C, C);
+  /* the linears and the head: from the kept per-example gradients (explicit norms of the same floats), or
+     one GEMM with the coefficients folded into the output gradients */
+  for (int j = 0; j < g->n_lin; j++) {
+    const linear *k = &g->lin[j];
+    const float *A, *G;
+    linear_io(g, j, &A, &G);
+    float *dw = D(g, k->kw), *db = k->kb >= 0 ? D(g, k->kb) : NULL;
+    const float *cw = CO(k->kw), *cb = k->kb >= 0 ? CO(k->kb) : NULL;
+    if (k->E && g->E_ready) {
+      dpm_rows_accumulate(dw, k->E, cw, B, (size_t)k->C * k->OC);
+      if (db) dpm_seq_linear_accumulate(NULL, db, A, G, NULL, cb, NULL, NULL, B, T, k->C, k->OC);
+    } else if (k->trans) {
+      dpm_seq_linear_accumulate_t(dw, A, G, cw, g->fscratch, g->row, B, T, k->C, k->OC);
+    } else {
+      dpm_seq_linear_accumulate(dw, db, A, G, cw, cb, g->fscratch, g->row, B, T, k->C, k->OC);
+    }
+  }
+  /* LayerNorms: their per-example rows */
+  for (int l = 0; l <= L; l++) {
+    const int kw = l < L ? bt(l, LN1_W) : lnf;
+    const float *rows[4] = {l < L ? g->blk[l].e_ln1w : g->e_lnfw, l < L ? g->blk[l].e_ln1b : g->e_lnfb,
+                            l < L ? g->blk[l].e_ln2w : NULL, l < L ? g->blk[l].e_ln2b : NULL};
+    const int ks[4] = {kw, kw + 1, l < L ? bt(l, LN2_W) : -1, l < L ? bt(l, LN2_B) : -1};
+    for (int r = 0; r < 4; r++)
+      if (rows[r]) dpm_rows_accumulate(D(g, ks[r]), rows[r], CO(ks[r]), B, (size_t)C);
   }
 #undef CO
 }
 
-dpm_norm_method dpm_gpt_norm_method(const dpm_gpt *g, int k, int T) {
-  const int C = g->cfg.C, lnf = bt(g->cfg.L, 0);
+/* linear j whose weight is tensor k, or -1 */
+static int linear_of(const dpm_gpt *g, int k) {
+  for (int j = 0; j < g->n_lin; j++)
+    if (g->lin[j].kw == k) return j;
+  return -1;
+}
+
+dpm_norm_method dpm_gpt_norm_method(const dpm_gpt *g, int k) {
   DPM_ASSERT(k >= 0 && k < g->n_tensors);
-  if (k == g->head) return use_ghost(g, T, C, g->cfg.V) ? DPM_NORM_GHOST : DPM_NORM_EXPLICIT;
-  if (k == WTE) return DPM_NORM_GHOST; /* untied: token equality */
-  if (k == WPE || k >= lnf) return DPM_NORM_EXPLICIT;
-  int in = 0, out = 0;
-  switch ((k - FIRST_BLOCK) % PER_BLOCK) {
-    case ATTN_W: in = C, out = 3 * C; break;
-    case APROJ_W: in = C, out = C; break;
-    case FC_W: in = C, out = 4 * C; break;
-    case MPROJ_W: in = 4 * C, out = C; break;
-    default: return DPM_NORM_EXPLICIT; /* biases, LayerNorms */
-  }
-  return use_ghost(g, T, in, out) ? DPM_NORM_GHOST : DPM_NORM_EXPLICIT;
+  const int j = linear_of(g, k);
+  if (j >= 0) return g->lin[j].explicit_ ? DPM_NORM_EXPLICIT : DPM_NORM_GHOST;
+  return k == WTE ? DPM_NORM_GHOST : DPM_NORM_EXPLICIT; /* untied wte: token equality; the rest: formed */
+}
+
+int dpm_gpt_norm_kept(const dpm_gpt *g, int k) {
+  const int j = linear_of(g, k);
+  return j >= 0 && g->lin[j].E != NULL;
 }

@@ -34,11 +34,19 @@ void dpm_seq_linear_sqnorms_ghost(double *sqw, double *sqb, const float *inp, co
  * its sum of squares in double. Cost ~ B T C OC. */
 void dpm_seq_linear_sqnorms_explicit(double *sqw, double *sqb, const float *inp, const float *dout,
                                      float *scratch, int B, int T, int C, int OC);
-/* 1 if the ghost form is cheaper than the explicit one for this shape: T (C + OC) < C OC (the ghost Grams
- * are T^2 (C + OC) / 2 double multiply-adds, counted twice for double precision; explicit T C OC float). */
-int dpm_seq_linear_ghost_cheaper(int T, int C, int OC);
+/* Explicit per-example gradients kept for the clipped sum: E [B, C*OC] holds dW_b = A_b^T G_b ([C, OC]; trans:
+ * its transpose [OC, C], the LM head's wte layout), sqw[b] = ||E_b||^2 of those same float entries, sqb as
+ * above (may be NULL). The clipped sum is then dpm_rows_accumulate(dw, E, cw, B, C*OC): no second GEMM. */
+void dpm_seq_linear_grads_explicit(float *E, double *sqw, double *sqb, const float *inp, const float *dout,
+                                   int trans, int B, int T, int C, int OC);
+/* 1 if the ghost form is the cheaper per example. keep = 0 (explicit gradients formed only for their norm, the
+ * clipped sum by its own GEMM): ghost iff T (C + OC) < C OC (ghost Grams T^2 (C + OC) / 2 double
+ * multiply-adds, counted twice for double precision, against the explicit GEMM's T C OC). keep = 1 (kept
+ * gradients replace the clipped sum's GEMM, so explicit costs only ~2 C OC beyond the non-private step): ghost
+ * iff T^2 (C + OC) < 2 C OC. */
+int dpm_seq_linear_ghost_cheaper(int T, int C, int OC, int keep);
 /* dw [C, OC] += sum_b cw_b A_b^T G_b and db [OC] += sum_b cb_b sum_t g_bt: one GEMM over all B*T rows with
- * the coefficients folded into G. cw, cb NULL mean all ones; db NULL: no bias. An example with coefficient 0
+ * the coefficients folded into G. cw, cb NULL mean all ones; dw NULL: the bias only; db NULL: no bias. An example with coefficient 0
  * contributes nothing whatever its rows hold (Inf, NaN); one whose clipped rows would underflow is formed
  * with power-of-two rescaling (rows.c); such micro-batches take one GEMM per example.
  * scratch: B*T*OC floats; row: T*C floats. */
@@ -95,6 +103,11 @@ void dpm_lm_head_backward(float *dh, const float *dlogits, const float *wte, int
  * doubles. ||E_b + H_b||^2 = ||E_b||^2 + ||H_b||^2 + 2 cross[b]. */
 void dpm_tied_cross(double *cross, const int32_t *tok, const float *demb, const float *h, const float *dlogits,
                     double *scratch, int B, int T, int C, int V);
+
+/* The same cross term from the head's kept explicit gradients Hk [B, V*C] (dpm_seq_linear_grads_explicit with
+ * trans): cross[b] = sum_t g_t . Hk_b[tok_t], cost T C. */
+void dpm_tied_cross_kept(double *cross, const int32_t *tok, const float *demb, const float *Hk, int B, int T, int C,
+                         int V);
 
 /* ---- masked sequence cross-entropy -------------------------------------------------------------------- */
 /* probs [B*T, V] = softmax(logits); loss[b] = mean over example b's targets with tgt != pad_id of

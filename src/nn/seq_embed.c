@@ -89,3 +89,16 @@ void dpm_tied_cross(double *cross, const int32_t *tok, const float *demb, const 
     cross[b] = s;
   }
 }
+
+void dpm_tied_cross_kept(double *cross, const int32_t *tok, const float *demb, const float *Hk, int B, int T, int C,
+                         int V) {
+  for (int b = 0; b < B; b++) {
+    const float *H = Hk + (size_t)b * V * C;
+    double s = 0;
+    for (int t = 0; t < T; t++) {
+      const float *g = demb + ((size_t)b * T + t) * C, *h = H + (size_t)tok[(size_t)b * T + t] * C;
+      for (int c = 0; c < C; c++) s += (double)g[c] * h[c];
+    }
+    cross[b] = s;
+  }
+}

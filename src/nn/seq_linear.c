@@ -55,18 +55,30 @@ void dpm_seq_linear_sqnorms_ghost(double *sqw, double *sqb, const float *inp, co
   }
 }
 
-void dpm_seq_linear_sqnorms_explicit(double *sqw, double *sqb, const float *inp, const float *dout,
-                                     float *scratch, int B, int T, int C, int OC) {
+void dpm_seq_linear_grads_explicit(float *E, double *sqw, double *sqb, const float *inp, const float *dout,
+                                   int trans, int B, int T, int C, int OC) {
   for (int b = 0; b < B; b++) {
     const float *A = inp + (size_t)b * T * C, *G = dout + (size_t)b * T * OC;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, T, 1.0f, A, C, G, OC, 0.0f, scratch, OC);
-    sqw[b] = dpm_nn_sumsq(scratch, (size_t)C * OC);
+    float *Eb = E + (size_t)b * C * OC;
+    if (trans)
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, T, 1.0f, G, OC, A, C, 0.0f, Eb, C);
+    else
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, T, 1.0f, A, C, G, OC, 0.0f, Eb, OC);
+    sqw[b] = dpm_nn_sumsq(Eb, (size_t)C * OC);
     if (sqb) sqb[b] = bias_sqnorm(G, T, OC);
   }
 }
 
-int dpm_seq_linear_ghost_cheaper(int T, int C, int OC) {
-  return (double)T * ((double)C + OC) < (double)C * OC;
+void dpm_seq_linear_sqnorms_explicit(double *sqw, double *sqb, const float *inp, const float *dout,
+                                     float *scratch, int B, int T, int C, int OC) {
+  for (int b = 0; b < B; b++)
+    dpm_seq_linear_grads_explicit(scratch, sqw + b, sqb ? sqb + b : NULL, inp + (size_t)b * T * C,
+                                  dout + (size_t)b * T * OC, 0, 1, T, C, OC);
+}
+
+int dpm_seq_linear_ghost_cheaper(int T, int C, int OC, int keep) {
+  const double t = T, in = C, out = OC;
+  return keep ? t * t * (in + out) < 2.0 * in * out : t * (in + out) < in * out;
 }
 
 /* dw += sum_b cw_b (A_b^T G_b) (trans = 0, dw [C, OC]) or its transpose (trans = 1, dw [OC, C]) */
@@ -97,7 +109,7 @@ static void accumulate_w(float *dw, int trans, const float *A, const float *G, c
 
 void dpm_seq_linear_accumulate(float *dw, float *db, const float *inp, const float *dout, const float *cw,
                                const float *cb, float *scratch, float *row, int B, int T, int C, int OC) {
-  accumulate_w(dw, 0, inp, dout, cw, scratch, row, B, T, C, OC);
+  if (dw) accumulate_w(dw, 0, inp, dout, cw, scratch, row, B, T, C, OC);
   if (!db) return;
   if (!cb) {
     dpm_nn_colsum_add(db, dout, (size_t)B * T, OC);

@@ -18,6 +18,18 @@
 #include "nn/seq.h"
 #include "testing.h"
 
+/* the norm methods under test: by cost with kept gradients, by cost without keeping any, a budget that keeps
+ * only the first linear, all ghost, all explicit in scratch, all explicit kept */
+typedef struct { const char *name; dpm_norm_method method; size_t keep; } mode;
+static const mode MODES[] = {{"auto", DPM_NORM_AUTO, DPM_GPT_KEEP_BYTES}, {"auto-nokeep", DPM_NORM_AUTO, 0},
+                             {"auto-partial", DPM_NORM_AUTO, 1}, {"ghost", DPM_NORM_GHOST, 0},
+                             {"explicit", DPM_NORM_EXPLICIT, 0}, {"explicit-kept", DPM_NORM_EXPLICIT, (size_t)-1}};
+enum { N_MODES = sizeof MODES / sizeof MODES[0] };
+/* keep bytes of mode m for a model whose first linear is C x 3C at batch B ("partial": that one only) */
+static size_t keep_bytes(int m, int B, int C) {
+  return MODES[m].keep == 1 ? (size_t)B * C * 3 * C * sizeof(float) : MODES[m].keep;
+}
+
 static uint64_t rng_state = 0x2545F4914F6CDD1DULL;
 static double urand(void) { /* splitmix64, uniform [0, 1) */
   uint64_t z = (rng_state += 0x9E3779B97F4A7C15ULL);
@@ -367,9 +379,8 @@ static void test_model_norms(int tied, int B, int T, int L) {
   double *ref = dnew((size_t)K * B), *sq = dnew((size_t)K * B);
   float *Gb = fnew((size_t)B * np), *coef = fnew((size_t)K * B), *want = fnew(np);
   brute_force(g, tok, tgt, B, T, pad, ref, Gb);
-  const dpm_norm_method methods[] = {DPM_NORM_GHOST, DPM_NORM_EXPLICIT, DPM_NORM_AUTO};
-  for (int m = 0; m < 3; m++) {
-    dpm_gpt_set_norm_method(g, methods[m]);
+  for (int m = 0; m < N_MODES; m++) {
+    dpm_gpt_set_norm_method(g, MODES[m].method, keep_bytes(m, B, cfg.C));
     dpm_gpt_forward(g, tok, tgt, B, T, pad, NULL);
     dpm_gpt_backward(g, sq);
     int bad = 0;
@@ -381,8 +392,8 @@ static void test_model_norms(int tied, int B, int T, int L) {
             fprintf(stderr, "  %s example %d: %.10g, brute force %.10g\n", dpm_gpt_tensor_name(g, k), b, v, r);
         }
       }
-    CHECK(bad == 0, "model norms (tied %d, B %d, T %d, L %d, method %d) off brute force in %d places", tied, B, T, L,
-          methods[m], bad);
+    CHECK(bad == 0, "model norms (tied %d, B %d, T %d, L %d, %s) off brute force in %d places", tied, B, T, L,
+          MODES[m].name, bad);
     /* clipped sum with random coefficients per (tensor, example), some 0 */
     for (size_t j = 0; j < (size_t)K * B; j++) coef[j] = urand() < 0.2 ? 0.0f : (float)urand();
     memset(want, 0, np * sizeof(float));
@@ -397,8 +408,8 @@ static void test_model_norms(int tied, int B, int T, int L) {
       const double d = (double)dpm_gpt_grads(g)[j] - want[j];
       e2 += d * d, w2 += (double)want[j] * want[j];
     }
-    CHECK(sqrt(e2) <= 1e-5 * sqrt(w2) && w2 > 0, "clipped sum (tied %d, B %d, T %d): relative error %.3g", tied, B, T,
-          sqrt(e2 / fmax(w2, 1e-300)));
+    CHECK(sqrt(e2) <= 1e-5 * sqrt(w2) && w2 > 0, "clipped sum (tied %d, B %d, T %d, %s): relative error %.3g", tied, B,
+          T, MODES[m].name, sqrt(e2 / fmax(w2, 1e-300)));
   }
   dpm_gpt_free(g);
   free(tok), free(tgt), free(ref), free(sq), free(Gb), free(coef), free(want);
@@ -575,19 +586,34 @@ static void test_golden(void) {
          *ref_coef = read_h5(f, "/clip_coef", B);
   double *sq = dnew((size_t)K * B), lpe[4];
   float *coef = fnew((size_t)K * B);
-  const dpm_norm_method methods[] = {DPM_NORM_AUTO, DPM_NORM_GHOST, DPM_NORM_EXPLICIT};
-  const char *mname[] = {"auto", "ghost", "explicit"};
-  int mixed_ghost = 0, mixed_explicit = 0;
+  /* by cost without kept gradients the reference model mixes ghost and explicit linears; with them, all
+     explicit and kept */
+  int mixed_ghost = 0, mixed_explicit = 0, kept = 0, linears = 0;
+  dpm_gpt_set_norm_method(g, DPM_NORM_AUTO, 0);
   for (int k = 0; k < K; k++) {
-    const dpm_norm_method m = dpm_gpt_norm_method(g, k, T);
+    const dpm_norm_method m = dpm_gpt_norm_method(g, k);
     const char *n = dpm_gpt_tensor_name(g, k);
     if (strstr(n, ".weight") && (strstr(n, "c_") || !strcmp(n, "wte.weight")))
       mixed_ghost += m == DPM_NORM_GHOST, mixed_explicit += m == DPM_NORM_EXPLICIT;
   }
+  /* the cost model: ghost for short sequences of wide layers, explicit for long sequences of narrow ones */
+  CHECK(dpm_seq_linear_ghost_cheaper(1, 64, 64, 0) && dpm_seq_linear_ghost_cheaper(16, 32, 96, 0) &&
+            !dpm_seq_linear_ghost_cheaper(1024, 64, 64, 0) && !dpm_seq_linear_ghost_cheaper(256, 384, 384, 0) &&
+            dpm_seq_linear_ghost_cheaper(4, 64, 64, 1) && !dpm_seq_linear_ghost_cheaper(16, 32, 96, 1),
+        "ghost/explicit cost model picks the wrong method");
   CHECK(mixed_ghost > 0 && mixed_explicit > 0, "auto on the reference model: %d ghost, %d explicit linears (want both)",
         mixed_ghost, mixed_explicit);
-  for (int m = 0; m < 3 && toks && ref_logits && ref_lpe && ref_loss && ref_total && ref_coef; m++) {
-    dpm_gpt_set_norm_method(g, methods[m]);
+  dpm_gpt_set_norm_method(g, DPM_NORM_AUTO, DPM_GPT_KEEP_BYTES);
+  for (int k = 0; k < K; k++) {
+    const char *n = dpm_gpt_tensor_name(g, k);
+    if (strstr(n, ".weight") && (strstr(n, "c_") || !strcmp(n, "wte.weight")))
+      linears++, kept += dpm_gpt_norm_kept(g, k) && dpm_gpt_norm_method(g, k) == DPM_NORM_EXPLICIT;
+  }
+  CHECK(kept == linears && linears == 9, "auto with memory: %d of %d linears explicit and kept", kept, linears);
+  const char *mname[N_MODES];
+  for (int m = 0; m < N_MODES && toks && ref_logits && ref_lpe && ref_loss && ref_total && ref_coef; m++) {
+    mname[m] = MODES[m].name;
+    dpm_gpt_set_norm_method(g, MODES[m].method, keep_bytes(m, B, cfg.C));
     const double loss_sum = dpm_gpt_forward(g, tok, tgt, B, T, -1, lpe);
     const double le = tensor_err(dpm_gpt_logits(g), ref_logits, (size_t)B * T * V);
     CHECK(le <= 1e-4, "[%s] logits: max error %.3g of the largest", mname[m], le);

@@ -21,10 +21,11 @@
  * over its targets that are not pad_id; its gradient is that of its own loss (never divided by B).
  *
  * Norm methods (docs/design.md, "Transformers"): the sequence linears (and the LM head) by the Gram-matrix
- * ghost form, cost ~T^2 (in + out), or explicitly, ~T in out, the cheaper per layer; LayerNorm explicit
- * (C-sized); wte's embedding use by token equality; the tied weight adds the cross term of its two uses,
- * ~T^2 C. The backward keeps every linear's output gradient, so the clipped sum is GEMMs over kept
- * activations (no second backward pass). Kernels: src/nn/seq.h. Pure: no MPI, no globals.
+ * ghost form, cost ~T^2 (in + out), or explicitly, ~T in out, per layer by cost (dpm_gpt_set_norm_method);
+ * LayerNorm explicit (C-sized); wte's embedding use by token equality; the tied weight adds the cross term of
+ * its two uses (~T^2 C, or T C from kept head gradients). The backward keeps every linear's output gradient
+ * (and explicit per-example gradients where they are kept), so the clipped sum needs no second backward
+ * pass. Kernels: src/nn/seq.h. Pure: no MPI, no globals.
  */
 #ifndef DPMPI_NN_GPT_H
 #define DPMPI_NN_GPT_H
@@ -89,12 +90,20 @@ void dpm_gpt_backward(dpm_gpt *g, double *sqnorms);
 void dpm_gpt_accumulate(dpm_gpt *g, const float *coef);
 void dpm_gpt_zero_grads(dpm_gpt *g);
 
-/* Force the sequence linears' (and the LM head's) norm method (AUTO: the cheaper per layer, the default);
- * for tests and benchmarks. */
-void dpm_gpt_set_norm_method(dpm_gpt *g, dpm_norm_method method);
-/* The method tensor k's norm uses at T tokens: GHOST or EXPLICIT for linear weights and the LM head (wte
- * when tied), EXPLICIT for LayerNorms, biases and wpe (their per-example gradients are formed), GHOST for an
- * untied wte (token equality). */
-dpm_norm_method dpm_gpt_norm_method(const dpm_gpt *g, int k, int T);
+/* Default memory for kept explicit per-example gradients (per model). */
+#define DPM_GPT_KEEP_BYTES ((size_t)256 << 20)
+/* How the sequence linears' (and the LM head's) norms are formed, decided per linear for T = cfg.T:
+ * ghost (Gram matrices, nothing per example kept), explicit with the per-example gradients kept for the
+ * clipped sum (which then needs no GEMM of its own: the cheapest whenever the memory is there), or explicit
+ * formed only for the norm. AUTO (the default, keep_bytes = DPM_GPT_KEEP_BYTES) takes the cheapest
+ * (dpm_seq_linear_ghost_cheaper) with kept gradients while keep_bytes lasts, in layer order; GHOST and
+ * EXPLICIT force the method (EXPLICIT keeps while keep_bytes lasts). Allocates: call it outside the training
+ * loop. For tests and benchmarks. */
+void dpm_gpt_set_norm_method(dpm_gpt *g, dpm_norm_method method, size_t keep_bytes);
+/* The method of tensor k's norm: GHOST or EXPLICIT for linear weights and the LM head (wte when tied),
+ * EXPLICIT for LayerNorms, biases and wpe (their per-example gradients are formed), GHOST for an untied wte
+ * (token equality). dpm_gpt_norm_kept: 1 if its explicit per-example gradients are kept. */
+dpm_norm_method dpm_gpt_norm_method(const dpm_gpt *g, int k);
+int dpm_gpt_norm_kept(const dpm_gpt *g, int k);
 
 #endif
