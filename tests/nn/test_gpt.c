@@ -326,6 +326,16 @@ static void test_kernel_norms(void) {
     for (int v = 0; v < V; v++)
       for (int c = 0; c < C; c++) e2 += E[v][c] * E[v][c], h2 += Hm[v][c] * Hm[v][c], eh += E[v][c] * Hm[v][c];
     bad += rel(sqe[b], e2) > 1e-12 || rel(sqp[b], p2) > 1e-12 || rel(cross[b], eh) > 1e-10;
+    /* from the head's kept explicit gradients ([V, C] layout): the same norm and cross term */
+    float *Hk = fnew((size_t)V * C);
+    double hsq, ck;
+    dpm_seq_linear_grads_explicit(Hk, &hsq, NULL, h + (size_t)b * T * C, dl + (size_t)b * T * V, 1, 1, T, C, V);
+    dpm_tied_cross_kept(&ck, tok + (size_t)b * T, g + (size_t)b * T * C, Hk, 1, T, C, V);
+    int layout = 1;
+    for (int v = 0; v < V; v++)
+      for (int c = 0; c < C; c++) layout &= fabs(Hk[v * C + c] - Hm[v][c]) <= 1e-5 * (1 + fabs(Hm[v][c]));
+    bad += !layout || rel(hsq, h2) > 1e-5 || rel(ck, eh) > 1e-5;
+    free(Hk);
     if (b == 0) CHECK(rel(sqe[0], p2) > 1e-3, "the all-equal example's token-equality norm equals sum ||g_t||^2");
   }
   CHECK(bad == 0, "embedding norms / tied cross term: %d examples off brute force", bad);
