@@ -42,6 +42,8 @@ typedef struct {
   int C, OC, trans;  /* in, out; trans: the weight is stored [OC, C] (the head's wte) */
   int explicit_;     /* 0: ghost norms */
   float *E;          /* explicit and kept: [max_batch, C*OC] per-example gradients (NULL: not kept) */
+  double *gsq;       /* this micro-batch's weight norms [max_batch] and ill-conditioning flags, kept for */
+  unsigned char *ill; /* the clipped sum's cap (seq.h, dpm_seq_linear_accumulate) */
 } linear;
 
 struct dpm_gpt {
@@ -51,7 +53,7 @@ struct dpm_gpt {
   float *params, *grads;
   size_t nparams;
   linear *lin;       /* LIN_PER_BLOCK * L + 1 */
-  int n_lin, E_ready; /* E_ready: the kept gradients are this backward's */
+  int n_lin, norms_ready; /* the kept gradients, norms and flags are this backward's */
   void *arena;
   float *x0, *lnf, *lnf_mean, *lnf_rstd, *logits, *probs; /* probs: dlogits after backward */
   float *e_lnfw, *e_lnfb;
@@ -111,12 +113,16 @@ static void build_linears(dpm_gpt *g) {
   g->lin = dpm_calloc((size_t)g->n_lin, sizeof(linear));
   for (int l = 0; l < L; l++) {
     linear *k = g->lin + LIN_PER_BLOCK * l;
-    k[L_ATTN] = (linear){bt(l, ATTN_W), bt(l, ATTN_B), C, 3 * C, 0, 0, NULL};
-    k[L_APROJ] = (linear){bt(l, APROJ_W), bt(l, APROJ_B), C, C, 0, 0, NULL};
-    k[L_FC] = (linear){bt(l, FC_W), bt(l, FC_B), C, 4 * C, 0, 0, NULL};
-    k[L_MPROJ] = (linear){bt(l, MPROJ_W), bt(l, MPROJ_B), 4 * C, C, 0, 0, NULL};
+    k[L_ATTN] = (linear){bt(l, ATTN_W), bt(l, ATTN_B), C, 3 * C, 0, 0, NULL, NULL, NULL};
+    k[L_APROJ] = (linear){bt(l, APROJ_W), bt(l, APROJ_B), C, C, 0, 0, NULL, NULL, NULL};
+    k[L_FC] = (linear){bt(l, FC_W), bt(l, FC_B), C, 4 * C, 0, 0, NULL, NULL, NULL};
+    k[L_MPROJ] = (linear){bt(l, MPROJ_W), bt(l, MPROJ_B), 4 * C, C, 0, 0, NULL, NULL, NULL};
   }
-  g->lin[g->n_lin - 1] = (linear){g->head, -1, C, g->cfg.V, 1, 0, NULL};
+  g->lin[g->n_lin - 1] = (linear){g->head, -1, C, g->cfg.V, 1, 0, NULL, NULL, NULL};
+  for (int j = 0; j < g->n_lin; j++) {
+    g->lin[j].gsq = dpm_calloc((size_t)g->max_batch, sizeof(double));
+    g->lin[j].ill = dpm_calloc((size_t)g->max_batch, 1);
+  }
 }
 
 /* ---- arena: measured with base NULL, then carved ---------------------------------------------------- */
@@ -157,7 +163,7 @@ static size_t layout(dpm_gpt *g, char *base) {
   /* floats: an explicit per-example weight gradient (largest C x 4C or C x V), attention's T x T, the
      coefficient-scaled output gradients of the widest linear (B T max(4C, V)) */
   g->fscratch = TAKE_F(&a, max3(4 * C * C, C * V, max3(T * T, BT * 4 * C, BT * V)));
-  g->row = TAKE_F(&a, T * 4 * C);
+  g->row = TAKE_F(&a, T * 4 * C + (4 * C * C > C * V ? 4 * C * C : C * V)); /* rescaled rows, one example's gradient */
   /* doubles: ghost Grams 2 T^2 + T (in + out) for the widest linear (5C: c_fc, mlp.c_proj; C + V: head), the
      tied cross term's T^2 + 2 T C, the token-equality sums' C */
   g->dscratch = TAKE_D(&a, max3(2 * T * T + T * (5 * C > C + V ? 5 * C : C + V), T * T + 2 * T * C, C));
@@ -204,7 +210,7 @@ dpm_gpt *dpm_gpt_create(const dpm_gpt_config *cfg, int max_batch, char err[DPM_E
 
 void dpm_gpt_free(dpm_gpt *g) {
   if (!g) return;
-  for (int j = 0; j < g->n_lin; j++) dpm_free(g->lin[j].E);
+  for (int j = 0; j < g->n_lin; j++) dpm_free(g->lin[j].E), dpm_free(g->lin[j].gsq), dpm_free(g->lin[j].ill);
   dpm_free(g->lin);
   dpm_free(g->arena);
   dpm_free(g->blk);
@@ -247,7 +253,7 @@ void dpm_gpt_set_norm_method(dpm_gpt *g, dpm_norm_method method, size_t keep_byt
       budget -= bytes;
     }
   }
-  g->E_ready = 0;
+  g->norms_ready = 0;
 }
 
 int dpm_gpt_tensor_shape(const dpm_gpt *g, int k, int dims[2]) {
@@ -344,15 +350,17 @@ static void linear_io(const dpm_gpt *g, int j, const float **A, const float **G)
 /* squared norms of linear j's weight (sqw) and bias (sqb, may be NULL) gradients: ghost, explicit and kept
    for the clipped sum, or explicit in scratch */
 static void linear_norms(dpm_gpt *g, int j, double *sqw, double *sqb) {
-  const linear *k = &g->lin[j];
+  linear *k = &g->lin[j];
   const float *A, *G;
   linear_io(g, j, &A, &G);
+  memset(k->ill, 0, (size_t)g->B);
   if (!k->explicit_)
-    dpm_seq_linear_sqnorms_ghost(sqw, sqb, A, G, g->dscratch, g->B, g->T, k->C, k->OC);
+    dpm_seq_linear_sqnorms_ghost(k->gsq, sqb, k->ill, A, G, g->dscratch, g->B, g->T, k->C, k->OC);
   else if (k->E)
-    dpm_seq_linear_grads_explicit(k->E, sqw, sqb, A, G, k->trans, g->B, g->T, k->C, k->OC);
+    dpm_seq_linear_grads_explicit(k->E, k->gsq, sqb, A, G, k->trans, g->B, g->T, k->C, k->OC);
   else
-    dpm_seq_linear_sqnorms_explicit(sqw, sqb, A, G, g->fscratch, g->B, g->T, k->C, k->OC);
+    dpm_seq_linear_sqnorms_explicit(k->gsq, sqb, k->ill, A, G, g->fscratch, g->B, g->T, k->C, k->OC);
+  memcpy(sqw, k->gsq, (size_t)g->B * sizeof(double));
 }
 
 void dpm_gpt_backward(dpm_gpt *g, double *sq) {
@@ -419,7 +427,7 @@ void dpm_gpt_backward(dpm_gpt *g, double *sq) {
   }
 #undef SQ
   g->backward_done = 1;
-  g->E_ready = sq != NULL;
+  g->norms_ready = sq != NULL;
 }
 
 /* ---- the coefficient-weighted gradient sum -------------------------------------------------------------- */
@@ -437,13 +445,15 @@ void dpm_gpt_accumulate(dpm_gpt *g, const float *coef) {
     linear_io(g, j, &A, &G);
     float *dw = D(g, k->kw), *db = k->kb >= 0 ? D(g, k->kb) : NULL;
     const float *cw = CO(k->kw), *cb = k->kb >= 0 ? CO(k->kb) : NULL;
-    if (k->E && g->E_ready) {
+    const double *gsq = g->norms_ready ? k->gsq : NULL;
+    const unsigned char *ill = g->norms_ready ? k->ill : NULL;
+    if (k->E && g->norms_ready) {
       dpm_rows_accumulate(dw, k->E, cw, B, (size_t)k->C * k->OC);
-      if (db) dpm_seq_linear_accumulate(NULL, db, A, G, NULL, cb, NULL, NULL, B, T, k->C, k->OC);
+      if (db) dpm_seq_linear_accumulate(NULL, db, A, G, NULL, cb, NULL, NULL, NULL, NULL, B, T, k->C, k->OC);
     } else if (k->trans) {
-      dpm_seq_linear_accumulate_t(dw, A, G, cw, g->fscratch, g->row, B, T, k->C, k->OC);
+      dpm_seq_linear_accumulate_t(dw, A, G, cw, gsq, ill, g->fscratch, g->row, B, T, k->C, k->OC);
     } else {
-      dpm_seq_linear_accumulate(dw, db, A, G, cw, cb, g->fscratch, g->row, B, T, k->C, k->OC);
+      dpm_seq_linear_accumulate(dw, db, A, G, cw, cb, gsq, ill, g->fscratch, g->row, B, T, k->C, k->OC);
     }
   }
   /* LayerNorms: their per-example rows */

@@ -27,16 +27,19 @@ void dpm_seq_linear_backward(float *dinp, const float *dout, const float *w, int
 /* Per-example squared norms of dW_b = A_b^T G_b (A_b = inp rows of example b, G_b = dout rows) and of
  * db_b = sum_t g_t, by the Gram ("ghost") form: sqw[b] = sum_{t,s} (a_t.a_s)(g_t.g_s), never forming dW_b;
  * sqb[b] = ||sum_t g_t||^2 (sqb may be NULL: no bias). In double (Gram matrices by dsyrk on double copies).
+ * ill[b] (ill may be NULL) = 1 when the positions' terms cancel so much (S = sum_t ||a_t|| ||g_t||, S^2 >
+ * 64 T sqw[b]) that the float32 GEMM of the clipped sum could err beyond the clipping margin.
  * scratch: 2 T^2 + T (C + OC) doubles. Cost ~ B T^2 (C + OC) multiply-adds (dsyrk: half of each Gram). */
-void dpm_seq_linear_sqnorms_ghost(double *sqw, double *sqb, const float *inp, const float *dout, double *scratch,
-                                  int B, int T, int C, int OC);
+void dpm_seq_linear_sqnorms_ghost(double *sqw, double *sqb, unsigned char *ill, const float *inp, const float *dout,
+                                  double *scratch, int B, int T, int C, int OC);
 /* The same norms explicitly: dW_b = A_b^T G_b formed in float32 (one GEMM per example, scratch C*OC floats),
- * its sum of squares in double. Cost ~ B T C OC. */
-void dpm_seq_linear_sqnorms_explicit(double *sqw, double *sqb, const float *inp, const float *dout,
-                                     float *scratch, int B, int T, int C, int OC);
+ * its sum of squares in double; ill as above. Cost ~ B T C OC. */
+void dpm_seq_linear_sqnorms_explicit(double *sqw, double *sqb, unsigned char *ill, const float *inp,
+                                     const float *dout, float *scratch, int B, int T, int C, int OC);
 /* Explicit per-example gradients kept for the clipped sum: E [B, C*OC] holds dW_b = A_b^T G_b ([C, OC]; trans:
  * its transpose [OC, C], the LM head's wte layout), sqw[b] = ||E_b||^2 of those same float entries, sqb as
- * above (may be NULL). The clipped sum is then dpm_rows_accumulate(dw, E, cw, B, C*OC): no second GEMM. */
+ * above (may be NULL). The clipped sum is then dpm_rows_accumulate(dw, E, cw, B, C*OC): no second GEMM, and
+ * no cap needed (the norm is that of the floats added). */
 void dpm_seq_linear_grads_explicit(float *E, double *sqw, double *sqb, const float *inp, const float *dout,
                                    int trans, int B, int T, int C, int OC);
 /* 1 if the ghost form is the cheaper per example. keep = 0 (explicit gradients formed only for their norm, the
@@ -46,16 +49,20 @@ void dpm_seq_linear_grads_explicit(float *E, double *sqw, double *sqb, const flo
  * iff T^2 (C + OC) < 2 C OC. */
 int dpm_seq_linear_ghost_cheaper(int T, int C, int OC, int keep);
 /* dw [C, OC] += sum_b cw_b A_b^T G_b and db [OC] += sum_b cb_b sum_t g_bt: one GEMM over all B*T rows with
- * the coefficients folded into G. cw, cb NULL mean all ones; dw NULL: the bias only; db NULL: no bias. An example with coefficient 0
- * contributes nothing whatever its rows hold (Inf, NaN); one whose clipped rows would underflow is formed
- * with power-of-two rescaling (rows.c); such micro-batches take one GEMM per example.
- * scratch: B*T*OC floats; row: T*C floats. */
+ * the coefficients folded into G. cw, cb NULL mean all ones; dw NULL: the bias only; db NULL: no bias.
+ * Clipped (coefficients given): an example with coefficient 0 contributes nothing whatever its rows hold
+ * (Inf, NaN); one whose clipped rows would underflow is formed with power-of-two rescaling (rows.c); with
+ * this micro-batch's weight norms gsq and flags ill (both may be NULL), a rescaled or ill-conditioned
+ * example's weight gradient is formed alone and scaled down to cw_b sqrt(gsq_b) if the float32 sum over its
+ * positions came out larger; such micro-batches take one GEMM per example. Each example's bias gradient is
+ * summed in double and rounded once. scratch: B*T*OC floats; row: T*C + C*OC floats. */
 void dpm_seq_linear_accumulate(float *dw, float *db, const float *inp, const float *dout, const float *cw,
-                               const float *cb, float *scratch, float *row, int B, int T, int C, int OC);
+                               const float *cb, const double *gsq, const unsigned char *ill, float *scratch,
+                               float *row, int B, int T, int C, int OC);
 /* The same for a weight stored transposed, dw [OC, C] += sum_b cw_b G_b^T A_b (the LM head's wte [V, C]:
  * inp = the final LayerNorm's output [B*T, C], dout = dlogits [B*T, V], OC = V). No bias. */
-void dpm_seq_linear_accumulate_t(float *dw, const float *inp, const float *dout, const float *cw, float *scratch,
-                                 float *row, int B, int T, int C, int OC);
+void dpm_seq_linear_accumulate_t(float *dw, const float *inp, const float *dout, const float *cw, const double *gsq,
+                                 const unsigned char *ill, float *scratch, float *row, int B, int T, int C, int OC);
 
 /* ---- LayerNorm over C (eps 1e-5, biased variance): out = w * (x - mean) * rstd + b ---------------------- */
 /* mean, rstd: [B*T] kept for backward. */

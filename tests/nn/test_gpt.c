@@ -100,7 +100,7 @@ static void lin_grad(fd_case *c, float **g) {
   lin_ctx *k = c->ctx;
   float *scratch = fnew((size_t)k->B * k->T * k->OC), *row = fnew((size_t)k->T * k->C);
   dpm_seq_linear_backward(g[0], k->R, c->var[1], k->B, k->T, k->C, k->OC);
-  dpm_seq_linear_accumulate(g[1], g[2], c->var[0], k->R, NULL, NULL, scratch, row, k->B, k->T, k->C, k->OC);
+  dpm_seq_linear_accumulate(g[1], g[2], c->var[0], k->R, NULL, NULL, NULL, NULL, scratch, row, k->B, k->T, k->C, k->OC);
   free(scratch), free(row);
 }
 
@@ -161,7 +161,7 @@ static void emb_grad(fd_case *c, float **g) {
   emb_ctx *k = c->ctx;
   float *scratch = fnew((size_t)k->B * k->T * k->V), *row = fnew((size_t)k->T * k->C);
   dpm_embed_accumulate(g[0], g[1], k->tok, k->R1, NULL, NULL, k->B, k->T, k->C);
-  dpm_seq_linear_accumulate_t(g[0], c->var[2], k->R2, NULL, scratch, row, k->B, k->T, k->C, k->V);
+  dpm_seq_linear_accumulate_t(g[0], c->var[2], k->R2, NULL, NULL, NULL, scratch, row, k->B, k->T, k->C, k->V);
   dpm_lm_head_backward(g[2], k->R2, c->var[0], k->B, k->T, k->C, k->V);
   free(scratch), free(row);
 }
@@ -281,8 +281,8 @@ static void test_kernel_norms(void) {
     double *ds = dnew(2 * (size_t)T * T + (size_t)T * (C + OC)), *gw = dnew(B), *gb = dnew(B), *ew = dnew(B),
            *eb = dnew(B);
     fill(A, (size_t)B * T * C, -2, 2), fill(G, (size_t)B * T * OC, -1, 1);
-    dpm_seq_linear_sqnorms_ghost(gw, gb, A, G, ds, B, T, C, OC);
-    dpm_seq_linear_sqnorms_explicit(ew, eb, A, G, fs, B, T, C, OC);
+    dpm_seq_linear_sqnorms_ghost(gw, gb, NULL, A, G, ds, B, T, C, OC);
+    dpm_seq_linear_sqnorms_explicit(ew, eb, NULL, A, G, fs, B, T, C, OC);
     int bad = 0;
     for (int b = 0; b < B; b++) {
       double w = 0, bb = 0;
@@ -340,6 +340,42 @@ static void test_kernel_norms(void) {
   }
   CHECK(bad == 0, "embedding norms / tied cross term: %d examples off brute force", bad);
   free(g), free(h), free(dl), free(sqe), free(sqp), free(cross), free(ds);
+}
+
+/* An example whose two positions nearly cancel (a_2 = a_1, g_2 = -(1 + d) g_1): the float32 GEMM of its
+ * clipped gradient errs by far more than the clipping margin, relative to the tiny true gradient. With the
+ * ghost (and explicit) norms' ill-conditioning flags and norms, its contribution never exceeds c ||dW||;
+ * without them it does (so the cap is what holds it). */
+static void test_cancellation_cap(void) {
+  const int T = 2, C = 5, OC = 4;
+  float A[2 * 5], G[2 * 4], dw[5 * 4], scratch[2 * 4], row[2 * 5 + 5 * 4], fs[5 * 4];
+  double ds[2 * 2 * 2 + 2 * 9], sqw, sqe;
+  unsigned char ill, ille;
+  const float c = 0.5f;
+  int over_capped = 0, over_raw = 0, flagged = 0, trials = 200;
+  for (int k = 0; k < trials; k++) {
+    fill(A, C, -1, 1), fill(G, OC, -1, 1);
+    const double d = 1e-6 * (1 + urand());
+    for (int j = 0; j < C; j++) A[C + j] = A[j];
+    for (int o = 0; o < OC; o++) G[OC + o] = (float)(-(1 + d) * G[o]);
+    dpm_seq_linear_sqnorms_ghost(&sqw, NULL, &ill, A, G, ds, 1, T, C, OC);
+    dpm_seq_linear_sqnorms_explicit(&sqe, NULL, &ille, A, G, fs, 1, T, C, OC);
+    flagged += ill && ille;
+    for (int pass = 0; pass < 2; pass++) {
+      memset(dw, 0, sizeof dw);
+      dpm_seq_linear_accumulate(dw, NULL, A, G, &c, NULL, pass ? NULL : &sqw, pass ? NULL : &ill, scratch, row, 1, T, C,
+                                OC);
+      const double have = sqrt(dotf(dw, dw, (size_t)C * OC)), cap = c * sqrt(sqw);
+      if (have > cap * (1 - 0x1p-22)) pass ? over_raw++ : over_capped++;
+    }
+  }
+  CHECK(flagged == trials, "only %d of %d cancelling examples flagged ill-conditioned", flagged, trials);
+  CHECK(over_capped == 0, "%d of %d capped clipped gradients exceed c ||dW||", over_capped, trials);
+  CHECK(over_raw > 0, "the uncapped float32 sums never exceed c ||dW||: the cap test is vacuous");
+  /* a well-conditioned example is not flagged */
+  fill(A, 2 * C, -1, 1), fill(G, 2 * OC, -1, 1);
+  dpm_seq_linear_sqnorms_ghost(&sqw, NULL, &ill, A, G, ds, 1, T, C, OC);
+  CHECK(!ill, "a random example is flagged ill-conditioned");
 }
 
 /* ---- the model ---------------------------------------------------------------------------------------- */
@@ -715,6 +751,7 @@ int main(int argc, char **argv) {
   test_config_errors();
   test_kernels_fd();
   test_kernel_norms();
+  test_cancellation_cap();
   test_model_norms(1, 3, 5, 2);
   test_model_norms(0, 3, 5, 2);
   test_model_norms(1, 1, 1, 1); /* B = 1, T = 1 */
