@@ -7,7 +7,7 @@
  * dpm_gpt_accumulate is GEMMs over kept activations, not a second backward; memory is about twice the
  * activations of a non-private step (docs/design.md, "Transformers").
  */
-#include "dpmpi/nn/gpt.h"
+#include "nn/gpt_internal.h"
 
 #include <limits.h>
 #include <math.h>
@@ -61,9 +61,12 @@ struct dpm_gpt {
   float *dres;          /* the residual stream's gradient; after backward: d loss / d x0 */
   float *tmp;           /* [B, T, 4C] */
   float *fscratch, *row;
-  double *dscratch, *sq_emb, *sq_head, *cross;
+  double *dscratch, *sq_emb, *sq_head, *cross, *sq_wte; /* sq_wte, wte_ill: kept for the clipped sum */
+  unsigned char *wte_ill;
+  float *cwte;          /* wte's coefficients with its ill-conditioned examples set to 0 */
   int32_t *tok, *tgt;
   int B, T, pad_id, have_targets, backward_done;
+  int force_wte_alone; /* tests: gpt_internal.h */
 };
 
 /* ---- tensors -------------------------------------------------------------------------------------- */
@@ -167,7 +170,8 @@ static size_t layout(dpm_gpt *g, char *base) {
   /* doubles: ghost Grams 2 T^2 + T (in + out) for the widest linear (5C: c_fc, mlp.c_proj; C + V: head), the
      tied cross term's T^2 + 2 T C, the token-equality sums' C */
   g->dscratch = TAKE_D(&a, max3(2 * T * T + T * (5 * C > C + V ? 5 * C : C + V), T * T + 2 * T * C, C));
-  g->sq_emb = TAKE_D(&a, B), g->sq_head = TAKE_D(&a, B), g->cross = TAKE_D(&a, B);
+  g->sq_emb = TAKE_D(&a, B), g->sq_head = TAKE_D(&a, B), g->cross = TAKE_D(&a, B), g->sq_wte = TAKE_D(&a, B);
+  g->wte_ill = (unsigned char *)take(&a, B), g->cwte = TAKE_F(&a, B);
   g->tok = (int32_t *)take(&a, BT * sizeof(int32_t)), g->tgt = (int32_t *)take(&a, BT * sizeof(int32_t));
   return a.cur;
 }
@@ -228,6 +232,7 @@ int dpm_gpt_num_tensors(const dpm_gpt *g) { return g->n_tensors; }
 const char *dpm_gpt_tensor_name(const dpm_gpt *g, int k) { return g->t[k].name; }
 size_t dpm_gpt_tensor_offset(const dpm_gpt *g, int k) { return g->t[k].off; }
 size_t dpm_gpt_tensor_size(const dpm_gpt *g, int k) { return g->t[k].size; }
+void dpm_gpt_force_wte_alone(dpm_gpt *g, int on) { g->force_wte_alone = on; }
 void dpm_gpt_zero_grads(dpm_gpt *g) { memset(g->grads, 0, g->nparams * sizeof(float)); }
 void dpm_gpt_set_norm_method(dpm_gpt *g, dpm_norm_method method, size_t keep_bytes) {
   const int T = g->cfg.T;
@@ -424,6 +429,8 @@ void dpm_gpt_backward(dpm_gpt *g, double *sq) {
       memcpy(sw, g->sq_emb, (size_t)B * sizeof(double));
       memcpy(sq + (size_t)g->head * B, g->sq_head, (size_t)B * sizeof(double));
     }
+    memcpy(g->sq_wte, sw, (size_t)B * sizeof(double));
+    dpm_wte_ill(g->wte_ill, sw, dres, g->cfg.tied ? g->lnf : NULL, g->cfg.tied ? dlogits : NULL, B, T, C, V);
   }
 #undef SQ
   g->backward_done = 1;
@@ -436,7 +443,18 @@ void dpm_gpt_accumulate(dpm_gpt *g, const float *coef) {
   DPM_ASSERT(g->backward_done);
   const int B = g->B, T = g->T, C = g->cfg.C, L = g->cfg.L, lnf = bt(L, 0);
 #define CO(k) (coef ? coef + (size_t)(k) * B : NULL)
-  dpm_embed_accumulate(D(g, WTE), D(g, WPE), g->tok, g->dres, CO(WTE), CO(WPE), B, T, C);
+  /* wte's examples whose terms cancel are formed alone and capped after the batch (dpm_wte_accumulate_alone) */
+  const float *cwte = CO(WTE);
+  int alone = 0;
+  if (coef && g->norms_ready) {
+    for (int b = 0; b < B; b++) {
+      const int ill = (g->wte_ill[b] || g->force_wte_alone) && cwte[b] != 0.0f;
+      g->cwte[b] = ill ? 0.0f : cwte[b];
+      alone |= ill;
+    }
+    if (alone) cwte = g->cwte;
+  }
+  dpm_embed_accumulate(D(g, WTE), D(g, WPE), g->tok, g->dres, cwte, CO(WPE), B, T, C);
   /* the linears and the head: from the kept per-example gradients (explicit norms of the same floats), or
      one GEMM with the coefficients folded into the output gradients */
   for (int j = 0; j < g->n_lin; j++) {
@@ -444,7 +462,7 @@ void dpm_gpt_accumulate(dpm_gpt *g, const float *coef) {
     const float *A, *G;
     linear_io(g, j, &A, &G);
     float *dw = D(g, k->kw), *db = k->kb >= 0 ? D(g, k->kb) : NULL;
-    const float *cw = CO(k->kw), *cb = k->kb >= 0 ? CO(k->kb) : NULL;
+    const float *cw = k->kw == WTE ? cwte : CO(k->kw), *cb = k->kb >= 0 ? CO(k->kb) : NULL;
     const double *gsq = g->norms_ready ? k->gsq : NULL;
     const unsigned char *ill = g->norms_ready ? k->ill : NULL;
     if (k->E && g->norms_ready) {
@@ -455,6 +473,15 @@ void dpm_gpt_accumulate(dpm_gpt *g, const float *coef) {
     } else {
       dpm_seq_linear_accumulate(dw, db, A, G, cw, cb, gsq, ill, g->fscratch, g->row, B, T, k->C, k->OC);
     }
+  }
+  for (int b = 0; alone && b < B; b++) {
+    if (!(g->wte_ill[b] || g->force_wte_alone) || coef[(size_t)WTE * B + b] == 0.0f) continue;
+    const size_t r = (size_t)b * T;
+    const float *Hk = g->lin[g->n_lin - 1].E;
+    const int tied = g->cfg.tied;
+    dpm_wte_accumulate_alone(D(g, WTE), g->fscratch, g->tok + r, g->dres + r * C, tied ? g->lnf + r * C : NULL,
+                             tied ? g->probs + r * g->cfg.V : NULL, tied && Hk ? Hk + (size_t)b * g->cfg.V * C : NULL,
+                             coef[(size_t)WTE * B + b], g->sq_wte[b], T, C, g->cfg.V);
   }
   /* LayerNorms: their per-example rows */
   for (int l = 0; l <= L; l++) {

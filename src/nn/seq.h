@@ -116,6 +116,18 @@ void dpm_tied_cross(double *cross, const int32_t *tok, const float *demb, const 
 void dpm_tied_cross_kept(double *cross, const int32_t *tok, const float *demb, const float *Hk, int B, int T, int C,
                          int V);
 
+/* wte's ill-conditioning: ill[b] = 1 when the terms of example b's wte gradient cancel so much that its float32
+ * clipped sum (scatter-adds of c g_t, plus the head's c H_b) could err beyond the clipping margin: S^2 > 64 T
+ * sq[b] with S = sum_t ||g_t|| + sum_t ||dl_t|| ||h_t|| (h, dl NULL: untied, the embedding's terms only),
+ * sq[b] the squared norm of the whole wte gradient. */
+void dpm_wte_ill(unsigned char *ill, const double *sq, const float *demb, const float *h, const float *dl, int B,
+                 int T, int C, int V);
+/* One example's clipped wte gradient formed alone: buf [V, C] = c (E_b + H_b) (H_b from the kept Hk_b [V, C],
+ * or from h_b and dl_b by one GEMM; h NULL: untied, E_b only), scaled down to c sqrt(sq) if its float norm
+ * came out larger (0 if not finite), then dwte += buf. tok, demb, h, dl, Hk point at example b's rows. */
+void dpm_wte_accumulate_alone(float *dwte, float *buf, const int32_t *tok, const float *demb, const float *h,
+                              const float *dl, const float *Hk, float c, double sq, int T, int C, int V);
+
 /* ---- masked sequence cross-entropy -------------------------------------------------------------------- */
 /* probs [B*T, V] = softmax(logits); loss[b] = mean over example b's targets with tgt != pad_id of
  * -log p[tgt] (pad_id < 0: nothing masked; 0 for an example with no target); returns sum_b loss[b]. */

@@ -7,7 +7,10 @@
 #include "nn/seq.h"
 
 #include <cblas.h>
+#include <math.h>
 #include <string.h>
+
+#include "nn/layers.h"
 
 void dpm_embed_forward(float *out, const int32_t *tok, const float *wte, const float *wpe, int B, int T, int C) {
   for (int b = 0; b < B; b++)
@@ -101,4 +104,38 @@ void dpm_tied_cross_kept(double *cross, const int32_t *tok, const float *demb, c
     }
     cross[b] = s;
   }
+}
+
+void dpm_wte_ill(unsigned char *ill, const double *sq, const float *demb, const float *h, const float *dl, int B,
+                 int T, int C, int V) {
+  for (int b = 0; b < B; b++) {
+    double S = 0;
+    for (int t = 0; t < T; t++) {
+      const size_t r = (size_t)b * T + t;
+      S += sqrt(dpm_nn_sumsq(demb + r * C, (size_t)C));
+      if (h) S += sqrt(dpm_nn_sumsq(dl + r * V, (size_t)V) * dpm_nn_sumsq(h + r * C, (size_t)C));
+    }
+    ill[b] = S * S > 64.0 * (double)T * sq[b];
+  }
+}
+
+void dpm_wte_accumulate_alone(float *dwte, float *buf, const int32_t *tok, const float *demb, const float *h,
+                              const float *dl, const float *Hk, float c, double sq, int T, int C, int V) {
+  const size_t N = (size_t)V * C;
+  if (!h)
+    memset(buf, 0, N * sizeof(float));
+  else if (Hk)
+    for (size_t k = 0; k < N; k++) buf[k] = c * Hk[k];
+  else
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, V, C, T, c, dl, V, h, C, 0.0f, buf, C);
+  for (int t = 0; t < T; t++) {
+    float *d = buf + (size_t)tok[t] * C;
+    const float *g = demb + (size_t)t * C;
+    for (int k = 0; k < C; k++) d[k] += c * g[k];
+  }
+  const double have = dpm_nn_sumsq(buf, N), cap = (double)c * c * sq;
+  float f = 1.0f;
+  if (!isfinite(have)) f = 0.0f;
+  else if (have > cap) f = (float)(sqrt(cap / have) * (1.0 - 0x1p-21));
+  if (f != 0.0f) cblas_saxpy((int)N, f, buf, 1, dwte, 1);
 }

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "dpmpi/nn/gpt.h"
+#include "nn/gpt_internal.h"
 #include "nn/seq.h"
 #include "testing.h"
 
@@ -378,6 +379,79 @@ static void test_cancellation_cap(void) {
   CHECK(!ill, "a random example is flagged ill-conditioned");
 }
 
+/* wte formed alone (dpm_wte_accumulate_alone) equals the batch path (scatter-add and the head's GEMM) when
+ * nothing cancels, tied (head gradients kept or not) and untied; and a cancelling tied example (E_b close to
+ * -H_b) is flagged and capped at c ||E_b + H_b||, which the batch path's float sum exceeds. */
+static void test_wte_alone(void) {
+  const int T = 5, C = 4, V = 6;
+  const int32_t tok[] = {2, 0, 2, 5, 2};
+  float g[5 * 4], h[5 * 4], dl[5 * 6], Hk[6 * 4], want[6 * 4], got[6 * 4], buf[6 * 4], scratch[5 * 6],
+      row[5 * 4 + 6 * 4];
+  double hsq;
+  fill(g, (size_t)T * C, -1, 1), fill(h, (size_t)T * C, -1, 1), fill(dl, (size_t)T * V, -1, 1);
+  dpm_seq_linear_grads_explicit(Hk, &hsq, NULL, h, dl, 1, 1, T, C, V);
+  const float c = 0.3f;
+  for (int mode = 0; mode < 3; mode++) { /* tied kept, tied GEMM, untied */
+    memset(want, 0, sizeof want), memset(got, 0, sizeof got);
+    dpm_embed_accumulate(want, NULL, tok, g, &c, NULL, 1, T, C);
+    if (mode < 2) dpm_seq_linear_accumulate_t(want, h, dl, &c, NULL, NULL, scratch, row, 1, T, C, V);
+    dpm_wte_accumulate_alone(got, buf, tok, g, mode < 2 ? h : NULL, mode < 2 ? dl : NULL, mode == 0 ? Hk : NULL, c,
+                             1e30, T, C, V);
+    double e = 0, sc = 0;
+    for (int k = 0; k < V * C; k++) e = fmax(e, fabs(got[k] - want[k])), sc = fmax(sc, fabs(want[k]));
+    CHECK(e <= 1e-6 * sc && sc > 0, "wte alone (mode %d) differs from the batch path by %g (scale %g)", mode, e, sc);
+  }
+  int flagged = 0, over_alone = 0, over_batch = 0;
+  const int trials = 200;
+  for (int k = 0; k < trials; k++) {
+    const int32_t t1[] = {3};
+    float g1[4], h1[4], dl1[6] = {0}, out[6 * 4];
+    fill(g1, C, -1, 1);
+    const double d = 1e-6 * (1 + urand());
+    memcpy(h1, g1, sizeof h1);
+    dl1[3] = (float)(-(1 + d)); /* H = dl^T h: row 3 = -(1 + d) g: E + H = -d g */
+    double sq = 0;
+    for (int j = 0; j < C; j++) {
+      const double v = (double)g1[j] + (double)dl1[3] * h1[j];
+      sq += v * v;
+    }
+    unsigned char ill;
+    dpm_wte_ill(&ill, &sq, g1, h1, dl1, 1, 1, C, V);
+    flagged += ill;
+    for (int pass = 0; pass < 2; pass++) {
+      memset(out, 0, sizeof out);
+      if (pass) {
+        dpm_embed_accumulate(out, NULL, t1, g1, &c, NULL, 1, 1, C);
+        dpm_seq_linear_accumulate_t(out, h1, dl1, &c, NULL, NULL, scratch, row, 1, 1, C, V);
+      } else {
+        dpm_wte_accumulate_alone(out, buf, t1, g1, h1, dl1, NULL, c, sq, 1, C, V);
+      }
+      if (sqrt(dotf(out, out, (size_t)V * C)) > c * sqrt(sq) * (1 - 0x1p-22)) pass ? over_batch++ : over_alone++;
+    }
+  }
+  CHECK(flagged == trials, "only %d of %d cancelling wte gradients flagged", flagged, trials);
+  /* the head's own positions cancelling (dl_2 h_2^T = -(1 + d) dl_1 h_1^T, a tiny embedding gradient) */
+  {
+    const int32_t t2[] = {1, 4};
+    float g2[2 * 4], h2[2 * 4], dl2[2 * 6];
+    fill(g2, 2 * (size_t)C, -1e-7, 1e-7), fill(h2, C, -1, 1), fill(dl2, V, -1, 1);
+    memcpy(h2 + C, h2, (size_t)C * sizeof(float));
+    for (int v = 0; v < V; v++) dl2[V + v] = (float)(-(1 + 1e-6) * dl2[v]);
+    float E2[6 * 4] = {0};
+    for (int t = 0; t < 2; t++)
+      for (int j = 0; j < C; j++) {
+        E2[t2[t] * C + j] += g2[t * C + j];
+        for (int v = 0; v < V; v++) E2[v * C + j] += dl2[t * V + v] * h2[t * C + j];
+      }
+    double sq2 = dotf(E2, E2, (size_t)V * C);
+    unsigned char ill2;
+    dpm_wte_ill(&ill2, &sq2, g2, h2, dl2, 1, 2, C, V);
+    CHECK(ill2, "a wte gradient whose head positions cancel is not flagged");
+  }
+  CHECK(over_alone == 0, "%d of %d capped wte gradients exceed c ||E + H||", over_alone, trials);
+  CHECK(over_batch > 0, "the batch path never exceeds c ||E + H||: the wte cap test is vacuous");
+}
+
 /* ---- the model ---------------------------------------------------------------------------------------- */
 
 /* per-tensor per-example squared norms and gradients of each example alone (B = 1), by the accumulate of
@@ -425,8 +499,9 @@ static void test_model_norms(int tied, int B, int T, int L) {
   double *ref = dnew((size_t)K * B), *sq = dnew((size_t)K * B);
   float *Gb = fnew((size_t)B * np), *coef = fnew((size_t)K * B), *want = fnew(np);
   brute_force(g, tok, tgt, B, T, pad, ref, Gb);
-  for (int m = 0; m < N_MODES; m++) {
-    dpm_gpt_set_norm_method(g, MODES[m].method, keep_bytes(m, B, cfg.C));
+  for (int m = 0; m < N_MODES + 1; m++) { /* the last: auto with every wte gradient formed alone */
+    dpm_gpt_set_norm_method(g, MODES[m % N_MODES].method, keep_bytes(m % N_MODES, B, cfg.C));
+    dpm_gpt_force_wte_alone(g, m == N_MODES);
     dpm_gpt_forward(g, tok, tgt, B, T, pad, NULL);
     dpm_gpt_backward(g, sq);
     int bad = 0;
@@ -439,7 +514,7 @@ static void test_model_norms(int tied, int B, int T, int L) {
         }
       }
     CHECK(bad == 0, "model norms (tied %d, B %d, T %d, L %d, %s) off brute force in %d places", tied, B, T, L,
-          MODES[m].name, bad);
+          MODES[m % N_MODES].name, bad);
     /* clipped sum with random coefficients per (tensor, example), some 0 */
     for (size_t j = 0; j < (size_t)K * B; j++) coef[j] = urand() < 0.2 ? 0.0f : (float)urand();
     memset(want, 0, np * sizeof(float));
@@ -455,7 +530,7 @@ static void test_model_norms(int tied, int B, int T, int L) {
       e2 += d * d, w2 += (double)want[j] * want[j];
     }
     CHECK(sqrt(e2) <= 1e-5 * sqrt(w2) && w2 > 0, "clipped sum (tied %d, B %d, T %d, %s): relative error %.3g", tied, B,
-          T, MODES[m].name, sqrt(e2 / fmax(w2, 1e-300)));
+          T, m == N_MODES ? "wte alone" : MODES[m].name, sqrt(e2 / fmax(w2, 1e-300)));
   }
   dpm_gpt_free(g);
   free(tok), free(tgt), free(ref), free(sq), free(Gb), free(coef), free(want);
@@ -752,6 +827,7 @@ int main(int argc, char **argv) {
   test_kernels_fd();
   test_kernel_norms();
   test_cancellation_cap();
+  test_wte_alone();
   test_model_norms(1, 3, 5, 2);
   test_model_norms(0, 3, 5, 2);
   test_model_norms(1, 1, 1, 1); /* B = 1, T = 1 */
