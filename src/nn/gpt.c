@@ -3,9 +3,11 @@
  * squared norms, and the coefficient-weighted gradient sum. Reads top to bottom like llm.c's train_gpt2.c:
  * tensors, arena, forward, backward, accumulate. The kernels are in seq_*.c (src/nn/seq.h).
  *
- * Clipped sum: backward keeps each linear's output gradient (and the LayerNorms' per-example rows), so
- * dpm_gpt_accumulate is GEMMs over kept activations, not a second backward; memory is about twice the
- * activations of a non-private step (docs/design.md, "Transformers").
+ * Clipped sum: backward keeps each linear's output gradient, the LayerNorms' per-example rows and, where
+ * the budget allows, the explicit per-example weight gradients, so dpm_gpt_accumulate works from what is kept
+ * (GEMMs, or GEMVs over kept gradients), never a second backward; memory is about twice the activations of a
+ * non-private step plus the kept gradients (docs/design.md, "Transformers"). Examples whose float32 sum over
+ * positions could exceed their clipped norm (ill-conditioned, rescaled) are formed alone and capped.
  */
 #include "nn/gpt_internal.h"
 
