@@ -69,6 +69,24 @@ h5py_check() {
   if /usr/bin/python3 -c "$code" "$@" >"$tmp/py" 2>&1; then ok; else bad "$what"; sed 's/^/    /' "$tmp/py" | tail -5 >&2; fi
 }
 
+# h5_close DESCRIPTION FILE1 FILE2 GROUP TOL: every dataset under GROUP has the same shape in both files and
+# max |a - b| <= TOL max |a| (per tensor, max norm). Runs on other grids sum in another order, so an element
+# near 0 can differ by a float rounding of its tensor's scale: elementwise relative error is the wrong measure.
+h5_close() {
+  h5py_check "$1" '
+import sys, h5py, numpy as np
+a, b, grp, tol = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r"), sys.argv[3], float(sys.argv[4])
+names = []
+a[grp].visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+assert names, "no datasets under " + grp
+for n in names:
+    x, y = a[grp][n][()].astype(np.float64), b[grp][n][()].astype(np.float64)
+    assert x.shape == y.shape, (n, x.shape, y.shape)
+    err, scale = float(np.max(np.abs(x - y))), float(np.max(np.abs(x)))
+    assert err <= tol * scale, (n, err, scale)
+' "$2" "$3" "$4" "$5"
+}
+
 # finish NAME: the closing line and the exit status
 finish() {
   echo "$1: $passed passed, $failed failed"
