@@ -97,7 +97,9 @@ static const char *usage_info =
     "\n"
     "Validate a dataset file and print its splits, shapes, element types, number of classes,\n"
     "label histogram and normalization attributes; for token data the context, vocabulary, pad\n"
-    "and end-of-text ids, tokenizer and the count of padded targets (every id is checked).\n"
+    "and end-of-text ids, tokenizer and the count of padded targets. Then every rank reads its\n"
+    "shard of each split as dpmpi train does (checking every value) and the digests of the splits\n"
+    "are printed: the same on any number of ranks; /train's is the one 'dpmpi ckpt info' shows.\n"
     "\n"
     "  -h, --help   this help\n";
 
@@ -343,26 +345,16 @@ static void describe_file(const char *path, char *fmt, char *source, int *versio
   H5Fclose(f);
 }
 
-/* Token data: the file's attributes, then per split its rows, context and padded targets; every id is
- * read and checked (dpm_dataset_load on this rank alone, in blocks of at most 16 Mi ids). */
+/* Set by cmd_info (rank 0) when the file checked out: the collective part, info_shards, reads it next. */
+static const char *info_file = NULL;
+
+/* Token data: the file's attributes, then per split its rows and context (the ids are read and checked
+ * by info_shards). */
 static int info_tokens(const char *path, const dpm_dataset hdr[2]) {
-  char fmt[64], source[64], ytype[64], err[DPM_ERRLEN] = "";
+  char fmt[64], source[64], ytype[64];
   int version;
   describe_file(path, fmt, source, &version, ytype, sizeof fmt);
   const dpm_dataset *h = &hdr[0];
-  int64_t pads[2] = {0, 0};
-  for (int s = 0; s < 2; s++) {
-    const int64_t L = hdr[s].T + 1, block = ((int64_t)16 << 20) / L > 0 ? ((int64_t)16 << 20) / L : 1;
-    for (int64_t b = 0; b < hdr[s].n_total; b += block) {
-      const int64_t e = b + block < hdr[s].n_total ? b + block : hdr[s].n_total;
-      dpm_dataset d;
-      if (dpm_dataset_load(MPI_COMM_SELF, path, s ? "test" : "train", b, e, &d, err)) return fail(err);
-      if (h->pad_id != -1)
-        for (int64_t i = 0; i < e - b; i++)
-          for (int64_t j = 1; j < L; j++) pads[s] += d.tok[i * L + j] == h->pad_id;
-      dpm_dataset_free(&d);
-    }
-  }
   printf("%s: %s version %d (converted from %s), token data: vocab %d, pad id %d%s, end-of-text id %d%s, "
          "tokenizer %s\n", path, fmt, version, source, h->vocab, h->pad_id, h->pad_id == -1 ? " (none)" : "",
          h->eot_id, h->eot_id == -1 ? " (none)" : "", h->tokenizer[0] ? h->tokenizer : "(not recorded)");
@@ -371,13 +363,62 @@ static int info_tokens(const char *path, const dpm_dataset hdr[2]) {
            DPM_BYTES_EOT, DPM_BYTES_PAD);
   for (int s = 0; s < 2; s++) {
     const dpm_dataset *x = &hdr[s];
-    const long long targets = (long long)x->n_total * x->T;
     printf("%s: %lld examples (rows of T + 1 = %d ids: inputs row[:-1], targets row[1:])\n", s ? "test" : "train",
            (long long)x->n_total, x->T + 1);
     printf("  tokens: int32 %lld x %d (N x T+1), context T = %d\n", (long long)x->n_total, x->T + 1, x->T);
-    printf("  targets: %lld, of which %lld padding (masked out of the loss)\n", targets, (long long)pads[s]);
     printf("  checksums: %s\n", x->checksums ? "Fletcher32 on every chunk of tokens"
                                               : "none (an older dpmpi or another tool wrote this file: damage would be read silently)");
+  }
+  info_file = path;
+  return 0;
+}
+
+/* `data info`, the collective part: every rank reads its contiguous shard of each split with parallel
+ * HDF5, as dpmpi train does (in blocks of at most 16 Mi values, so memory stays bounded), which checks
+ * every value; rank 0 prints the splits' digests (the sum of the row hashes of all shards: the same on
+ * any number of ranks; /train's is the one `dpmpi ckpt info` shows) and, for token data, how many
+ * targets are padding. */
+static int info_shards(const char *path) {
+  int rank, size;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  char err[DPM_ERRLEN] = "";
+  uint64_t digest[2] = {0, 0};
+  long long pads[2] = {0, 0}, targets[2] = {0, 0};
+  int tokens = 0;
+  for (int s = 0; s < 2; s++) {
+    const char *split = s ? "test" : "train";
+    dpm_dataset h, d;
+    const int first = dpm_comm_first_failed(MPI_COMM_WORLD, dpm_dataset_probe(path, split, &h, err) != 0);
+    if (first >= 0) {
+      DPM_MPI_CHECK(MPI_Bcast(err, DPM_ERRLEN, MPI_CHAR, first, MPI_COMM_WORLD));
+      return rank == 0 ? fail(err) : DPM_EXIT_USAGE;
+    }
+    tokens = h.kind == DPM_DATA_TOKENS;
+    const int64_t F = tokens ? (int64_t)h.T + 1 : (int64_t)h.C * h.H * h.W;
+    const int64_t block = ((int64_t)16 << 20) / F > 0 ? ((int64_t)16 << 20) / F : 1;
+    const int64_t b = h.n_total * rank / size, e = h.n_total * (rank + 1) / size;
+    long long blocks = (e - b + block - 1) / block;
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &blocks, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD));
+    for (long long k = 0; k < blocks; k++) {
+      const int64_t rb = b + k * block < e ? b + k * block : e, re = rb + block < e ? rb + block : e;
+      if (dpm_dataset_load(MPI_COMM_WORLD, path, split, rb, re, &d, err)) /* the same error on every rank */
+        return rank == 0 ? fail(err) : DPM_EXIT_USAGE;
+      digest[s] += dpm_dataset_digest(&d, re - rb);
+      if (tokens && h.pad_id != -1)
+        for (int64_t i = 0; i < (re - rb) * F; i++) pads[s] += i % F != 0 && d.tok[i] == h.pad_id;
+      dpm_dataset_free(&d);
+    }
+    targets[s] = (long long)h.n_total * h.T;
+  }
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, digest, 2, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD));
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, pads, 2, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD));
+  if (rank == 0) {
+    if (tokens)
+      printf("padding (masked out of the loss): /train %lld of %lld targets, /test %lld of %lld\n", pads[0],
+             targets[0], pads[1], targets[1]);
+    printf("digest: /train %016llx, /test %016llx (read as %d shard%s, every value checked)\n",
+           (unsigned long long)digest[0], (unsigned long long)digest[1], size, size > 1 ? "s" : "");
   }
   return 0;
 }
@@ -438,6 +479,7 @@ static int cmd_info(int argc, char **argv) {
   }
   dpm_free(counts[0]);
   dpm_free(counts[1]);
+  info_file = path;
   return 0;
 }
 
@@ -461,6 +503,20 @@ int dpm_cmd_data(int argc, char **argv) {
     fflush(stdout);
     fflush(stderr);
   }
+  /* data info: the header checked out on rank 0; now every rank reads (rank 0 names the file: getopt
+   * may have reordered its argv) */
+  int len = info_file ? (int)strlen(info_file) + 1 : 0;
   DPM_MPI_CHECK(MPI_Bcast(&status, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  DPM_MPI_CHECK(MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  if (status == 0 && len > 0) {
+    char *path = dpm_malloc((size_t)len);
+    if (rank == 0) memcpy(path, info_file, (size_t)len);
+    DPM_MPI_CHECK(MPI_Bcast(path, len, MPI_CHAR, 0, MPI_COMM_WORLD));
+    status = info_shards(path);
+    dpm_free(path);
+    fflush(stdout);
+    fflush(stderr);
+  }
+  info_file = NULL;
   return status;
 }
