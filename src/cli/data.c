@@ -78,7 +78,7 @@ static const char *usage_convert =
     "  --test-fraction X     instead of --test: a document goes to the test split when a hash of its\n"
     "                        bytes, as a number in [0, 1), is below X (deterministic, per document)\n"
     "  --context T           tokens per example (rows hold T + 1 ids; required)\n"
-    "  --separator LINE      a line equal to LINE ends a document (e.g. '%%' for fortune files; ''\n"
+    "  --separator LINE      a line equal to LINE ends a document (e.g. '%' for fortune files; ''\n"
     "                        for blank lines); default: one document per file\n"
     "  --per-document        one window per document (longer ones are truncated and counted): the DP\n"
     "                        guarantee then protects whole documents; without it a document of k\n"
