@@ -53,9 +53,9 @@ static inline uint64_t dpm_stream_hi(uint64_t step, unsigned tag, unsigned sub) 
 typedef struct {
   double c[16], log_hi[16], log_lo[16];
   double ln2_hi, ln2_lo, pi4;
-  double log1p[10]; /* ln(1 + r) = r + r^2 (log1p[0] + r (log1p[1] + ... r log1p[9])), |r| <= 1/31 */
-  double sin[7];    /* sin(p) = p + p^3 (sin[0] + p^2 (sin[1] + ... p^2 sin[6])), p in [0, pi/4] */
-  double cos[8];    /* cos(p) = 1 + p^2 (cos[0] + p^2 (cos[1] + ... p^2 cos[7])) */
+  double log1p[10]; /* ln(1 + r) = r + r^2 sum_i log1p[i] r^i, |r| <= 1/31 */
+  double sin[7];    /* sin(p) = p + p^3 sum_i sin[i] p^2i, p in [0, pi/4] */
+  double cos[8];    /* cos(p) = 1 + p^2 sum_i cos[i] p^2i (all three evaluated by Estrin's scheme, dpm_noise_pair) */
 } dpm_noise_consts;
 extern const dpm_noise_consts dpm_noise_c;
 
@@ -73,9 +73,13 @@ static inline void dpm_noise_pair(uint64_t U, double K, uint64_t A, double *zc, 
   const int near1 = K == 1.0 && k == 15;
   const double r = near1 ? y.d * 0.5 - 1.0 : fma(y.d, c->c[k], -1.0);
   const double Kr = near1 ? 0.0 : K, lh = near1 ? 0.0 : c->log_hi[k], ll = near1 ? 0.0 : c->log_lo[k];
-  double p = c->log1p[9];
-  for (int i = 8; i >= 0; i--) p = fma(p, r, c->log1p[i]);
-  const double l1p = fma(r * r, p, r);
+  /* ln(1 + r) = r + r^2 P(r), P of degree 9 by Estrin's scheme (short dependency chains for the vectors) */
+  const double r2 = r * r, r4 = r2 * r2, r8 = r4 * r4;
+  const double q0 = fma(c->log1p[1], r, c->log1p[0]), q1 = fma(c->log1p[3], r, c->log1p[2]),
+               q2 = fma(c->log1p[5], r, c->log1p[4]), q3 = fma(c->log1p[7], r, c->log1p[6]),
+               q4 = fma(c->log1p[9], r, c->log1p[8]);
+  const double p = fma(q4, r8, fma(fma(q3, r2, q2), r4, fma(q1, r2, q0)));
+  const double l1p = fma(r2, p, r);
   const double a = fma(-Kr, c->ln2_hi, lh), b = fma(-Kr, c->ln2_lo, ll);
   const double lnu = a + (b + l1p);
   const double rad2 = -2.0 * lnu, rad = sqrt(rad2 > 0 ? rad2 : 0.0);
@@ -84,9 +88,12 @@ static inline void dpm_noise_pair(uint64_t U, double K, uint64_t A, double *zc, 
   const int o = (int)(A >> 61);
   const double t = o & 1 ? 2.0 - t1.d : t1.d - 1.0; /* exact: 1 - t, t */
   const double phi = t * c->pi4, p2 = phi * phi;
-  double s = c->sin[6], co = c->cos[7];
-  for (int i = 5; i >= 0; i--) s = fma(s, p2, c->sin[i]);
-  for (int i = 6; i >= 0; i--) co = fma(co, p2, c->cos[i]);
+  /* the polynomials in p2 by Estrin's scheme */
+  const double p4 = p2 * p2, p8 = p4 * p4;
+  const double s = fma(fma(c->sin[6], p4, fma(c->sin[5], p2, c->sin[4])), p8,
+                       fma(fma(c->sin[3], p2, c->sin[2]), p4, fma(c->sin[1], p2, c->sin[0])));
+  const double co = fma(fma(fma(c->cos[7], p2, c->cos[6]), p4, fma(c->cos[5], p2, c->cos[4])), p8,
+                        fma(fma(c->cos[3], p2, c->cos[2]), p4, fma(c->cos[1], p2, c->cos[0])));
   const double S = fma(phi, p2 * s, phi), C = fma(p2, co, 1.0);
   const int swap = (o ^ (o >> 1)) & 1, neg_c = ((o >> 1) ^ (o >> 2)) & 1, neg_s = (o >> 2) & 1;
   const double cs = swap ? S : C, sn = swap ? C : S;
@@ -107,7 +114,7 @@ void dpm_gauss_add_avx2(const dpm_stream_key *sk, uint64_t step, unsigned tag, u
 void dpm_gauss_add_avx512(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n,
                           double scale, float *out);
 /* z[0..n) = the draws j0 .. j0 + n - 1 themselves (doubles; tests compare the kernels bit for bit with
- * them), j0 a multiple of 16 and n of 32. */
+ * them), j0 a multiple of 16 and n of 64. */
 void dpm_gauss_draws_scalar(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n, double *z);
 void dpm_gauss_draws_avx2(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n, double *z);
 void dpm_gauss_draws_avx512(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n, double *z);

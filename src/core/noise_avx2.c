@@ -38,9 +38,12 @@ TARGET static inline void pairs4(const dpm_stream_key *sk, uint64_t step, unsign
   const __m256d near1 = _mm256_and_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(k, BI(15))), _mm256_cmp_pd(K, B(1.0), _CMP_EQ_OQ));
   const __m256d r = _mm256_blendv_pd(_mm256_fmadd_pd(y, ck, B(-1.0)), _mm256_sub_pd(_mm256_mul_pd(y, B(0.5)), B(1.0)), near1);
   const __m256d Kr = _mm256_andnot_pd(near1, K), lh = _mm256_andnot_pd(near1, lh0), ll = _mm256_andnot_pd(near1, ll0);
-  __m256d p = B(c->log1p[9]);
-  for (int i = 8; i >= 0; i--) p = _mm256_fmadd_pd(p, r, B(c->log1p[i]));
-  const __m256d l1p = _mm256_fmadd_pd(_mm256_mul_pd(r, r), p, r);
+  const __m256d r2 = _mm256_mul_pd(r, r), r4 = _mm256_mul_pd(r2, r2), r8 = _mm256_mul_pd(r4, r4);
+  const __m256d q0 = _mm256_fmadd_pd(B(c->log1p[1]), r, B(c->log1p[0])), q1 = _mm256_fmadd_pd(B(c->log1p[3]), r, B(c->log1p[2])),
+            q2 = _mm256_fmadd_pd(B(c->log1p[5]), r, B(c->log1p[4])), q3 = _mm256_fmadd_pd(B(c->log1p[7]), r, B(c->log1p[6])),
+            q4 = _mm256_fmadd_pd(B(c->log1p[9]), r, B(c->log1p[8]));
+  const __m256d p = _mm256_fmadd_pd(q4, r8, _mm256_fmadd_pd(_mm256_fmadd_pd(q3, r2, q2), r4, _mm256_fmadd_pd(q1, r2, q0)));
+  const __m256d l1p = _mm256_fmadd_pd(r2, p, r);
   const __m256d a = _mm256_fnmadd_pd(Kr, B(c->ln2_hi), lh), b = _mm256_fnmadd_pd(Kr, B(c->ln2_lo), ll);
   const __m256d lnu = _mm256_add_pd(a, _mm256_add_pd(b, l1p));
   const __m256d rad = _mm256_sqrt_pd(_mm256_max_pd(_mm256_mul_pd(B(-2.0), lnu), _mm256_setzero_pd()));
@@ -49,9 +52,11 @@ TARGET static inline void pairs4(const dpm_stream_key *sk, uint64_t step, unsign
   const __m256d odd = _mm256_castsi256_pd(_mm256_slli_epi64(o, 63)); /* sign bit = bit 0 of o: blendv's selector */
   const __m256d t = _mm256_blendv_pd(_mm256_sub_pd(t1, B(1.0)), _mm256_sub_pd(B(2.0), t1), odd);
   const __m256d phi = _mm256_mul_pd(t, B(c->pi4)), p2 = _mm256_mul_pd(phi, phi);
-  __m256d s = B(c->sin[6]), co = B(c->cos[7]);
-  for (int i = 5; i >= 0; i--) s = _mm256_fmadd_pd(s, p2, B(c->sin[i]));
-  for (int i = 6; i >= 0; i--) co = _mm256_fmadd_pd(co, p2, B(c->cos[i]));
+  const __m256d p4 = _mm256_mul_pd(p2, p2), p8 = _mm256_mul_pd(p4, p4);
+  const __m256d s = _mm256_fmadd_pd(_mm256_fmadd_pd(B(c->sin[6]), p4, _mm256_fmadd_pd(B(c->sin[5]), p2, B(c->sin[4]))), p8,
+                    _mm256_fmadd_pd(_mm256_fmadd_pd(B(c->sin[3]), p2, B(c->sin[2])), p4, _mm256_fmadd_pd(B(c->sin[1]), p2, B(c->sin[0]))));
+  const __m256d co = _mm256_fmadd_pd(_mm256_fmadd_pd(_mm256_fmadd_pd(B(c->cos[7]), p2, B(c->cos[6])), p4, _mm256_fmadd_pd(B(c->cos[5]), p2, B(c->cos[4]))), p8,
+                     _mm256_fmadd_pd(_mm256_fmadd_pd(B(c->cos[3]), p2, B(c->cos[2])), p4, _mm256_fmadd_pd(B(c->cos[1]), p2, B(c->cos[0]))));
   const __m256d S = _mm256_fmadd_pd(phi, _mm256_mul_pd(p2, s), phi), C = _mm256_fmadd_pd(p2, co, B(1.0));
   const __m256d swap = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_xor_si256(o, _mm256_srli_epi64(o, 1)), 63));
   const __m256d cs = _mm256_blendv_pd(C, S, swap), sn = _mm256_blendv_pd(S, C, swap);

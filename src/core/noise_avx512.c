@@ -1,5 +1,5 @@
-/* The Gaussian stream's kernel for AVX-512 with VAES: per iteration two groups of 16 draws, i.e. 16 AES-128
- * counter blocks in four 512-bit registers (interleaved to hide the AES latency); per group one register of
+/* The Gaussian stream's kernel for AVX-512 with VAES: per iteration four groups of 16 draws, i.e. 32 AES-128
+ * counter blocks in eight 512-bit registers (interleaved to hide the AES latency); per group one register of
  * 8 radius words and one of 8 angle words become 8 Box-Muller pairs by core/noise.h's sequence of operations
  * (the log's 16-entry tables in registers, vpermt2pd: no gathers, no branches), rounded to float32 and added to
  * out. The rare radius words that need extra exponent bits (2^-12 per pair) take K from the shared scalar code.
@@ -48,9 +48,12 @@ TARGET static inline void pairs8(const dpm_stream_key *sk, uint64_t step, unsign
   const __m512d r = _mm512_mask_blend_pd(near1, _mm512_fmadd_pd(y, ck, B(-1.0)), _mm512_sub_pd(_mm512_mul_pd(y, B(0.5)), B(1.0)));
   const __m512d Kr = _mm512_maskz_mov_pd((__mmask8)~near1, K), lh = _mm512_maskz_mov_pd((__mmask8)~near1, lh0),
                 ll = _mm512_maskz_mov_pd((__mmask8)~near1, ll0);
-  __m512d p = B(c->log1p[9]);
-  for (int i = 8; i >= 0; i--) p = _mm512_fmadd_pd(p, r, B(c->log1p[i]));
-  const __m512d l1p = _mm512_fmadd_pd(_mm512_mul_pd(r, r), p, r);
+  const __m512d r2 = _mm512_mul_pd(r, r), r4 = _mm512_mul_pd(r2, r2), r8 = _mm512_mul_pd(r4, r4);
+  const __m512d q0 = _mm512_fmadd_pd(B(c->log1p[1]), r, B(c->log1p[0])), q1 = _mm512_fmadd_pd(B(c->log1p[3]), r, B(c->log1p[2])),
+            q2 = _mm512_fmadd_pd(B(c->log1p[5]), r, B(c->log1p[4])), q3 = _mm512_fmadd_pd(B(c->log1p[7]), r, B(c->log1p[6])),
+            q4 = _mm512_fmadd_pd(B(c->log1p[9]), r, B(c->log1p[8]));
+  const __m512d p = _mm512_fmadd_pd(q4, r8, _mm512_fmadd_pd(_mm512_fmadd_pd(q3, r2, q2), r4, _mm512_fmadd_pd(q1, r2, q0)));
+  const __m512d l1p = _mm512_fmadd_pd(r2, p, r);
   const __m512d a = _mm512_fnmadd_pd(Kr, B(c->ln2_hi), lh), b = _mm512_fnmadd_pd(Kr, B(c->ln2_lo), ll);
   const __m512d lnu = _mm512_add_pd(a, _mm512_add_pd(b, l1p));
   const __m512d rad = _mm512_sqrt_pd(_mm512_max_pd(_mm512_mul_pd(B(-2.0), lnu), _mm512_setzero_pd()));
@@ -60,9 +63,11 @@ TARGET static inline void pairs8(const dpm_stream_key *sk, uint64_t step, unsign
   const __mmask8 odd = _mm512_test_epi64_mask(o, BI(1));
   const __m512d t = _mm512_mask_blend_pd(odd, _mm512_sub_pd(t1, B(1.0)), _mm512_sub_pd(B(2.0), t1));
   const __m512d phi = _mm512_mul_pd(t, B(c->pi4)), p2 = _mm512_mul_pd(phi, phi);
-  __m512d s = B(c->sin[6]), co = B(c->cos[7]);
-  for (int i = 5; i >= 0; i--) s = _mm512_fmadd_pd(s, p2, B(c->sin[i]));
-  for (int i = 6; i >= 0; i--) co = _mm512_fmadd_pd(co, p2, B(c->cos[i]));
+  const __m512d p4 = _mm512_mul_pd(p2, p2), p8 = _mm512_mul_pd(p4, p4);
+  const __m512d s = _mm512_fmadd_pd(_mm512_fmadd_pd(B(c->sin[6]), p4, _mm512_fmadd_pd(B(c->sin[5]), p2, B(c->sin[4]))), p8,
+                    _mm512_fmadd_pd(_mm512_fmadd_pd(B(c->sin[3]), p2, B(c->sin[2])), p4, _mm512_fmadd_pd(B(c->sin[1]), p2, B(c->sin[0]))));
+  const __m512d co = _mm512_fmadd_pd(_mm512_fmadd_pd(_mm512_fmadd_pd(B(c->cos[7]), p2, B(c->cos[6])), p4, _mm512_fmadd_pd(B(c->cos[5]), p2, B(c->cos[4]))), p8,
+                     _mm512_fmadd_pd(_mm512_fmadd_pd(B(c->cos[3]), p2, B(c->cos[2])), p4, _mm512_fmadd_pd(B(c->cos[1]), p2, B(c->cos[0]))));
   const __m512d S = _mm512_fmadd_pd(phi, _mm512_mul_pd(p2, s), phi), C = _mm512_fmadd_pd(p2, co, B(1.0));
   const __mmask8 swap = _mm512_test_epi64_mask(_mm512_xor_si512(o, _mm512_srli_epi64(o, 1)), BI(1));
   const __m512d cs = _mm512_mask_blend_pd(swap, C, S), sn = _mm512_mask_blend_pd(swap, S, C);
@@ -78,7 +83,7 @@ TARGET static inline void pairs8(const dpm_stream_key *sk, uint64_t step, unsign
   _mm256_storeu_ps(out + 8, _mm256_add_ps(_mm256_loadu_ps(out + 8), _mm512_cvtpd_ps(_mm512_mul_pd(zs, vscale))));
 }
 
-/* The kernel; dz != NULL: write the draws (doubles) to dz instead of adding to out (n a multiple of 32). */
+/* The kernel; dz != NULL: write the draws (doubles) to dz instead of adding to out (n a multiple of 64). */
 TARGET static inline void gauss_avx512(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n,
                                        double scale, float *out, double *dz) {
   const dpm_noise_consts *c = &dpm_noise_c;
@@ -93,21 +98,18 @@ TARGET static inline void gauss_avx512(const dpm_stream_key *sk, uint64_t step, 
   const __m512i four = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);
   const __m512d vscale = _mm512_set1_pd(scale);
   size_t k = 0;
-  for (; n - k >= 32; k += 32, g += 2) {
-    __m512i c0 = ctr, c1 = _mm512_add_epi64(c0, four), c2 = _mm512_add_epi64(c1, four), c3 = _mm512_add_epi64(c2, four);
-    ctr = _mm512_add_epi64(c3, four);
-    c0 = _mm512_xor_si512(c0, rk[0]), c1 = _mm512_xor_si512(c1, rk[0]);
-    c2 = _mm512_xor_si512(c2, rk[0]), c3 = _mm512_xor_si512(c3, rk[0]);
-    for (int r = 1; r < 10; r++) {
-      c0 = _mm512_aesenc_epi128(c0, rk[r]), c1 = _mm512_aesenc_epi128(c1, rk[r]);
-      c2 = _mm512_aesenc_epi128(c2, rk[r]), c3 = _mm512_aesenc_epi128(c3, rk[r]);
-    }
-    c0 = _mm512_aesenclast_epi128(c0, rk[10]), c1 = _mm512_aesenclast_epi128(c1, rk[10]);
-    c2 = _mm512_aesenclast_epi128(c2, rk[10]), c3 = _mm512_aesenclast_epi128(c3, rk[10]);
-    pairs8(sk, step, tag, g, c0, c1, &T, vscale, out + k, dz ? dz + k : NULL);
-    pairs8(sk, step, tag, g + 1, c2, c3, &T, vscale, out + k + 16, dz ? dz + k + 16 : NULL);
+  /* four groups (64 draws, 32 blocks) per iteration: enough independent work to hide the latencies */
+  for (; n - k >= 64; k += 64, g += 4) {
+    __m512i c[8];
+    for (int q = 0; q < 8; q++) c[q] = _mm512_xor_si512(ctr, rk[0]), ctr = _mm512_add_epi64(ctr, four);
+    for (int r = 1; r < 10; r++)
+      for (int q = 0; q < 8; q++) c[q] = _mm512_aesenc_epi128(c[q], rk[r]);
+    for (int q = 0; q < 8; q++) c[q] = _mm512_aesenclast_epi128(c[q], rk[10]);
+    for (int q = 0; q < 4; q++)
+      pairs8(sk, step, tag, g + (uint64_t)q, c[2 * q], c[2 * q + 1], &T, vscale, out + k + 16 * (size_t)q,
+             dz ? dz + k + 16 * (size_t)q : NULL);
   }
-  if (k < n) dpm_gauss_add_avx2(sk, step, tag, j0 + k, n - k, scale, out + k);
+  if (k < n) dpm_gauss_add_avx2(sk, step, tag, j0 + k, n - k, scale, out + k); /* the last < 64 draws */
 }
 
 TARGET void dpm_gauss_add_avx512(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n,
@@ -117,7 +119,7 @@ TARGET void dpm_gauss_add_avx512(const dpm_stream_key *sk, uint64_t step, unsign
 
 TARGET void dpm_gauss_draws_avx512(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n,
                                    double *z) {
-  DPM_ASSERT(n % 32 == 0);
+  DPM_ASSERT(n % 64 == 0);
   gauss_avx512(sk, step, tag, j0, n, 1.0, NULL, z);
 }
 
