@@ -10,10 +10,11 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#define TARGET __attribute__((target("avx512f,vaes,aes,fma")))
+#define TARGET __attribute__((target("avx512f,avx512cd,avx512dq,vaes,aes,fma")))
 
 typedef struct {
   __m512d c0, c1, h0, h1, l0, l1; /* the log's tables, 8 + 8 entries each */
+  __m512i sign_c, sign_s;         /* the sign bits of cos and sin by octant */
 } tables;
 
 #define B(x) _mm512_set1_pd(x)
@@ -23,13 +24,10 @@ typedef struct {
 TARGET static inline void pairs8(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t g, __m512i U,
                                  __m512i A, const tables *T, __m512d vscale, float *out, double *dz) {
   const dpm_noise_consts *c = &dpm_noise_c;
-  const __m512d two52 = B(0x1.0p52);
-  const __m512i magic = BI(0x4330000000000000ULL), one = BI(0x3FF0000000000000ULL);
-  /* K = 12 - floor(log2 e) via the exponent of the exact double of e */
+  const __m512i one = BI(0x3FF0000000000000ULL);
+  /* K = 12 - floor(log2 e) = lzcnt(e) - 51 for 0 < e < 2^12 */
   const __m512i e = _mm512_and_si512(U, BI(0xFFF));
-  const __m512d ed = _mm512_sub_pd(_mm512_castsi512_pd(_mm512_or_si512(e, magic)), two52);
-  const __m512i Ki = _mm512_sub_epi64(BI(1035), _mm512_srli_epi64(_mm512_castpd_si512(ed), 52));
-  __m512d K = _mm512_sub_pd(_mm512_castsi512_pd(_mm512_or_si512(Ki, magic)), two52);
+  __m512d K = _mm512_cvtepi64_pd(_mm512_sub_epi64(_mm512_lzcnt_epi64(e), BI(51)));
   const __mmask8 rare = _mm512_cmpeq_epi64_mask(e, _mm512_setzero_si512());
   if (__builtin_expect(rare != 0, 0)) {
     double k[8];
@@ -45,7 +43,8 @@ TARGET static inline void pairs8(const dpm_stream_key *sk, uint64_t step, unsign
                 ll0 = _mm512_permutex2var_pd(T->l0, k, T->l1);
   /* u1 in [31/32, 1): ln(1 + (y/2 - 1)) directly */
   const __mmask8 near1 = _mm512_cmpeq_epi64_mask(k, BI(15)) & _mm512_cmp_pd_mask(K, B(1.0), _CMP_EQ_OQ);
-  const __m512d r = _mm512_mask_blend_pd(near1, _mm512_fmadd_pd(y, ck, B(-1.0)), _mm512_sub_pd(_mm512_mul_pd(y, B(0.5)), B(1.0)));
+  const __m512d r = _mm512_fmadd_pd(_mm512_mask_mul_pd(y, near1, y, B(0.5)), _mm512_mask_mov_pd(ck, near1, B(1.0)),
+                                    B(-1.0)); /* near 1: y/2 * 1 - 1, exact */
   const __m512d Kr = _mm512_maskz_mov_pd((__mmask8)~near1, K), lh = _mm512_maskz_mov_pd((__mmask8)~near1, lh0),
                 ll = _mm512_maskz_mov_pd((__mmask8)~near1, ll0);
   const __m512d r2 = _mm512_mul_pd(r, r), r4 = _mm512_mul_pd(r2, r2), r8 = _mm512_mul_pd(r4, r4);
@@ -69,10 +68,10 @@ TARGET static inline void pairs8(const dpm_stream_key *sk, uint64_t step, unsign
   const __m512d co = _mm512_fmadd_pd(_mm512_fmadd_pd(_mm512_fmadd_pd(B(c->cos[7]), p2, B(c->cos[6])), p4, _mm512_fmadd_pd(B(c->cos[5]), p2, B(c->cos[4]))), p8,
                      _mm512_fmadd_pd(_mm512_fmadd_pd(B(c->cos[3]), p2, B(c->cos[2])), p4, _mm512_fmadd_pd(B(c->cos[1]), p2, B(c->cos[0]))));
   const __m512d S = _mm512_fmadd_pd(phi, _mm512_mul_pd(p2, s), phi), C = _mm512_fmadd_pd(p2, co, B(1.0));
-  const __mmask8 swap = _mm512_test_epi64_mask(_mm512_xor_si512(o, _mm512_srli_epi64(o, 1)), BI(1));
+  /* by octant o: swap = (o ^ o >> 1) & 1 (octants 1, 2, 5, 6), cos negative in 2-5, sin negative in 4-7 */
+  const __mmask8 swap = _mm512_test_epi64_mask(_mm512_srlv_epi64(BI(0x66), o), BI(1));
   const __m512d cs = _mm512_mask_blend_pd(swap, C, S), sn = _mm512_mask_blend_pd(swap, S, C);
-  const __m512i neg_c = _mm512_slli_epi64(_mm512_xor_si512(_mm512_srli_epi64(o, 1), _mm512_srli_epi64(o, 2)), 63),
-                neg_s = _mm512_slli_epi64(_mm512_srli_epi64(o, 2), 63);
+  const __m512i neg_c = _mm512_permutexvar_epi64(o, T->sign_c), neg_s = _mm512_permutexvar_epi64(o, T->sign_s);
   const __m512d zc = _mm512_mul_pd(rad, _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(cs), neg_c)));
   const __m512d zs = _mm512_mul_pd(rad, _mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(sn), neg_s)));
   if (dz) { /* the draws themselves (tests) */
@@ -87,8 +86,10 @@ TARGET static inline void pairs8(const dpm_stream_key *sk, uint64_t step, unsign
 TARGET static inline void gauss_avx512(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n,
                                        double scale, float *out, double *dz) {
   const dpm_noise_consts *c = &dpm_noise_c;
+  const long long neg = (long long)0x8000000000000000ULL;
   const tables T = {_mm512_loadu_pd(c->c), _mm512_loadu_pd(c->c + 8), _mm512_loadu_pd(c->log_hi),
-                    _mm512_loadu_pd(c->log_hi + 8), _mm512_loadu_pd(c->log_lo), _mm512_loadu_pd(c->log_lo + 8)};
+                    _mm512_loadu_pd(c->log_hi + 8), _mm512_loadu_pd(c->log_lo), _mm512_loadu_pd(c->log_lo + 8),
+                    _mm512_set_epi64(0, 0, neg, neg, neg, neg, 0, 0), _mm512_set_epi64(neg, neg, neg, neg, 0, 0, 0, 0)};
   __m512i rk[11];
   for (int r = 0; r < 11; r++) rk[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(sk->ks.rk + 16 * r)));
   const long long hi = (long long)dpm_stream_hi(step, tag, 0);

@@ -62,7 +62,8 @@ int dpm_rng_impl_available(dpm_rng_impl impl) {
     case DPM_RNG_AVX2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("aes") && __builtin_cpu_supports("fma");
     case DPM_RNG_AVX512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("aes") &&
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("aes") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     default: return 0;
   }
