@@ -137,16 +137,20 @@ void dpm_conv_sqnorms_ghost(double *sq, unsigned char *ill, const float *P, cons
 }
 
 /* eb[o] = sum_t D[o T + t] for the O rows of D (O x T), each summed in t order from 0, as
- * dpm_nn_colsum_add sums the transposed rows (so the sums are the same floats); 16 rows at a time,
- * their chains interleaved. */
+ * dpm_nn_colsum_add sums the transposed rows (so the sums are the same floats); four rows at a time, their
+ * chains interleaved. */
 static void rows_sum(float *eb, const float *D, int O, int T) {
-  for (int o0 = 0; o0 < O; o0 += 16) {
-    const int n = O - o0 < 16 ? O - o0 : 16;
-    const float *d = D + (size_t)o0 * T;
-    float acc[16] = {0};
-    for (int t = 0; t < T; t++)
-      for (int j = 0; j < n; j++) acc[j] += d[(size_t)j * T + t];
-    memcpy(eb + o0, acc, sizeof(float) * (size_t)n);
+  int o = 0;
+  for (; o + 4 <= O; o += 4) {
+    const float *d0 = D + (size_t)o * T, *d1 = d0 + T, *d2 = d1 + T, *d3 = d2 + T;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (int t = 0; t < T; t++) a0 += d0[t], a1 += d1[t], a2 += d2[t], a3 += d3[t];
+    eb[o] = a0, eb[o + 1] = a1, eb[o + 2] = a2, eb[o + 3] = a3;
+  }
+  for (; o < O; o++) {
+    float a = 0;
+    for (int t = 0; t < T; t++) a += D[(size_t)o * T + t];
+    eb[o] = a;
   }
 }
 
