@@ -21,7 +21,9 @@
  * (printed) the median over repeats of the paired difference DP - np of adjacent repeats, which see the
  * same Poisson batches and nearly the same machine (the machine is shared: prefer the paired figures).
  * Usage: [mpirun -np R] bench_breakdown [--csv FILE] [--batch B=256] [--physical PB] [--repeats R=7]
- *        [--steps S=20] [--models mlp,cnn (default), wide]
+ *        [--steps S=20] [--models mlp,cnn (default), wide] [--cpu-time]
+ * --cpu-time: every phase and step in this thread's CPU time instead of wall time (for a machine shared
+ * with other jobs; 1 rank: waits of R > 1 are then not counted); the noise generator alone stays wall time.
  * CSV (appended, header if the file is new): one row per model and variant (nonprivate, dp):
  *   model,batch,ranks,variant,params,<the phases above, ms per step>,total,step,noise_ns_per_draw,
  *   philox_ns_per_draw,dense_norms_kernel_ms,nonprivate_total
@@ -109,10 +111,10 @@ static int64_t phased_step(setup *s, const dpm_dataset *d, double q, MPI_Comm co
   MPI_Comm_rank(comm, &rank), MPI_Comm_size(comm, &size);
   dpm_model *m = s->m;
   const size_t P = dpm_model_num_params(m);
-  double t0 = dpm_time(), t1;
+  double t0 = bench_now(), t1;
   const int64_t n = dpm_sample_shard(&sk, s->t, q, d->begin, d->end, s->sel);
   dpm_model_zero_grads(m);
-  t1 = dpm_time(), ph[PH_SAMPLE] += t1 - t0, t0 = t1;
+  t1 = bench_now(), ph[PH_SAMPLE] += t1 - t0, t0 = t1;
   const int64_t M = (n + s->pb - 1) / s->pb;
   double clipped = 0;
   for (int64_t k = 0; k < M; k++) {
@@ -123,40 +125,40 @@ static int64_t phased_step(setup *s, const dpm_dataset *d, double q, MPI_Comm co
       memcpy(s->xb + (size_t)i * PIXELS, d->x + (size_t)row * PIXELS, sizeof(float) * PIXELS);
       s->yb[i] = d->y[row];
     }
-    t1 = dpm_time(), ph[PH_GATHER] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_GATHER] += t1 - t0, t0 = t1;
     int correct;
     dpm_model_forward(m, s->xb, s->yb, B, &correct);
-    t1 = dpm_time(), ph[PH_FORWARD] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_FORWARD] += t1 - t0, t0 = t1;
     dpm_model_backward(m, s->dp ? s->sq : NULL); /* DP: with the exact per-example norms */
-    t1 = dpm_time(), ph[PH_BACKWARD] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_BACKWARD] += t1 - t0, t0 = t1;
     if (!s->dp) {
       dpm_model_accumulate(m, NULL);
-      t1 = dpm_time(), ph[PH_ACCUMULATE] += t1 - t0, t0 = t1;
+      t1 = bench_now(), ph[PH_ACCUMULATE] += t1 - t0, t0 = t1;
       continue;
     }
     dpm_clip_coefs(s->sq, s->G, B, DPM_CLIP_FLAT, 1.0, s->coef);
     for (int k2 = 0; k2 < s->G * B; k2++) clipped += s->coef[k2] < 1.0f;
-    t1 = dpm_time(), ph[PH_CLIP] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_CLIP] += t1 - t0, t0 = t1;
     dpm_model_accumulate(m, s->coef);
-    t1 = dpm_time(), ph[PH_ACCUMULATE] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_ACCUMULATE] += t1 - t0, t0 = t1;
   }
   float *grads = dpm_model_grads(m);
   if (s->dp) {
     size_t lo = P * (size_t)rank / (size_t)size, hi = P * (size_t)(rank + 1) / (size_t)size;
     dpm_add_noise(&nk, s->t, 1.0, lo, hi - lo, grads + lo);
-    t1 = dpm_time(), ph[PH_NOISE] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_NOISE] += t1 - t0, t0 = t1;
   }
   if (size > 1) {
     DPM_MPI_CHECK(MPI_Barrier(comm));
-    t1 = dpm_time(), ph[PH_WAIT] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_WAIT] += t1 - t0, t0 = t1;
     for (size_t off = 0; off < P; off += BUCKET_FLOATS) {
       size_t len = P - off < BUCKET_FLOATS ? P - off : BUCKET_FLOATS;
       DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads + off, (int)len, MPI_FLOAT, MPI_SUM, comm));
     }
-    t1 = dpm_time(), ph[PH_ALLREDUCE] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_ALLREDUCE] += t1 - t0, t0 = t1;
   }
   dpm_sgd_step(&s->opt, dpm_model_params(m), grads, 1.0 / 256, 0.01);
-  t1 = dpm_time(), ph[PH_UPDATE] += t1 - t0;
+  t1 = bench_now(), ph[PH_UPDATE] += t1 - t0;
   (void)clipped;
   s->t++;
   return n;
@@ -176,9 +178,9 @@ static double dense_norms_seconds(const dpm_model *m, int nlayers, int B, int re
     for (size_t k = 0; k < (size_t)B * C; k++) a[k] = (float)dpm_u01(k * 0x9E3779B97F4A7C15ULL);
     for (size_t k = 0; k < (size_t)B * O; k++) g[k] = (float)dpm_u01(k * 0xBB67AE8584CAA73BULL);
     for (int r = 0; r < repeats; r++) {
-      double t0 = dpm_time();
+      double t0 = bench_now();
       for (int k = 0; k < 20; k++) dpm_dense_sqnorms(sq, a, g, 1, B, C, O);
-      t[r] = (dpm_time() - t0) / 20;
+      t[r] = (bench_now() - t0) / 20;
     }
     total += bench_median(t, repeats);
     dpm_free(a), dpm_free(g), dpm_free(sq);
@@ -229,12 +231,12 @@ static void real_init(real *r, const char *layers, int dp, int pb, double q, con
 static double real_repeat(real *r, int steps, MPI_Comm comm) {
   dpm_step_stats stats;
   DPM_MPI_CHECK(MPI_Barrier(comm));
-  double t0 = dpm_time();
+  double t0 = bench_now();
   for (int k = 0; k < steps; k++, r->t++) {
     dpm_step_run(&r->st, r->t, &stats);
     dpm_sgd_step(&r->opt, dpm_model_params(r->m), dpm_model_grads(r->m), 1.0 / 256, 0.01);
   }
-  double dt = (dpm_time() - t0) / steps;
+  double dt = (bench_now() - t0) / steps;
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, comm));
   return dt;
 }
@@ -247,7 +249,7 @@ static void real_free(real *r) {
 
 static void usage(void) {
   fprintf(stderr, "usage: [mpirun -np R] bench_breakdown [--csv FILE] [--batch B=256] [--physical PB] "
-                  "[--repeats R=7 (1..%d)] [--steps S=20] [--models mlp,cnn,wide]\n", MAX_REPEATS);
+                  "[--repeats R=7 (1..%d)] [--steps S=20] [--models mlp,cnn,wide] [--cpu-time]\n", MAX_REPEATS);
 }
 
 int main(int argc, char **argv) {
@@ -255,12 +257,12 @@ int main(int argc, char **argv) {
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  int batch = 256, repeats = 7, steps = 20, pb = 0;
+  int batch = 256, repeats = 7, steps = 20, pb = 0, cpu_time = 0;
   const char *csv = NULL, *models = "mlp,cnn";
   static const struct option opts[] = {{"csv", required_argument, 0, 'c'}, {"batch", required_argument, 0, 'b'},
                                        {"repeats", required_argument, 0, 'r'}, {"steps", required_argument, 0, 's'},
                                        {"models", required_argument, 0, 'm'}, {"physical", required_argument, 0, 'p'},
-                                       {0, 0, 0, 0}};
+                                       {"cpu-time", no_argument, 0, 't'}, {0, 0, 0, 0}};
   for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
     switch (o) {
       case 'c': csv = optarg; break;
@@ -269,6 +271,7 @@ int main(int argc, char **argv) {
       case 's': steps = atoi(optarg); break;
       case 'm': models = optarg; break;
       case 'p': pb = atoi(optarg); break;
+      case 't': bench_use_cpu_time(cpu_time = 1); break;
       default: if (rank == 0) usage(); MPI_Finalize(); return 2;
     }
   }
@@ -297,7 +300,8 @@ int main(int argc, char **argv) {
   }
   if (rank == 0)
     printf("bench_breakdown: %d rank(s), expected batch %d per rank, physical batch %d, median of %d repeats x %d "
-           "steps (ms per step)\n", size, batch, pb, repeats, steps);
+           "steps (ms per step, %s)\n", size, batch, pb, repeats, steps,
+           cpu_time ? "CPU time" : "wall time");
   const char *names[] = {"mlp", "cnn", "wide"}, *long_names[] = {"mlp 784-512-10", "tanh cnn", "mlp 784-4096-2048-10"},
              *layers[] = {MLP, TANH_CNN, WIDE_MLP};
   for (int mi = 0; mi < 3; mi++) {

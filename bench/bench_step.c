@@ -25,6 +25,8 @@
  *   --without-noise    also run a third variant: DP-SGD with sigma = 0 (sampling, norms, clipping, the
  *                      weighted sums: everything of the DP step but the noise), and print its ratio to the
  *                      non-private step (median and paired), i.e. the DP overhead apart from the noise
+ *   --cpu-time         time in this thread's CPU time instead of wall time (a machine shared with other
+ *                      jobs; meaningful for 1 rank with single-threaded BLAS)
  *   --gemm-csv FILE    append a row per dense model: model,params,batch,gflop_per_step,nonprivate_gflops,
  *                      dp_gflops,sgemm_shapes_gflops,sgemm_2048_gflops,nonprivate_eff_shapes,dp_eff_shapes,
  *                      nonprivate_eff_2048,dp_eff_2048
@@ -93,20 +95,20 @@ typedef struct {
 #define SQ 2048
 
 static double ref_shapes_seconds(gemm_ref *g) {
-  double t0 = dpm_time();
+  double t0 = bench_now();
   for (int l = 0; l < g->nd; l++) {
     const int B = g->B, C = g->C[l], O = g->O[l];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, O, C, 1.0f, g->x, C, g->w, C, 0.0f, g->y, O);
     if (l > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, C, O, 1.0f, g->y, O, g->w, C, 0.0f, g->dx, C);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, C, B, 1.0f, g->y, O, g->x, C, 1.0f, g->dw, C);
   }
-  return dpm_time() - t0;
+  return bench_now() - t0;
 }
 
 static double ref_square_seconds(gemm_ref *g) {
-  double t0 = dpm_time();
+  double t0 = bench_now();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, SQ, SQ, SQ, 1.0f, g->a, SQ, g->b, SQ, 0.0f, g->c, SQ);
-  return dpm_time() - t0;
+  return bench_now() - t0;
 }
 
 static void ref_init(gemm_ref *g, const int C[], const int O[], int nd, int B) {
@@ -169,13 +171,13 @@ static double variant_run(variant *v, int steps, double *examples) {
   dpm_step_stats stats;
   double ex = 0;
   DPM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
-  double t0 = dpm_time();
+  double t0 = bench_now();
   for (int k = 0; k < steps; k++, v->t++) {
     dpm_step_run(&v->st, v->t, &stats);
     dpm_sgd_step(&v->opt, dpm_model_params(v->m), dpm_model_grads(v->m), 1e-3, 0.01);
     ex += stats.examples;
   }
-  double dt = (dpm_time() - t0) / steps;
+  double dt = (bench_now() - t0) / steps;
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
   if (examples) *examples = ex / steps;
   return dt;
@@ -183,7 +185,7 @@ static double variant_run(variant *v, int steps, double *examples) {
 
 static void usage(void) {
   fprintf(stderr, "usage: [mpirun -np R] bench_step [--models mlp,cnn,wide] [--physical PB] [--without-noise] "
-                  "[--csv FILE] [--gemm-csv FILE] [BATCH=256] [REPEATS=7 (1..%d)] [STEPS=10]\n", MAX_REPEATS);
+                  "[--cpu-time] [--csv FILE] [--gemm-csv FILE] [BATCH=256] [REPEATS=7 (1..%d)] [STEPS=10]\n", MAX_REPEATS);
 }
 
 int main(int argc, char **argv) {
@@ -192,10 +194,11 @@ int main(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const char *models = "mlp,cnn,wide", *csv = NULL, *gemm_csv = NULL;
-  int pb = 0, nv = 2; /* variants: non-private, DP, (--without-noise) DP with sigma = 0 */
+  int pb = 0, nv = 2, cpu_time = 0; /* variants: non-private, DP, (--without-noise) DP with sigma = 0 */
   static const struct option opts[] = {{"models", required_argument, 0, 'm'}, {"physical", required_argument, 0, 'p'},
                                        {"csv", required_argument, 0, 'c'}, {"gemm-csv", required_argument, 0, 'g'},
-                                       {"without-noise", no_argument, 0, 'n'}, {0, 0, 0, 0}};
+                                       {"without-noise", no_argument, 0, 'n'}, {"cpu-time", no_argument, 0, 't'},
+                                       {0, 0, 0, 0}};
   for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
     switch (o) {
       case 'm': models = optarg; break;
@@ -203,6 +206,7 @@ int main(int argc, char **argv) {
       case 'c': csv = optarg; break;
       case 'g': gemm_csv = optarg; break;
       case 'n': nv = 3; break;
+      case 't': bench_use_cpu_time(cpu_time = 1); break;
       default: if (rank == 0) usage(); MPI_Finalize(); return 2;
     }
   }
@@ -229,7 +233,8 @@ int main(int argc, char **argv) {
                             "sgemm_2048_gflops,nonprivate_eff_shapes,dp_eff_shapes,nonprivate_eff_2048,dp_eff_2048");
   if (rank == 0)
     printf("bench_step: %d rank(s), expected batch %d per rank (q = %.5f, N = %lld), physical batch %d, median of "
-           "%d repeats (np and DP alternating)\n", size, batch, q, (long long)N, pb, repeats);
+           "%d repeats (np and DP alternating), %s\n", size, batch, q, (long long)N, pb, repeats,
+           cpu_time ? "CPU time" : "wall time");
   for (int mi = 0; mi < NMODELS; mi++) {
     if (!strstr(models, MODELS[mi].key)) continue;
     variant v[3];

@@ -78,8 +78,9 @@ double dpm_nn_sumsq(const float *v, size_t n);
 float dpm_nn_maxabs(const float *v, size_t n);
 /* 1 if a clipped row (c < 1) is non-zero but near float32 underflow and must be rescaled. */
 int dpm_nn_needs_rescale(const float *s, size_t n);
-/* s = c g; returns 1 if the example needs the careful (one example at a time) path. */
-int dpm_nn_scale_row(float *s, const float *g, float c, size_t n);
+/* s = c g (s and g do not overlap); returns 1 if the example needs the careful (one example at a time)
+ * path: c == 0, or c != 1 and dpm_nn_needs_rescale(s, n). */
+int dpm_nn_scale_row(float *restrict s, const float *restrict g, float c, size_t n);
 /* s = (c 2^e) g and row = 2^-e a with 2^e ~ max |a|; returns row. */
 const float *dpm_nn_rescale_rows(float *s, const float *g, float c, size_t ns, const float *a, size_t na, float *row);
 /* db (O) += the column sums of G (rows x O). */
