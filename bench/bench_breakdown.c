@@ -13,11 +13,17 @@
  *   wait        R > 1: MPI_Barrier before the allreduce (waiting for the rank with the larger sample)
  *   allreduce   R > 1: the bucketed sum-allreduce of the gradient (4 MiB buckets, as src/train/step.c)
  *   update      dpm_sgd_step
- * Micro-batches as in src/train/step.c: ceil(n / physical batch) of equal sizes. Then, for reference, the real
- * step (dpm_step_run + dpm_sgd_step) of the same configuration: the phases should add up to it.
- * Repeats alternate non-private and DP; medians over repeats of the per-step mean of each phase.
- * Usage: [mpirun -np R] bench_breakdown [--csv FILE] [--batch B=256] [--repeats R=7] [--steps S=20]
- *        [--models mlp,cnn (default), wide]
+ * Micro-batches as in src/train/step.c: ceil(n / physical batch) of equal sizes; the physical batch defaults
+ * to bench_step's (B + 4 sqrt(B) + 8: one micro-batch per step), so that both programs measure the same
+ * step. Then, for reference, the real step (dpm_step_run + dpm_sgd_step) of the same configuration: the
+ * phases should add up to it.
+ * Repeats alternate non-private and DP; medians over repeats of the per-step mean of each phase, and
+ * (printed) the median over repeats of the paired difference DP - np of adjacent repeats, which see the
+ * same Poisson batches and nearly the same machine (the machine is shared: prefer the paired figures).
+ * Usage: [mpirun -np R] bench_breakdown [--csv FILE] [--batch B=256] [--physical PB] [--repeats R=7]
+ *        [--steps S=20] [--models mlp,cnn (default), wide] [--cpu-time]
+ * --cpu-time: every phase and step in this thread's CPU time instead of wall time (for a machine shared
+ * with other jobs; 1 rank: waits of R > 1 are then not counted); the noise generator alone stays wall time.
  * CSV (appended, header if the file is new): one row per model and variant (nonprivate, dp):
  *   model,batch,ranks,variant,params,<the phases above, ms per step>,total,step,noise_ns_per_draw,
  *   memory_floor_ns_per_param,dense_norms_kernel_ms,nonprivate_total
@@ -27,6 +33,7 @@
  * nonprivate_total = the non-private variant's total (in both rows, to plot the phases relative to it).
  * Data: N = 60000 synthetic 28x28 examples (the cost does not depend on the pixel values). */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,10 +111,10 @@ static int64_t phased_step(setup *s, const dpm_dataset *d, double q, MPI_Comm co
   MPI_Comm_rank(comm, &rank), MPI_Comm_size(comm, &size);
   dpm_model *m = s->m;
   const size_t P = dpm_model_num_params(m);
-  double t0 = dpm_time(), t1;
+  double t0 = bench_now(), t1;
   const int64_t n = dpm_sample_shard(&sk, s->t, q, d->begin, d->end, s->sel);
   dpm_model_zero_grads(m);
-  t1 = dpm_time(), ph[PH_SAMPLE] += t1 - t0, t0 = t1;
+  t1 = bench_now(), ph[PH_SAMPLE] += t1 - t0, t0 = t1;
   const int64_t M = (n + s->pb - 1) / s->pb;
   double clipped = 0;
   for (int64_t k = 0; k < M; k++) {
@@ -118,40 +125,40 @@ static int64_t phased_step(setup *s, const dpm_dataset *d, double q, MPI_Comm co
       memcpy(s->xb + (size_t)i * PIXELS, d->x + (size_t)row * PIXELS, sizeof(float) * PIXELS);
       s->yb[i] = d->y[row];
     }
-    t1 = dpm_time(), ph[PH_GATHER] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_GATHER] += t1 - t0, t0 = t1;
     int correct;
     dpm_model_forward(m, s->xb, s->yb, B, &correct);
-    t1 = dpm_time(), ph[PH_FORWARD] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_FORWARD] += t1 - t0, t0 = t1;
     dpm_model_backward(m, s->dp ? s->sq : NULL); /* DP: with the exact per-example norms */
-    t1 = dpm_time(), ph[PH_BACKWARD] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_BACKWARD] += t1 - t0, t0 = t1;
     if (!s->dp) {
       dpm_model_accumulate(m, NULL);
-      t1 = dpm_time(), ph[PH_ACCUMULATE] += t1 - t0, t0 = t1;
+      t1 = bench_now(), ph[PH_ACCUMULATE] += t1 - t0, t0 = t1;
       continue;
     }
     dpm_clip_coefs(s->sq, s->G, B, DPM_CLIP_FLAT, 1.0, s->coef);
     for (int k2 = 0; k2 < s->G * B; k2++) clipped += s->coef[k2] < 1.0f;
-    t1 = dpm_time(), ph[PH_CLIP] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_CLIP] += t1 - t0, t0 = t1;
     dpm_model_accumulate(m, s->coef);
-    t1 = dpm_time(), ph[PH_ACCUMULATE] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_ACCUMULATE] += t1 - t0, t0 = t1;
   }
   float *grads = dpm_model_grads(m);
   if (s->dp) {
     size_t lo = P * (size_t)rank / (size_t)size, hi = P * (size_t)(rank + 1) / (size_t)size;
     dpm_add_noise(&nk, s->t, 1.0, lo, hi - lo, grads + lo);
-    t1 = dpm_time(), ph[PH_NOISE] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_NOISE] += t1 - t0, t0 = t1;
   }
   if (size > 1) {
     DPM_MPI_CHECK(MPI_Barrier(comm));
-    t1 = dpm_time(), ph[PH_WAIT] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_WAIT] += t1 - t0, t0 = t1;
     for (size_t off = 0; off < P; off += BUCKET_FLOATS) {
       size_t len = P - off < BUCKET_FLOATS ? P - off : BUCKET_FLOATS;
       DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads + off, (int)len, MPI_FLOAT, MPI_SUM, comm));
     }
-    t1 = dpm_time(), ph[PH_ALLREDUCE] += t1 - t0, t0 = t1;
+    t1 = bench_now(), ph[PH_ALLREDUCE] += t1 - t0, t0 = t1;
   }
   dpm_sgd_step(&s->opt, dpm_model_params(m), grads, 1.0 / 256, 0.01);
-  t1 = dpm_time(), ph[PH_UPDATE] += t1 - t0;
+  t1 = bench_now(), ph[PH_UPDATE] += t1 - t0;
   (void)clipped;
   s->t++;
   return n;
@@ -171,9 +178,9 @@ static double dense_norms_seconds(const dpm_model *m, int nlayers, int B, int re
     for (size_t k = 0; k < (size_t)B * C; k++) a[k] = (float)dpm_u01(k * 0x9E3779B97F4A7C15ULL);
     for (size_t k = 0; k < (size_t)B * O; k++) g[k] = (float)dpm_u01(k * 0xBB67AE8584CAA73BULL);
     for (int r = 0; r < repeats; r++) {
-      double t0 = dpm_time();
+      double t0 = bench_now();
       for (int k = 0; k < 20; k++) dpm_dense_sqnorms(sq, a, g, 1, B, C, O);
-      t[r] = (dpm_time() - t0) / 20;
+      t[r] = (bench_now() - t0) / 20;
     }
     total += bench_median(t, repeats);
     dpm_free(a), dpm_free(g), dpm_free(sq);
@@ -231,12 +238,12 @@ static void real_init(real *r, const char *layers, int dp, int pb, double q, con
 static double real_repeat(real *r, int steps, MPI_Comm comm) {
   dpm_step_stats stats;
   DPM_MPI_CHECK(MPI_Barrier(comm));
-  double t0 = dpm_time();
+  double t0 = bench_now();
   for (int k = 0; k < steps; k++, r->t++) {
     dpm_step_run(&r->st, r->t, &stats);
     dpm_sgd_step(&r->opt, dpm_model_params(r->m), dpm_model_grads(r->m), 1.0 / 256, 0.01);
   }
-  double dt = (dpm_time() - t0) / steps;
+  double dt = (bench_now() - t0) / steps;
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, comm));
   return dt;
 }
@@ -248,8 +255,8 @@ static void real_free(real *r) {
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: [mpirun -np R] bench_breakdown [--csv FILE] [--batch B=256] [--repeats R=7 (1..%d)] "
-                  "[--steps S=20] [--models mlp,cnn,wide]\n", MAX_REPEATS);
+  fprintf(stderr, "usage: [mpirun -np R] bench_breakdown [--csv FILE] [--batch B=256] [--physical PB] "
+                  "[--repeats R=7 (1..%d)] [--steps S=20] [--models mlp,cnn,wide] [--cpu-time]\n", MAX_REPEATS);
 }
 
 int main(int argc, char **argv) {
@@ -257,11 +264,12 @@ int main(int argc, char **argv) {
   int rank, size;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
-  int batch = 256, repeats = 7, steps = 20;
+  int batch = 256, repeats = 7, steps = 20, pb = 0, cpu_time = 0;
   const char *csv = NULL, *models = "mlp,cnn";
   static const struct option opts[] = {{"csv", required_argument, 0, 'c'}, {"batch", required_argument, 0, 'b'},
                                        {"repeats", required_argument, 0, 'r'}, {"steps", required_argument, 0, 's'},
-                                       {"models", required_argument, 0, 'm'}, {0, 0, 0, 0}};
+                                       {"models", required_argument, 0, 'm'}, {"physical", required_argument, 0, 'p'},
+                                       {"cpu-time", no_argument, 0, 't'}, {0, 0, 0, 0}};
   for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
     switch (o) {
       case 'c': csv = optarg; break;
@@ -269,10 +277,13 @@ int main(int argc, char **argv) {
       case 'r': repeats = atoi(optarg); break;
       case 's': steps = atoi(optarg); break;
       case 'm': models = optarg; break;
+      case 'p': pb = atoi(optarg); break;
+      case 't': bench_use_cpu_time(cpu_time = 1); break;
       default: if (rank == 0) usage(); MPI_Finalize(); return 2;
     }
   }
-  if (batch < 1 || repeats < 1 || repeats > MAX_REPEATS || steps < 1 || optind != argc) {
+  if (pb == 0) pb = batch + (int)(4 * sqrt((double)batch)) + 8; /* as bench_step */
+  if (batch < 1 || pb < 1 || repeats < 1 || repeats > MAX_REPEATS || steps < 1 || optind != argc) {
     if (rank == 0) usage();
     MPI_Finalize();
     return 2;
@@ -282,7 +293,7 @@ int main(int argc, char **argv) {
   d.x = dpm_malloc_aligned(sizeof(float) * (size_t)(e - b) * PIXELS);
   d.y = dpm_malloc(sizeof(int32_t) * (size_t)(e - b));
   bench_fill(d.x, d.y, b, e);
-  /* the step's configuration: expected batch per rank `batch`, physical batch = batch (as bench_step) */
+  /* the step's configuration: expected batch per rank `batch`, physical batch pb */
   const double q = (double)batch * size / (double)N;
   FILE *out = NULL;
   if (rank == 0 && csv) {
@@ -296,7 +307,8 @@ int main(int argc, char **argv) {
   }
   if (rank == 0)
     printf("bench_breakdown: %d rank(s), expected batch %d per rank, physical batch %d, median of %d repeats x %d "
-           "steps (ms per step)\n", size, batch, batch, repeats, steps);
+           "steps (ms per step, %s)\n", size, batch, pb, repeats, steps,
+           cpu_time ? "CPU time" : "wall time");
   const char *names[] = {"mlp", "cnn", "wide"}, *long_names[] = {"mlp 784-512-10", "tanh cnn", "mlp 784-4096-2048-10"},
              *layers[] = {MLP, TANH_CNN, WIDE_MLP};
   for (int mi = 0; mi < 3; mi++) {
@@ -304,8 +316,8 @@ int main(int argc, char **argv) {
     setup s[2];
     real r[2];
     for (int dp = 0; dp < 2; dp++) {
-      setup_init(&s[dp], layers[mi], dp, batch, &d);
-      real_init(&r[dp], layers[mi], dp, batch, q, &d, MPI_COMM_WORLD);
+      setup_init(&s[dp], layers[mi], dp, pb, &d);
+      real_init(&r[dp], layers[mi], dp, pb, q, &d, MPI_COMM_WORLD);
     }
     static double ph[2][NPH][MAX_REPEATS], stepr[2][MAX_REPEATS];
     for (int k = -1; k < repeats; k++) { /* k = -1: warm-up round */
@@ -322,18 +334,28 @@ int main(int argc, char **argv) {
     }
     if (rank == 0) {
       const size_t P = dpm_model_num_params(s[0].m);
-      printf("== %s (%zu parameters)\n  %-11s %12s %10s %10s\n", long_names[mi], P, "phase", "non-private", "DP",
-             "DP - np");
+      printf("== %s (%zu parameters)\n  %-11s %12s %10s %10s %10s\n", long_names[mi], P, "phase", "non-private", "DP",
+             "DP - np", "paired");
       double med[2][NPH], tot[2] = {0, 0};
       for (int p = 0; p < NPH; p++) {
         for (int dp = 0; dp < 2; dp++) med[dp][p] = 1e3 * bench_median(ph[dp][p], repeats), tot[dp] += med[dp][p];
         if (size == 1 && (p == PH_WAIT || p == PH_ALLREDUCE)) continue;
-        printf("  %-11s %12.3f %10.3f %+10.3f\n", PHASE[p], med[0][p], med[1][p], med[1][p] - med[0][p]);
+        double diff[MAX_REPEATS];
+        for (int k = 0; k < repeats; k++) diff[k] = 1e3 * (ph[1][p][k] - ph[0][p][k]);
+        printf("  %-11s %12.3f %10.3f %+10.3f %+10.3f\n", PHASE[p], med[0][p], med[1][p], med[1][p] - med[0][p],
+               bench_median(diff, repeats));
       }
       double s0 = 1e3 * bench_median(stepr[0], repeats), s1 = 1e3 * bench_median(stepr[1], repeats);
-      printf("  %-11s %12.3f %10.3f %+10.3f  (ratio %.3f)\n", "sum", tot[0], tot[1], tot[1] - tot[0], tot[1] / tot[0]);
-      printf("  %-11s %12.3f %10.3f %+10.3f  (ratio %.3f; dpm_step_run + dpm_sgd_step)\n", "real step", s0, s1,
-             s1 - s0, s1 / s0);
+      double rs[MAX_REPEATS], rt[MAX_REPEATS];
+      for (int k = 0; k < repeats; k++) {
+        double t0 = 0, t1 = 0;
+        for (int p = 0; p < NPH; p++) t0 += ph[0][p][k], t1 += ph[1][p][k];
+        rs[k] = t1 / t0, rt[k] = stepr[1][k] / stepr[0][k];
+      }
+      printf("  %-11s %12.3f %10.3f %+10.3f  (ratio %.3f, paired %.3f)\n", "sum", tot[0], tot[1], tot[1] - tot[0],
+             tot[1] / tot[0], bench_median(rs, repeats));
+      printf("  %-11s %12.3f %10.3f %+10.3f  (ratio %.3f, paired %.3f; dpm_step_run + dpm_sgd_step)\n", "real step",
+             s0, s1, s1 - s0, s1 / s0, bench_median(rt, repeats));
       double ng[DPM_RNG_IMPLS], floor_;
       noise_parts(P, repeats, ng, &floor_);
       const double ns_draw = 1e6 * med[1][PH_NOISE] / (double)(P / (size_t)size),

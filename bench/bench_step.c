@@ -22,6 +22,11 @@
  *                      nonprivate_ms,dp_ms,ratio,ratio_paired,nonprivate_ex_s,dp_ex_s (ratio = dp_ms /
  *                      nonprivate_ms, the medians' ratio; ratio_paired = median over repeats of the ratio of
  *                      the two variants' adjacent repeats, which step through the same Poisson batches)
+ *   --without-noise    also run a third variant: DP-SGD with sigma = 0 (sampling, norms, clipping, the
+ *                      weighted sums: everything of the DP step but the noise), and print its ratio to the
+ *                      non-private step (median and paired), i.e. the DP overhead apart from the noise
+ *   --cpu-time         time in this thread's CPU time instead of wall time (a machine shared with other
+ *                      jobs; meaningful for 1 rank with single-threaded BLAS)
  *   --gemm-csv FILE    append a row per dense model: model,params,batch,gflop_per_step,nonprivate_gflops,
  *                      dp_gflops,sgemm_shapes_gflops,sgemm_2048_gflops,nonprivate_eff_shapes,dp_eff_shapes,
  *                      nonprivate_eff_2048,dp_eff_2048
@@ -90,20 +95,20 @@ typedef struct {
 #define SQ 2048
 
 static double ref_shapes_seconds(gemm_ref *g) {
-  double t0 = dpm_time();
+  double t0 = bench_now();
   for (int l = 0; l < g->nd; l++) {
     const int B = g->B, C = g->C[l], O = g->O[l];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, O, C, 1.0f, g->x, C, g->w, C, 0.0f, g->y, O);
     if (l > 0) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, C, O, 1.0f, g->y, O, g->w, C, 0.0f, g->dx, C);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, C, B, 1.0f, g->y, O, g->x, C, 1.0f, g->dw, C);
   }
-  return dpm_time() - t0;
+  return bench_now() - t0;
 }
 
 static double ref_square_seconds(gemm_ref *g) {
-  double t0 = dpm_time();
+  double t0 = bench_now();
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, SQ, SQ, SQ, 1.0f, g->a, SQ, g->b, SQ, 0.0f, g->c, SQ);
-  return dpm_time() - t0;
+  return bench_now() - t0;
 }
 
 static void ref_init(gemm_ref *g, const int C[], const int O[], int nd, int B) {
@@ -138,7 +143,7 @@ typedef struct {
   int nlayers;
 } variant;
 
-static void variant_init(variant *v, const char *layers, int dp, const dpm_dataset *d, double q, int pb) {
+static void variant_init(variant *v, const char *layers, int dp, double sigma, const dpm_dataset *d, double q, int pb) {
   char err[DPM_ERRLEN];
   dpm_layer_spec *specs;
   if (dpm_model_parse(layers, &specs, &v->nlayers, err)) dpm_fatal("%s", err);
@@ -147,7 +152,7 @@ static void variant_init(variant *v, const char *layers, int dp, const dpm_datas
   dpm_free(specs);
   dpm_key ik = dpm_key_from_seed(3, DPM_STREAM_INIT);
   dpm_model_init_params(v->m, &ik);
-  v->st = (dpm_step){.comm = MPI_COMM_WORLD, .model = v->m, .data = d, .q = q, .dp = dp, .clip = 1.0, .sigma = 1.0,
+  v->st = (dpm_step){.comm = MPI_COMM_WORLD, .model = v->m, .data = d, .q = q, .dp = dp, .clip = 1.0, .sigma = sigma,
                      .clipping = DPM_CLIP_FLAT, .pipe = MPI_COMM_SELF, .physical_batch = pb,
                      .sample_key = dpm_key_from_seed(4, 0), .noise_key = dpm_key_from_seed(4, 1)};
   dpm_step_init(&v->st);
@@ -166,21 +171,21 @@ static double variant_run(variant *v, int steps, double *examples) {
   dpm_step_stats stats;
   double ex = 0;
   DPM_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD));
-  double t0 = dpm_time();
+  double t0 = bench_now();
   for (int k = 0; k < steps; k++, v->t++) {
     dpm_step_run(&v->st, v->t, &stats);
     dpm_sgd_step(&v->opt, dpm_model_params(v->m), dpm_model_grads(v->m), 1e-3, 0.01);
     ex += stats.examples;
   }
-  double dt = (dpm_time() - t0) / steps;
+  double dt = (bench_now() - t0) / steps;
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &dt, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD));
   if (examples) *examples = ex / steps;
   return dt;
 }
 
 static void usage(void) {
-  fprintf(stderr, "usage: [mpirun -np R] bench_step [--models mlp,cnn,wide] [--physical PB] [--csv FILE] "
-                  "[--gemm-csv FILE] [BATCH=256] [REPEATS=7 (1..%d)] [STEPS=10]\n", MAX_REPEATS);
+  fprintf(stderr, "usage: [mpirun -np R] bench_step [--models mlp,cnn,wide] [--physical PB] [--without-noise] "
+                  "[--cpu-time] [--csv FILE] [--gemm-csv FILE] [BATCH=256] [REPEATS=7 (1..%d)] [STEPS=10]\n", MAX_REPEATS);
 }
 
 int main(int argc, char **argv) {
@@ -189,9 +194,10 @@ int main(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const char *models = "mlp,cnn,wide", *csv = NULL, *gemm_csv = NULL;
-  int pb = 0;
+  int pb = 0, nv = 2, cpu_time = 0; /* variants: non-private, DP, (--without-noise) DP with sigma = 0 */
   static const struct option opts[] = {{"models", required_argument, 0, 'm'}, {"physical", required_argument, 0, 'p'},
                                        {"csv", required_argument, 0, 'c'}, {"gemm-csv", required_argument, 0, 'g'},
+                                       {"without-noise", no_argument, 0, 'n'}, {"cpu-time", no_argument, 0, 't'},
                                        {0, 0, 0, 0}};
   for (int o; (o = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
     switch (o) {
@@ -199,6 +205,8 @@ int main(int argc, char **argv) {
       case 'p': pb = atoi(optarg); break;
       case 'c': csv = optarg; break;
       case 'g': gemm_csv = optarg; break;
+      case 'n': nv = 3; break;
+      case 't': bench_use_cpu_time(cpu_time = 1); break;
       default: if (rank == 0) usage(); MPI_Finalize(); return 2;
     }
   }
@@ -225,11 +233,12 @@ int main(int argc, char **argv) {
                             "sgemm_2048_gflops,nonprivate_eff_shapes,dp_eff_shapes,nonprivate_eff_2048,dp_eff_2048");
   if (rank == 0)
     printf("bench_step: %d rank(s), expected batch %d per rank (q = %.5f, N = %lld), physical batch %d, median of "
-           "%d repeats (np and DP alternating)\n", size, batch, q, (long long)N, pb, repeats);
+           "%d repeats (np and DP alternating), %s\n", size, batch, q, (long long)N, pb, repeats,
+           cpu_time ? "CPU time" : "wall time");
   for (int mi = 0; mi < NMODELS; mi++) {
     if (!strstr(models, MODELS[mi].key)) continue;
-    variant v[2];
-    for (int dp = 0; dp < 2; dp++) variant_init(&v[dp], MODELS[mi].layers, dp, &d, q, pb);
+    variant v[3];
+    for (int k = 0; k < nv; k++) variant_init(&v[k], MODELS[mi].layers, k > 0, k == 1 ? 1.0 : 0.0, &d, q, pb);
     /* warm-up: up to 3 steps of each, fewer for slow models; the first sets the steps per repeat */
     double first = variant_run(&v[0], 1, NULL);
     int steps = (int)(REPEAT_SECONDS / first + 0.5);
@@ -237,15 +246,15 @@ int main(int argc, char **argv) {
     DPM_MPI_CHECK(MPI_Bcast(&steps, 1, MPI_INT, 0, MPI_COMM_WORLD));
     const int warm = first < 0.1 ? 3 : 1;
     if (warm > 1) variant_run(&v[0], warm - 1, NULL);
-    variant_run(&v[1], warm, NULL);
+    for (int k = 1; k < nv; k++) variant_run(&v[k], warm, NULL);
     /* dense models: the sgemm references, timed in every repeat next to the steps (every rank, all busy) */
     int C[8], O[8];
     const int nd = dense_shapes(v[0].m, v[0].nlayers, C, O, 8), B = batch < pb ? batch : pb;
     gemm_ref ref;
     if (nd > 0) ref_init(&ref, C, O, nd, B);
-    double t[2][MAX_REPEATS], x[2][MAX_REPEATS], ts[MAX_REPEATS], tq[MAX_REPEATS];
+    double t[3][MAX_REPEATS], x[3][MAX_REPEATS], ts[MAX_REPEATS], tq[MAX_REPEATS];
     for (int r = 0; r < repeats; r++) {
-      for (int dp = 0; dp < 2; dp++) t[dp][r] = variant_run(&v[dp], steps, &x[dp][r]);
+      for (int k = 0; k < nv; k++) t[k][r] = variant_run(&v[k], steps, &x[k][r]);
       if (nd > 0) ts[r] = ref_shapes_seconds(&ref), tq[r] = ref_square_seconds(&ref);
     }
     double med[2], exs[2], ex[2], pr[MAX_REPEATS];
@@ -266,6 +275,13 @@ int main(int argc, char **argv) {
                dp ? "dp-sgd" : "non-private", 1e3 * med[dp], exs[dp], P, steps);
       printf("  %-21s dp / non-private step time: %.3f, paired %.3f (goal <= 1.10)\n", MODELS[mi].name,
              med[1] / med[0], paired);
+      if (nv == 3) { /* the DP step without its noise: the overhead apart from the noise */
+        double p2[MAX_REPEATS];
+        for (int r = 0; r < repeats; r++) p2[r] = t[2][r] / t[0][r];
+        printf("  %-21s dp without noise (sigma = 0) %9.3f ms/step; / non-private: %.3f, paired %.3f\n",
+               MODELS[mi].name, 1e3 * bench_median(t[2], repeats), bench_median(t[2], repeats) / med[0],
+               bench_median(p2, repeats));
+      }
       if (fs)
         fprintf(fs, "%s,%zu,%d,%d,%d,%d,%d,%.4f,%.4f,%.4f,%.4f,%.1f,%.1f\n", MODELS[mi].key, P, size, batch, pb,
                 repeats, steps, 1e3 * med[0], 1e3 * med[1], med[1] / med[0], paired, exs[0], exs[1]);
@@ -290,7 +306,7 @@ int main(int argc, char **argv) {
       }
       ref_free(&ref);
     }
-    for (int dp = 0; dp < 2; dp++) variant_free(&v[dp]);
+    for (int k = 0; k < nv; k++) variant_free(&v[k]);
   }
   if (fs) fclose(fs);
   if (fg) fclose(fg);

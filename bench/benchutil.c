@@ -14,6 +14,17 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+static int use_cpu_time;
+
+void bench_use_cpu_time(int on) { use_cpu_time = on; }
+
+double bench_now(void) {
+  if (!use_cpu_time) return dpm_time();
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 double bench_median(const double *v, int n) {
   if (n < 1) return 0;
   double *s = dpm_malloc(sizeof(double) * (size_t)n);

@@ -14,6 +14,11 @@
   "conv out=16 kernel=8 stride=2 pad=3; tanh; maxpool kernel=2 stride=1; conv out=32 kernel=4 stride=2; tanh; " \
   "maxpool kernel=2 stride=1; flatten; dense out=32; tanh; dense out=10"
 
+/* The clock of bench_now: 0 wall time (dpm_time, the default), 1 this thread's CPU time (immune to
+ * other jobs taking the core; with one rank and single-threaded BLAS it is the step's compute time). */
+void bench_use_cpu_time(int on);
+double bench_now(void); /* seconds */
+
 /* Median of v[0..n) (v is not reordered). */
 double bench_median(const double *v, int n);
 

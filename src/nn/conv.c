@@ -136,18 +136,34 @@ void dpm_conv_sqnorms_ghost(double *sq, unsigned char *ill, const float *P, cons
   }
 }
 
-void dpm_conv_grads_explicit(float *E, double *sq, const float *P, const float *G, int has_bias, int B, int T,
+/* eb[o] = sum_t D[o T + t] for the O rows of D (O x T), each summed in t order from 0, as
+ * dpm_nn_colsum_add sums the transposed rows (so the sums are the same floats); four rows at a time, their
+ * chains interleaved. */
+static void rows_sum(float *eb, const float *D, int O, int T) {
+  int o = 0;
+  for (; o + 4 <= O; o += 4) {
+    const float *d0 = D + (size_t)o * T, *d1 = d0 + T, *d2 = d1 + T, *d3 = d2 + T;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    for (int t = 0; t < T; t++) a0 += d0[t], a1 += d1[t], a2 += d2[t], a3 += d3[t];
+    eb[o] = a0, eb[o + 1] = a1, eb[o + 2] = a2, eb[o + 3] = a3;
+  }
+  for (; o < O; o++) {
+    float a = 0;
+    for (int t = 0; t < T; t++) a += D[(size_t)o * T + t];
+    eb[o] = a;
+  }
+}
+
+void dpm_conv_grads_explicit(float *E, double *sq, const float *P, const float *dout, int has_bias, int B, int T,
                              int CK, int O) {
   const size_t N = (size_t)O * CK + (has_bias ? (size_t)O : 0);
   for (int i = 0; i < B; i++) {
-    const float *Pi = P + (size_t)i * T * CK, *Gi = G + (size_t)i * T * O;
+    const float *Pi = P + (size_t)i * T * CK, *Di = dout + (size_t)i * O * T;
     float *Ei = E + (size_t)i * N;
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, CK, T, 1.0f, Gi, O, Pi, CK, 0.0f, Ei, CK);
-    if (has_bias) {
-      float *eb = Ei + (size_t)O * CK;
-      memset(eb, 0, (size_t)O * sizeof(float));
-      dpm_nn_colsum_add(eb, Gi, (size_t)T, O);
-    }
+    /* dout_i is O x T: no transposed copy needed (the products and their order over t are those of
+       G_i^T P_i with G_i = dout_i^T) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, O, CK, T, 1.0f, Di, T, Pi, CK, 0.0f, Ei, CK);
+    if (has_bias) rows_sum(Ei + (size_t)O * CK, Di, O, T);
     if (sq) sq[i] = dpm_nn_sumsq(Ei, N);
   }
 }
@@ -261,10 +277,14 @@ static void conv_forward(dpm_model *m, layer *l, const float *in, int B) {
 static void conv_backward(dpm_model *m, layer *l, const float *in, float *dx, double *sq, int B) {
   (void)in;
   const dpm_layer_spec *s = &l->s;
-  dpm_conv_backward(dx, l->G, m->scratch, l->dout, m->params + l->poff, B, l->C, l->H, l->W, s->out, s->kernel,
-                    s->stride, s->pad, l->OH, l->OW);
-  if (sq && l->explicit_) {
-    dpm_conv_grads_explicit(l->E, sq, l->P, l->G, s->bias, B, l->T, l->CK, s->out);
+  const int explicit_now = sq && l->explicit_;
+  /* G (the transposed output gradient) serves the input gradient, the ghost norms and the weighted GEMM;
+     explicit rows are formed from dout itself, so a first layer with explicit norms skips it */
+  if (dx || !explicit_now)
+    dpm_conv_backward(dx, l->G, m->scratch, l->dout, m->params + l->poff, B, l->C, l->H, l->W, s->out, s->kernel,
+                      s->stride, s->pad, l->OH, l->OW);
+  if (explicit_now) {
+    dpm_conv_grads_explicit(l->E, sq, l->P, l->dout, s->bias, B, l->T, l->CK, s->out);
     l->E_ready = 1;
   } else if (sq) {
     dpm_conv_sqnorms_ghost(sq, l->ill, l->P, l->G, s->bias, m->ghost, B, l->T, l->CK, s->out);

@@ -55,9 +55,11 @@ void dpm_conv_backward(float *dx, float *G, float *dP, const float *dout, const 
  * scratch: 2*T*T + T*(CK + O) doubles. Cost ~ B T^2 (CK + O) double multiply-adds. */
 void dpm_conv_sqnorms_ghost(double *sq, unsigned char *ill, const float *P, const float *G, int has_bias,
                             double *scratch, int B, int T, int CK, int O);
-/* Explicit per-example gradients: E_i = [G_i^T P_i (O x CK), has_bias ? colsum(G_i) (O) : nothing],
- * rows of length O*CK + has_bias*O; sq[i] = ||E_i||^2 when sq is not NULL. Cost ~ B T O CK. */
-void dpm_conv_grads_explicit(float *E, double *sq, const float *P, const float *G, int has_bias, int B, int T,
+/* Explicit per-example gradients from the output gradient dout (B x O x T, the layer's own layout):
+ * E_i = [dout_i P_i (O x CK), has_bias ? the row sums of dout_i (O) : nothing], rows of length
+ * O*CK + has_bias*O, the same floats as G_i^T P_i and colsum(G_i) with G_i = dout_i^T (no transposed
+ * copy is needed); sq[i] = ||E_i||^2 when sq is not NULL. Cost ~ B T O CK. */
+void dpm_conv_grads_explicit(float *E, double *sq, const float *P, const float *dout, int has_bias, int B, int T,
                              int CK, int O);
 /* dw (O x CK) += G^T diag(coef per example, repeated over its T rows) P, db += the same of G's column
  * sums (db may be NULL). One GEMM over all B*T rows. coef NULL means all ones. Clipped: as
@@ -76,8 +78,9 @@ double dpm_nn_sumsq(const float *v, size_t n);
 float dpm_nn_maxabs(const float *v, size_t n);
 /* 1 if a clipped row (c < 1) is non-zero but near float32 underflow and must be rescaled. */
 int dpm_nn_needs_rescale(const float *s, size_t n);
-/* s = c g; returns 1 if the example needs the careful (one example at a time) path. */
-int dpm_nn_scale_row(float *s, const float *g, float c, size_t n);
+/* s = c g (s and g do not overlap); returns 1 if the example needs the careful (one example at a time)
+ * path: c == 0, or c != 1 and dpm_nn_needs_rescale(s, n). */
+int dpm_nn_scale_row(float *restrict s, const float *restrict g, float c, size_t n);
 /* s = (c 2^e) g and row = 2^-e a with 2^e ~ max |a|; returns row. */
 const float *dpm_nn_rescale_rows(float *s, const float *g, float c, size_t ns, const float *a, size_t na, float *row);
 /* db (O) += the column sums of G (rows x O). */

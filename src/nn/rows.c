@@ -25,32 +25,61 @@ double dpm_nn_sumsq(const float *v, size_t n) {
   return s;
 }
 
+/* The largest of m and the |v_k| of 8 consecutive entries, lane by lane (a maximum does not depend on the
+ * order, so the lanes give the same value as one running maximum; NaN compares false: ignored). */
+static inline void max8(float *restrict m8, const float *restrict v) {
+  for (int l = 0; l < 8; l++) {
+    const float a = fabsf(v[l]);
+    m8[l] = a > m8[l] ? a : m8[l];
+  }
+}
+
+static inline float max_lanes(const float m8[8], float m) {
+  for (int l = 0; l < 8; l++) m = m8[l] > m ? m8[l] : m;
+  return m;
+}
+
 /* max |v_k|; NaN entries are ignored (callers test finiteness through the norms). */
 float dpm_nn_maxabs(const float *v, size_t n) {
-  float m = 0;
-  for (size_t k = 0; k < n; k++) {
+  float m8[8] = {0};
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) max8(m8, v + k);
+  float m = max_lanes(m8, 0.0f);
+  for (; k < n; k++) {
     const float a = fabsf(v[k]);
     m = a > m ? a : m;
   }
   return m;
 }
 
-/* 1 if a clipped row s = c g (c < 1) must be rescaled: non-zero but near underflow. A zero row
- * contributes exactly 0 (its partner rows are finite whenever c > 0: Inf * 0 makes the norm NaN). */
-int dpm_nn_needs_rescale(const float *s, size_t n) {
-  const float m = dpm_nn_maxabs(s, n);
-  return m > 0 && m < CLIP_TINY;
-}
+/* 1 if the largest |entry| m of a clipped row s = c g (c < 1) asks for rescaling: non-zero but near
+ * underflow. A zero row contributes exactly 0 (its partner rows are finite whenever c > 0: Inf * 0 makes
+ * the norm NaN). */
+static int tiny(float m) { return m > 0 && m < CLIP_TINY; }
+
+int dpm_nn_needs_rescale(const float *s, size_t n) { return tiny(dpm_nn_maxabs(s, n)); }
 
 /* s = c g (n entries); returns 1 if the example needs the careful path: c == 0 (its norm was not
- * finite: it contributes nothing and its rows may hold Inf/NaN) or c < 1 with s near underflow. */
-int dpm_nn_scale_row(float *s, const float *g, float c, size_t n) {
+ * finite: it contributes nothing and its rows may hold Inf/NaN) or c < 1 with s near underflow. One pass:
+ * the largest |s_k| is taken as s is formed (the value dpm_nn_needs_rescale(s, n) would find). */
+int dpm_nn_scale_row(float *restrict s, const float *restrict g, float c, size_t n) {
   if (c == 1.0f) {
     memcpy(s, g, n * sizeof(float));
     return 0;
   }
-  for (size_t k = 0; k < n; k++) s[k] = c * g[k];
-  return c == 0.0f || dpm_nn_needs_rescale(s, n);
+  float m8[8] = {0};
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) {
+    for (int l = 0; l < 8; l++) s[k + l] = c * g[k + l];
+    max8(m8, s + k);
+  }
+  float m = max_lanes(m8, 0.0f);
+  for (; k < n; k++) {
+    s[k] = c * g[k];
+    const float a = fabsf(s[k]);
+    m = a > m ? a : m;
+  }
+  return c == 0.0f || tiny(m);
 }
 
 /* The careful form of an extreme example's clipped rows: s = c g is re-formed as (c 2^e) g with the

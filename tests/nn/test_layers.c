@@ -4,7 +4,9 @@
  *    for the loss layer), conv over several (kernel, stride, pad) combos;
  *  - per-example squared gradient norms of dense, conv (ghost and explicit forced) and groupnorm
  *    layers against brute force (each example run alone with B = 1, its gradient's norm in double);
- *  - clipped sums with random coefficients against brute-force sum_i c_i grad_i. */
+ *  - clipped sums with random coefficients against brute-force sum_i c_i grad_i;
+ *  - the row helpers of the clipped sums (max |entry|, scaling with its rescale flag) and the explicit conv
+ *    rows' bias sums against plain loops, bit for bit. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -466,6 +468,69 @@ static void test_extreme_kernels(void) {
         "threshold %g", sqrt(n2), Cclip);
 }
 
+/* dpm_nn_maxabs and dpm_nn_scale_row against plain loops (bit for bit): lengths 0..41 (the 8-lane bodies
+ * and their tails), NaN entries (ignored by the maximum), rows whose scaled maximum lies on either side of
+ * the rescale threshold 2^-90, c = 0, 1 and in between; and the explicit conv rows' bias sums (row sums
+ * of dout) against the column sums of the transposed rows that the clipped sum's GEMM path forms. */
+static void test_row_helpers(void) {
+  float g[41], s[41];
+  int bad_max = 0, bad_scale = 0, bad_flag = 0, rescaled = 0, plain = 0;
+  for (int n = 0; n <= 41; n++)
+    for (int trial = 0; trial < 40; trial++) {
+      const double mag = trial < 20 ? 0x1p-80 : 1.0; /* with c ~ 2^-12..1: scaled maxima around 2^-90 */
+      for (int k = 0; k < n; k++) g[k] = (float)(mag * (2 * urand() - 1));
+      if (n > 0 && trial % 5 == 4) g[(int)(urand() * n)] = NAN;
+      const float c = trial % 10 == 0 ? 0.0f : trial % 10 == 1 ? 1.0f : (float)ldexp(urand(), -(int)(urand() * 12));
+      float want_max = 0;
+      for (int k = 0; k < n; k++)
+        if (fabsf(g[k]) > want_max) want_max = fabsf(g[k]);
+      bad_max += dpm_nn_maxabs(g, (size_t)n) != want_max;
+      const int flag = dpm_nn_scale_row(s, g, c, (size_t)n);
+      float m = 0;
+      for (int k = 0; k < n; k++) {
+        const float want = c == 1.0f ? g[k] : c * g[k];
+        bad_scale += memcmp(&s[k], &want, sizeof want) != 0;
+        if (fabsf(want) > m) m = fabsf(want);
+      }
+      const int want_flag = c == 1.0f ? 0 : c == 0.0f || (m > 0 && m < 0x1p-90f);
+      bad_flag += flag != want_flag;
+      rescaled += c != 0.0f && want_flag, plain += c != 0.0f && c != 1.0f && !want_flag;
+    }
+  CHECK(bad_max == 0, "dpm_nn_maxabs differs from a plain loop in %d rows", bad_max);
+  CHECK(bad_scale == 0, "dpm_nn_scale_row: %d entries differ from c g", bad_scale);
+  CHECK(bad_flag == 0, "dpm_nn_scale_row: the careful-path flag differs from a plain loop in %d rows", bad_flag);
+  CHECK(rescaled > 20 && plain > 20, "row helper test too weak: %d rows near underflow, %d ordinary ones", rescaled, plain);
+
+  /* explicit conv rows: bias entries = column sums of G_i = dout_i^T, as dpm_nn_colsum_add forms them */
+  enum { B = 3, T = 7, CK = 5, O = 6 };
+  float P[B * T * CK], dout[B * O * T], E[B * (O * CK + O)], Gi[T * O], cs[O];
+  fill(P, B * T * CK, -1, 1);
+  fill(dout, B * O * T, -1, 1);
+  double sq[B];
+  dpm_conv_grads_explicit(E, sq, P, dout, 1, B, T, CK, O);
+  int bad_bias = 0, bad_w = 0;
+  for (int i = 0; i < B; i++) {
+    for (int t = 0; t < T; t++)
+      for (int o = 0; o < O; o++) Gi[t * O + o] = dout[(i * O + o) * T + t];
+    memset(cs, 0, sizeof cs);
+    dpm_nn_colsum_add(cs, Gi, T, O);
+    const float *Ei = E + i * (O * CK + O);
+    bad_bias += memcmp(cs, Ei + O * CK, sizeof cs) != 0;
+    double n2 = 0;
+    for (int o = 0; o < O; o++)
+      for (int k = 0; k < CK; k++) {
+        double w = 0;
+        for (int t = 0; t < T; t++) w += (double)Gi[t * O + o] * P[(i * T + t) * CK + k];
+        bad_w += fabs(Ei[o * CK + k] - w) > 1e-5;
+        n2 += (double)Ei[o * CK + k] * Ei[o * CK + k];
+      }
+    for (int o = 0; o < O; o++) n2 += (double)Ei[O * CK + o] * Ei[O * CK + o];
+    bad_w += fabs(sq[i] - n2) > 1e-9 * n2;
+  }
+  CHECK(bad_bias == 0, "explicit conv rows: %d examples' bias sums differ from the column sums of G_i", bad_bias);
+  CHECK(bad_w == 0, "explicit conv rows: %d weight entries or norms differ from dout_i P_i", bad_w);
+}
+
 /* Model-level finite differences of the summed cross-entropy on parameters and input. */
 static void test_model_fd(void) {
   const int B = 3;
@@ -517,6 +582,7 @@ int main(int argc, char **argv) {
   test_softmax_xent();
   test_norms();
   test_extreme_kernels();
+  test_row_helpers();
   test_model_fd();
   return dpm_test_finish();
 }
