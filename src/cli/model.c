@@ -5,9 +5,11 @@
  * Every rank parses the arguments, rank 0 does the work (serial file I/O), and every rank returns the same
  * status: 0, or 2 after one "dpmpi: error: ..." line (dpm_exit_if_error). The checks live in io/safetensors.c
  * and io/hf_gpt2.c; this file only wires them to the command line. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "dpmpi/core/common.h"
@@ -96,6 +98,7 @@ static int export_work(const model_args *a, char *err) {
   if (!a->to || strcmp(a->to, "safetensors"))
     return dpm_err(err, "model export: --to %s, expected --to safetensors", a->to ? a->to : "missing");
   if (a->npos != 2) return dpm_err(err, "model export: expected INIT.h5 and OUT.safetensors, got %d file(s)", a->npos);
+  if (access(a->pos[0], R_OK)) return dpm_err(err, "%s: cannot open: %s", a->pos[0], strerror(errno));
   if (!dpm_init_is(a->pos[0]))
     return dpm_err(err, "%s: not a dpmpi initial-weights file (model export reads files of 'dpmpi model import'; "
                         "training checkpoints do not hold Hugging Face tensor names yet)", a->pos[0]);
