@@ -4,7 +4,7 @@
 # Never installs libhdf5-dev (serial HDF5): dpmpi needs the parallel (Open MPI) flavour.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libopenblas-dev libscalapack-openmpi-dev
-      libhdf5-openmpi-dev hdf5-tools libinih-dev libfftw3-dev dataset-fashion-mnist)
+      libhdf5-openmpi-dev hdf5-tools libinih-dev libfftw3-dev libcjson-dev dataset-fashion-mnist)
 [ "${DPM_WITH_SLURM:-0}" = 1 ] && pkgs+=(slurm-wlm munge)
 [ "${DPM_WITH_BENCH:-0}" = 1 ] && pkgs+=(gnuplot-nox)   # bench/run.sh: PNG plots
 [ "${DPM_WITH_H5PY:-0}" = 1 ] && pkgs+=(python3-h5py openssl)   # tests: h5py reads the files; OpenSSL checks the AES streams

@@ -20,4 +20,7 @@ int dpm_cmd_privacy(int argc, char **argv);
 int dpm_cmd_ckpt(int argc, char **argv);
 int dpm_cmd_export(int argc, char **argv);
 
+/* `dpmpi model import|export|info ...` (src/cli/model.c): Hugging Face GPT-2 safetensors in and out. */
+int dpm_cmd_model(int argc, char **argv);
+
 #endif

@@ -19,6 +19,7 @@ static const char *USAGE =
     "  privacy ...                               epsilon for (q, sigma, steps, delta), or sigma for a target\n"
     "  ckpt info PATH                            step, epsilon, ledger, grid and job of a checkpoint\n"
     "  export CKPT OUT                           the released model: parameters and privacy metadata\n"
+    "  model import|export|info ...              Hugging Face GPT-2 safetensors in and out (INIT.h5)\n"
     "  version                                   print the version\n"
     "\n"
     "dpmpi COMMAND --help describes each command.\n";
@@ -40,6 +41,8 @@ int main(int argc, char **argv) {
     status = dpm_cmd_ckpt(argc - 1, argv + 1);
   } else if (!strcmp(argv[1], "export")) {
     status = dpm_cmd_export(argc - 1, argv + 1);
+  } else if (!strcmp(argv[1], "model")) {
+    status = dpm_cmd_model(argc - 1, argv + 1);
   } else if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
     if (rank == 0) printf("dpmpi %s\n", DPM_VERSION);
   } else {
