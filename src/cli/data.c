@@ -1,13 +1,18 @@
 /* `dpmpi data`: the dataset subcommands.
  *   dpmpi data convert --from idx --train-images F --train-labels F --test-images F --test-labels F --out F.h5
  *   dpmpi data convert --from csv --train F --test F --label-column NAME --out F.h5
+ *   dpmpi data convert --from text --context T (--test F ... | --test-fraction X) --out F.h5 FILE...
+ *   dpmpi data convert --from tokens --train F.npy --test F.npy --vocab V [--pad-id P] --out F.h5
  *   dpmpi data info FILE.h5
  * Everything runs on rank 0 (conversion is serial I/O); other ranks wait, and every rank returns the
  * same exit status: 0, or DPM_EXIT_USAGE after one "dpmpi: error: ..." line on stderr.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <hdf5.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,8 +28,9 @@ static const char *usage_data =
     "Datasets for dpmpi are HDF5 files (layout in docs/formats.md).\n"
     "\n"
     "Commands:\n"
-    "  convert   convert IDX (MNIST family, gzipped or plain) or CSV files into a dataset file\n"
-    "  info      print the splits, shapes, types, classes and normalization of a dataset file\n"
+    "  convert   convert IDX (MNIST family, gzipped or plain), CSV, UTF-8 text or NumPy token files\n"
+    "            into a dataset file\n"
+    "  info      print the splits, shapes, types, classes, tokens and normalization of a dataset file\n"
     "\n"
     "Run 'dpmpi data COMMAND --help' for the options of a command.\n";
 
@@ -32,11 +38,15 @@ static const char *usage_convert =
     "Usage: dpmpi data convert --from idx --train-images F --train-labels F\n"
     "                          --test-images F --test-labels F --out FILE.h5\n"
     "       dpmpi data convert --from csv --train F --test F --label-column NAME --out FILE.h5\n"
+    "       dpmpi data convert --from text --context T (--test F [--test F ...] | --test-fraction X)\n"
+    "                          [--separator LINE] [--per-document] --out FILE.h5 FILE...\n"
+    "       dpmpi data convert --from tokens --train F.npy --test F.npy --vocab V [--pad-id P] --out FILE.h5\n"
     "\n"
-    "Convert a dataset into dpmpi's HDF5 layout (/train/x, /train/y, /test/x, /test/y).\n"
+    "Convert a dataset into dpmpi's HDF5 layout (/train/x, /train/y, /test/x, /test/y, or for text\n"
+    "and tokens /train/tokens, /test/tokens).\n"
     "The output is written under a temporary name and renamed when complete.\n"
     "\n"
-    "  --from idx|csv        input format (required)\n"
+    "  --from idx|csv|text|tokens   input format (required)\n"
     "  --out FILE.h5         output file (required; replaced if it exists)\n"
     "  -q, --quiet           no progress lines\n"
     "  -h, --help            this help\n"
@@ -56,13 +66,40 @@ static const char *usage_convert =
     "is a number. The label column holds integers 0..K-1 (every class present in training);\n"
     "the other columns, in order, become float32 features.\n"
     "  --train F --test F    training and test files (same header)\n"
-    "  --label-column NAME   name of the label column\n";
+    "  --label-column NAME   name of the label column\n"
+    "\n"
+    "Text (--from text): UTF-8 files (checked: an invalid byte is an error naming file:line:column),\n"
+    "one document per file, or documents separated by a line. Byte-level tokens: ids 0..255 are the\n"
+    "bytes, 256 is end-of-text (vocab 257); a document becomes EOT, its bytes, EOT, cut into windows\n"
+    "of T + 1 ids with stride T (each target in exactly one window, windows never mix documents), the\n"
+    "last padded with id 255 (a byte UTF-8 never uses; masked out of the loss).\n"
+    "  FILE... / --train F   training files (--train may repeat)\n"
+    "  --test F              a test file (may repeat): the split is by file\n"
+    "  --test-fraction X     instead of --test: a document goes to the test split when a hash of its\n"
+    "                        bytes, as a number in [0, 1), is below X (deterministic, per document)\n"
+    "  --context T           tokens per example (rows hold T + 1 ids; required)\n"
+    "  --separator LINE      a line equal to LINE ends a document (e.g. '%' for fortune files; ''\n"
+    "                        for blank lines); default: one document per file\n"
+    "  --per-document        one window per document (longer ones are truncated and counted): the DP\n"
+    "                        guarantee then protects whole documents; without it a document of k\n"
+    "                        windows is protected only by group privacy (docs/formats.md)\n"
+    "\n"
+    "Tokens (--from tokens): NumPy .npy files (format 1.0, 2.0 or 3.0) holding a C-order 2-D array\n"
+    "N x (T+1) of token ids, dtype <i4, <i8 or <u2, one example per row (inputs row[:-1], targets\n"
+    "row[1:]), e.g. from a GPT-2 BPE tokenizer: np.save('train.npy', ids.astype(np.int32)).\n"
+    "  --train F.npy --test F.npy   the splits (same T + 1)\n"
+    "  --vocab V             ids must be in [0, V)\n"
+    "  --pad-id P            the padding id (masked out of the loss; may be outside [0, V), e.g.\n"
+    "                        -100); default: none\n";
 
 static const char *usage_info =
     "Usage: dpmpi data info FILE.h5\n"
     "\n"
     "Validate a dataset file and print its splits, shapes, element types, number of classes,\n"
-    "label histogram and normalization attributes.\n"
+    "label histogram and normalization attributes; for token data the context, vocabulary, pad\n"
+    "and end-of-text ids, tokenizer and the count of padded targets. Then every rank reads its\n"
+    "shard of each split as dpmpi train does (checking every value) and the digests of the splits\n"
+    "are printed: the same on any number of ranks; /train's is the one 'dpmpi ckpt info' shows.\n"
     "\n"
     "  -h, --help   this help\n";
 
@@ -91,8 +128,22 @@ static int bad_option(const char *cmd, char **argv, int optind_after, int opt) {
   return usage_error(cmd, "unknown option %s", arg);
 }
 
+/* A whole number for option `name` within [lo, hi]; -1 with the usage error printed. */
+static int int_arg(const char *name, const char *arg, long lo, long hi, int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(arg, &end, 10);
+  if (end == arg || *end || errno || v < lo || v > hi) {
+    usage_error("convert", "--%s needs an integer in [%ld, %ld], not '%s'", name, lo, hi, arg);
+    return -1;
+  }
+  *out = (int)v;
+  return 0;
+}
+
 static int cmd_convert(int argc, char **argv) {
-  enum { O_FROM = 256, O_TRI, O_TRL, O_TEI, O_TEL, O_TRAIN, O_TEST, O_LABEL, O_OUT, O_MEAN, O_STD, O_FROMDATA, O_PRINTSTATS };
+  enum { O_FROM = 256, O_TRI, O_TRL, O_TEI, O_TEL, O_TRAIN, O_TEST, O_LABEL, O_OUT, O_MEAN, O_STD, O_FROMDATA, O_PRINTSTATS,
+         O_CONTEXT, O_SEP, O_PERDOC, O_FRACTION, O_VOCAB, O_PAD };
   static const struct option opts[] = {
       {"from", required_argument, NULL, O_FROM},          {"train-images", required_argument, NULL, O_TRI},
       {"train-labels", required_argument, NULL, O_TRL},   {"test-images", required_argument, NULL, O_TEI},
@@ -102,11 +153,18 @@ static int cmd_convert(int argc, char **argv) {
       {"pixel-mean", required_argument, NULL, O_MEAN},    {"pixel-std", required_argument, NULL, O_STD},
       {"pixel-stats-from-data", no_argument, NULL, O_FROMDATA},            {"quiet", no_argument, NULL, 'q'},
       {"print-stats", no_argument, NULL, O_PRINTSTATS},
+      {"context", required_argument, NULL, O_CONTEXT},    {"separator", required_argument, NULL, O_SEP},
+      {"per-document", no_argument, NULL, O_PERDOC},      {"test-fraction", required_argument, NULL, O_FRACTION},
+      {"vocab", required_argument, NULL, O_VOCAB},        {"pad-id", required_argument, NULL, O_PAD},
       {"help", no_argument, NULL, 'h'},                   {NULL, 0, NULL, 0}};
-  const char *from = NULL, *tri = NULL, *trl = NULL, *tei = NULL, *tel = NULL, *train = NULL, *test = NULL,
-             *label = NULL, *out = NULL;
-  int quiet = 0, c, pixel_from_data = 0, print_stats = 0;
-  double pixel_mean = 0.5, pixel_std = 0.5;
+  const char *from = NULL, *tri = NULL, *trl = NULL, *tei = NULL, *tel = NULL, *label = NULL, *out = NULL,
+             *separator = NULL;
+  /* --train and --test may repeat (text); the other formats take one of each */
+  const char **train = dpm_calloc((size_t)argc + 1, sizeof *train), **test = dpm_calloc((size_t)argc + 1, sizeof *test);
+  int n_train = 0, n_test = 0;
+  int quiet = 0, c, pixel_from_data = 0, print_stats = 0, context = 0, per_document = 0, vocab = 0, pad_id = -1;
+  int have_context = 0, have_vocab = 0, have_pad = 0, have_fraction = 0, rc = DPM_EXIT_USAGE;
+  double pixel_mean = 0.5, pixel_std = 0.5, fraction = 0;
   optind = 0;
   opterr = 0;
   while ((c = getopt_long(argc, argv, ":qh", opts, NULL)) != -1) {
@@ -116,58 +174,149 @@ static int cmd_convert(int argc, char **argv) {
       case O_TRL: trl = optarg; break;
       case O_TEI: tei = optarg; break;
       case O_TEL: tel = optarg; break;
-      case O_TRAIN: train = optarg; break;
-      case O_TEST: test = optarg; break;
+      case O_TRAIN: train[n_train++] = optarg; break;
+      case O_TEST: test[n_test++] = optarg; break;
       case O_LABEL: label = optarg; break;
       case O_OUT: out = optarg; break;
       case O_MEAN: case O_STD: {
         char *end;
         double v = strtod(optarg, &end);
-        if (end == optarg || *end || !isfinite(v) || (c == O_STD && !(v > 0)))
-          return usage_error("convert", "--pixel-%s needs a %snumber, not '%s'", c == O_MEAN ? "mean" : "std",
-                             c == O_STD ? "positive " : "", optarg);
+        if (end == optarg || *end || !isfinite(v) || (c == O_STD && !(v > 0))) {
+          rc = usage_error("convert", "--pixel-%s needs a %snumber, not '%s'", c == O_MEAN ? "mean" : "std",
+                           c == O_STD ? "positive " : "", optarg);
+          goto done;
+        }
         if (c == O_MEAN) pixel_mean = v; else pixel_std = v;
         break;
       }
+      case O_FRACTION: {
+        char *end;
+        fraction = strtod(optarg, &end);
+        if (end == optarg || *end || !(fraction > 0 && fraction < 1)) {
+          rc = usage_error("convert", "--test-fraction needs a number in (0, 1), not '%s'", optarg);
+          goto done;
+        }
+        have_fraction = 1;
+        break;
+      }
+      case O_CONTEXT:
+        if (int_arg("context", optarg, 1, 1 << 24, &context)) goto done;
+        have_context = 1;
+        break;
+      case O_VOCAB:
+        if (int_arg("vocab", optarg, 1, INT32_MAX, &vocab)) goto done;
+        have_vocab = 1;
+        break;
+      case O_PAD:
+        if (int_arg("pad-id", optarg, INT32_MIN, INT32_MAX, &pad_id)) goto done;
+        have_pad = 1;
+        break;
+      case O_SEP: separator = optarg; break;
+      case O_PERDOC: per_document = 1; break;
       case O_FROMDATA: pixel_from_data = 1; break;
       case O_PRINTSTATS: print_stats = 1; break;
       case 'q': quiet = 1; break;
-      case 'h': fputs(usage_convert, stdout); return 0;
-      default: return bad_option("convert", argv, optind, c);
+      case 'h': fputs(usage_convert, stdout); rc = 0; goto done;
+      default: rc = bad_option("convert", argv, optind, c); goto done;
     }
   }
-  if (optind < argc) return usage_error("convert", "unexpected argument '%s'", argv[optind]);
-  if (!from) return usage_error("convert", "missing --from idx|csv");
-  if (!out || !out[0]) return usage_error("convert", "missing --out FILE.h5");
+  const int is_text = from && strcmp(from, "text") == 0, is_tokens = from && strcmp(from, "tokens") == 0;
+  if (optind < argc && !is_text) {
+    rc = usage_error("convert", "unexpected argument '%s'", argv[optind]);
+    goto done;
+  }
+  while (optind < argc) train[n_train++] = argv[optind++]; /* text: the training files */
+  if (!from) {
+    rc = usage_error("convert", "missing --from idx|csv|text|tokens");
+    goto done;
+  }
+  if (!out || !out[0]) {
+    rc = usage_error("convert", "missing --out FILE.h5");
+    goto done;
+  }
+  /* options of one format given to another */
+  const char *stray = NULL, *owner = NULL;
+  if (!is_text && (have_context || separator || per_document || have_fraction))
+    stray = have_context ? "context" : separator ? "separator" : per_document ? "per-document" : "test-fraction",
+    owner = "text";
+  else if (!is_tokens && (have_vocab || have_pad))
+    stray = have_vocab ? "vocab" : "pad-id", owner = "tokens";
+  else if (strcmp(from, "idx") != 0 && (tri || trl || tei || tel || print_stats || pixel_from_data))
+    stray = tri ? "train-images" : trl ? "train-labels" : tei ? "test-images" : tel ? "test-labels"
+            : print_stats ? "print-stats" : "pixel-stats-from-data", owner = "idx";
+  else if (strcmp(from, "csv") != 0 && label)
+    stray = "label-column", owner = "csv";
+  if (stray) {
+    rc = usage_error("convert", "--%s is for --from %s", stray, owner);
+    goto done;
+  }
+  if (!is_text && (n_train > 1 || n_test > 1)) {
+    rc = usage_error("convert", "--%s is given twice (only --from text takes several files)",
+                     n_train > 1 ? "train" : "test");
+    goto done;
+  }
   char err[DPM_ERRLEN] = "";
-  int rc;
+  int failed;
   dpm_data_set_verbose(!quiet);
   double t0 = dpm_time();
   if (strcmp(from, "idx") == 0) {
-    if (train || test || label)
-      return usage_error("convert", "--%s is for --from csv", train ? "train" : test ? "test" : "label-column");
-    if (print_stats && quiet) return usage_error("convert", "--print-stats prints on the progress lines: drop -q");
-    if (!tri || !trl || !tei || !tel)
-      return usage_error("convert", "--from idx needs --%s", !tri ? "train-images" : !trl ? "train-labels"
-                                                             : !tei ? "test-images" : "test-labels");
+    if (n_train || n_test) {
+      rc = usage_error("convert", "--%s is for --from csv, text or tokens", n_train ? "train" : "test");
+      goto done;
+    }
+    if (print_stats && quiet) {
+      rc = usage_error("convert", "--print-stats prints on the progress lines: drop -q");
+      goto done;
+    }
+    if (!tri || !trl || !tei || !tel) {
+      rc = usage_error("convert", "--from idx needs --%s", !tri ? "train-images" : !trl ? "train-labels"
+                                                           : !tei ? "test-images" : "test-labels");
+      goto done;
+    }
     dpm_data_set_normalization(pixel_mean, pixel_std, pixel_from_data);
     dpm_data_set_print_stats(print_stats);
-    rc = dpm_convert_idx(tri, trl, tei, tel, out, err);
+    failed = dpm_convert_idx(tri, trl, tei, tel, out, err);
     dpm_data_set_print_stats(0);
   } else if (strcmp(from, "csv") == 0) {
-    if (tri || trl || tei || tel || print_stats)
-      return usage_error("convert", "--%s is for --from idx", tri ? "train-images" : trl ? "train-labels"
-                         : tei ? "test-images" : tel ? "test-labels" : "print-stats");
-    if (!train || !test || !label)
-      return usage_error("convert", "--from csv needs --%s", !train ? "train" : !test ? "test" : "label-column");
-    rc = dpm_convert_csv(train, test, label, out, err);
+    if (!n_train || !n_test || !label) {
+      rc = usage_error("convert", "--from csv needs --%s", !n_train ? "train" : !n_test ? "test" : "label-column");
+      goto done;
+    }
+    failed = dpm_convert_csv(train[0], test[0], label, out, err);
+  } else if (is_text) {
+    if (!n_train || !have_context || (!n_test && !have_fraction) || (n_test && have_fraction)) {
+      rc = usage_error("convert", "--from text needs %s",
+                       !n_train ? "training files (FILE... or --train F)" : !have_context ? "--context T"
+                       : n_test ? "--test FILES or --test-fraction X, not both" : "--test FILES or --test-fraction X");
+      goto done;
+    }
+    dpm_text_opts o = {.train = train, .n_train = n_train, .test = test, .n_test = n_test,
+                       .test_fraction = fraction, .separator = separator, .context = context,
+                       .per_document = per_document};
+    failed = dpm_convert_text(&o, out, NULL, err);
+  } else if (is_tokens) {
+    if (!n_train || !n_test || !have_vocab) {
+      rc = usage_error("convert", "--from tokens needs --%s", !n_train ? "train F.npy" : !n_test ? "test F.npy"
+                                                              : "vocab V");
+      goto done;
+    }
+    failed = dpm_convert_npy(train[0], test[0], vocab, pad_id, out, err);
   } else {
-    return usage_error("convert", "--from must be idx or csv, not '%s'", from);
+    rc = usage_error("convert", "--from must be idx, csv, text or tokens, not '%s'", from);
+    goto done;
   }
   dpm_data_set_verbose(0);
-  if (rc) return fail(err);
+  if (failed) {
+    rc = fail(err);
+    goto done;
+  }
   if (!quiet) printf("dpmpi: converted in %.1f s\n", dpm_time() - t0);
-  return 0;
+  rc = 0;
+done:
+  dpm_data_set_verbose(0);
+  dpm_free(train);
+  dpm_free(test);
+  return rc;
 }
 
 /* A few facts that the probe does not report: root string attributes and the stored label type. */
@@ -196,6 +345,84 @@ static void describe_file(const char *path, char *fmt, char *source, int *versio
   H5Fclose(f);
 }
 
+/* Set by cmd_info (rank 0) when the file checked out: the collective part, info_shards, reads it next. */
+static const char *info_file = NULL;
+
+/* Token data: the file's attributes, then per split its rows and context (the ids are read and checked
+ * by info_shards). */
+static int info_tokens(const char *path, const dpm_dataset hdr[2]) {
+  char fmt[64], source[64], ytype[64];
+  int version;
+  describe_file(path, fmt, source, &version, ytype, sizeof fmt);
+  const dpm_dataset *h = &hdr[0];
+  printf("%s: %s version %d (converted from %s), token data: vocab %d, pad id %d%s, end-of-text id %d%s, "
+         "tokenizer %s\n", path, fmt, version, source, h->vocab, h->pad_id, h->pad_id == -1 ? " (none)" : "",
+         h->eot_id, h->eot_id == -1 ? " (none)" : "", h->tokenizer[0] ? h->tokenizer : "(not recorded)");
+  if (strcmp(h->tokenizer, DPM_TOKENIZER_BYTES) == 0)
+    printf("  tokenizer bytes: ids 0..255 are the bytes of UTF-8 text, %d is end-of-text, %d pads (masked)\n",
+           DPM_BYTES_EOT, DPM_BYTES_PAD);
+  for (int s = 0; s < 2; s++) {
+    const dpm_dataset *x = &hdr[s];
+    printf("%s: %lld examples (rows of T + 1 = %d ids: inputs row[:-1], targets row[1:])\n", s ? "test" : "train",
+           (long long)x->n_total, x->T + 1);
+    printf("  tokens: int32 %lld x %d (N x T+1), context T = %d\n", (long long)x->n_total, x->T + 1, x->T);
+    printf("  checksums: %s\n", x->checksums ? "Fletcher32 on every chunk of tokens"
+                                              : "none (an older dpmpi or another tool wrote this file: damage would be read silently)");
+  }
+  info_file = path;
+  return 0;
+}
+
+/* `data info`, the collective part: every rank reads its contiguous shard of each split with parallel
+ * HDF5, as dpmpi train does (in blocks of at most 16 Mi values, so memory stays bounded), which checks
+ * every value; rank 0 prints the splits' digests (the sum of the row hashes of all shards: the same on
+ * any number of ranks; /train's is the one `dpmpi ckpt info` shows) and, for token data, how many
+ * targets are padding. */
+static int info_shards(const char *path) {
+  int rank, size;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  char err[DPM_ERRLEN] = "";
+  uint64_t digest[2] = {0, 0};
+  long long pads[2] = {0, 0}, targets[2] = {0, 0};
+  int tokens = 0;
+  for (int s = 0; s < 2; s++) {
+    const char *split = s ? "test" : "train";
+    dpm_dataset h, d;
+    const int first = dpm_comm_first_failed(MPI_COMM_WORLD, dpm_dataset_probe(path, split, &h, err) != 0);
+    if (first >= 0) {
+      DPM_MPI_CHECK(MPI_Bcast(err, DPM_ERRLEN, MPI_CHAR, first, MPI_COMM_WORLD));
+      return rank == 0 ? fail(err) : DPM_EXIT_USAGE;
+    }
+    tokens = h.kind == DPM_DATA_TOKENS;
+    const int64_t F = tokens ? (int64_t)h.T + 1 : (int64_t)h.C * h.H * h.W;
+    const int64_t block = ((int64_t)16 << 20) / F > 0 ? ((int64_t)16 << 20) / F : 1;
+    const int64_t b = h.n_total * rank / size, e = h.n_total * (rank + 1) / size;
+    long long blocks = (e - b + block - 1) / block;
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &blocks, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD));
+    for (long long k = 0; k < blocks; k++) {
+      const int64_t rb = b + k * block < e ? b + k * block : e, re = rb + block < e ? rb + block : e;
+      if (dpm_dataset_load(MPI_COMM_WORLD, path, split, rb, re, &d, err)) /* the same error on every rank */
+        return rank == 0 ? fail(err) : DPM_EXIT_USAGE;
+      digest[s] += dpm_dataset_digest(&d, re - rb);
+      if (tokens && h.pad_id != -1)
+        for (int64_t i = 0; i < (re - rb) * F; i++) pads[s] += i % F != 0 && d.tok[i] == h.pad_id;
+      dpm_dataset_free(&d);
+    }
+    targets[s] = (long long)h.n_total * h.T;
+  }
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, digest, 2, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD));
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, pads, 2, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD));
+  if (rank == 0) {
+    if (tokens)
+      printf("padding (masked out of the loss): /train %lld of %lld targets, /test %lld of %lld\n", pads[0],
+             targets[0], pads[1], targets[1]);
+    printf("digest: /train %016llx, /test %016llx (read as %d shard%s, every value checked)\n",
+           (unsigned long long)digest[0], (unsigned long long)digest[1], size, size > 1 ? "s" : "");
+  }
+  return 0;
+}
+
 static int cmd_info(int argc, char **argv) {
   static const struct option opts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
   int c;
@@ -216,8 +443,10 @@ static int cmd_info(int argc, char **argv) {
   const char *splits[2] = {"train", "test"};
   dpm_dataset hdr[2];
   int64_t *counts[2] = {NULL, NULL};
-  for (int s = 0; s < 2; s++) {
+  for (int s = 0; s < 2; s++)
     if (dpm_dataset_probe(path, splits[s], &hdr[s], err)) return fail(err);
+  if (hdr[0].kind == DPM_DATA_TOKENS) return info_tokens(path, hdr);
+  for (int s = 0; s < 2; s++) {
     counts[s] = dpm_calloc((size_t)hdr[s].num_classes, sizeof(int64_t));
     if (dpm_dataset_label_counts(path, splits[s], counts[s], err)) {
       dpm_free(counts[0]);
@@ -250,6 +479,7 @@ static int cmd_info(int argc, char **argv) {
   }
   dpm_free(counts[0]);
   dpm_free(counts[1]);
+  info_file = path;
   return 0;
 }
 
@@ -273,6 +503,20 @@ int dpm_cmd_data(int argc, char **argv) {
     fflush(stdout);
     fflush(stderr);
   }
+  /* data info: the header checked out on rank 0; now every rank reads (rank 0 names the file: getopt
+   * may have reordered its argv) */
+  int len = info_file ? (int)strlen(info_file) + 1 : 0;
   DPM_MPI_CHECK(MPI_Bcast(&status, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  DPM_MPI_CHECK(MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD));
+  if (status == 0 && len > 0) {
+    char *path = dpm_malloc((size_t)len);
+    if (rank == 0) memcpy(path, info_file, (size_t)len);
+    DPM_MPI_CHECK(MPI_Bcast(path, len, MPI_CHAR, 0, MPI_COMM_WORLD));
+    status = info_shards(path);
+    dpm_free(path);
+    fflush(stdout);
+    fflush(stderr);
+  }
+  info_file = NULL;
   return status;
 }

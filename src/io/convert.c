@@ -1,6 +1,7 @@
 /* Dataset conversion, shared part: the converters' settings (verbosity, the normalization IDX files get,
- * whether exact pixel statistics are printed) and the writer of a dataset file under a temporary name,
- * renamed into place when complete (io/atomic.h). See io/convert.h. */
+ * whether exact pixel statistics are printed), the writer of a dataset file under a temporary name,
+ * renamed into place when complete (io/atomic.h), and the token files' attributes, row writer and id
+ * check. See io/convert.h. */
 #include "dpmpi/io/data.h"
 
 #include "io/atomic.h"
@@ -105,7 +106,7 @@ int dpm_out_commit(dpm_out_file *o, char *err) {
 
 int dpm_write_root_attrs(hid_t file, int num_classes, const char *source) {
   hid_t root = H5Gopen2(file, "/", H5P_DEFAULT);
-  int version = DPM_DATASET_VERSION;
+  int version = DPM_DATASET_VERSION_LABELLED;
   int rc = dpm_h5_put_attr(root, "num_classes", H5T_NATIVE_INT, H5T_NATIVE_INT, &num_classes) |
            dpm_h5_put_str(root, "format", DPM_DATASET_FORMAT) |
            dpm_h5_put_attr(root, "format_version", H5T_NATIVE_INT, H5T_NATIVE_INT, &version) |
@@ -146,3 +147,73 @@ int dpm_write_labels(hid_t file, const char *name, const int32_t *y, int64_t n) 
   return rc;
 }
 
+
+/* ---------------------------------------------------------------------------------------------------
+ * Token files (kind = "tokens"): root attributes, the row writer, the id check
+ * ------------------------------------------------------------------------------------------------- */
+
+int dpm_write_token_attrs(hid_t file, int vocab, int pad_id, int eot_id, const char *tokenizer,
+                          const char *source) {
+  hid_t root = H5Gopen2(file, "/", H5P_DEFAULT);
+  int version = DPM_DATASET_VERSION_TOKENS;
+  int rc = dpm_h5_put_str(root, "format", DPM_DATASET_FORMAT) |
+           dpm_h5_put_attr(root, "format_version", H5T_NATIVE_INT, H5T_NATIVE_INT, &version) |
+           dpm_h5_put_str(root, "kind", DPM_KIND_TOKENS) |
+           dpm_h5_put_attr(root, "vocab", H5T_STD_I32LE, H5T_NATIVE_INT, &vocab) |
+           dpm_h5_put_attr(root, "pad_id", H5T_STD_I32LE, H5T_NATIVE_INT, &pad_id) |
+           dpm_h5_put_attr(root, "eot_id", H5T_STD_I32LE, H5T_NATIVE_INT, &eot_id) |
+           dpm_h5_put_str(root, "tokenizer", tokenizer) | dpm_h5_put_str(root, "source", source);
+  H5Gclose(root);
+  return rc;
+}
+
+int dpm_token_writer_open(dpm_token_writer *w, hid_t file, const char *split, int64_t n, int row_len) {
+  char name[64];
+  snprintf(name, sizeof name, "/%s/tokens", split);
+  hsize_t dims[2] = {(hsize_t)n, (hsize_t)row_len};
+  memset(w, 0, sizeof *w);
+  w->n = n, w->row_len = row_len;
+  w->buf_rows = n > 0 ? (int64_t)dpm_h5_chunk_rows(2, dims, 4) : 1;
+  if (w->buf_rows > n && n > 0) w->buf_rows = n;
+  w->buf = dpm_malloc((size_t)w->buf_rows * (size_t)row_len * sizeof(int32_t));
+  w->d = dpm_create_dset(file, name, H5T_STD_I32LE, 2, dims);
+  if (w->d < 0) w->failed = 1;
+  return w->d < 0 ? -1 : 0;
+}
+
+static void token_writer_flush(dpm_token_writer *w) {
+  if (w->used == 0) return;
+  if (!w->failed && dpm_write_rows(w->d, H5T_NATIVE_INT32, (hsize_t)(w->next - w->used), (hsize_t)w->used, w->buf))
+    w->failed = 1;
+  w->used = 0;
+}
+
+void dpm_token_writer_put(dpm_token_writer *w, const int32_t *row) {
+  if (w->next >= w->n) { /* more rows than declared: the input changed; close reports it */
+    w->failed = 1;
+    w->next++;
+    return;
+  }
+  memcpy(w->buf + (size_t)w->used * (size_t)w->row_len, row, (size_t)w->row_len * sizeof(int32_t));
+  w->used++, w->next++;
+  if (w->used == w->buf_rows) token_writer_flush(w);
+}
+
+int dpm_token_writer_close(dpm_token_writer *w) {
+  token_writer_flush(w);
+  if (w->d >= 0) H5Dclose(w->d);
+  w->d = -1;
+  dpm_free(w->buf);
+  w->buf = NULL;
+  return w->failed || w->next != w->n ? -1 : 0;
+}
+
+int dpm_token_row_check(const int32_t *row, int row_len, int vocab, int pad_id, int *no_target) {
+  int bad = -1, real = 0;
+  for (int j = 0; j < row_len; j++) {
+    if (bad < 0 && !dpm_token_ok(row[j], vocab, pad_id)) bad = j;
+    if (j > 0 && row[j] != pad_id) real = 1;
+  }
+  *no_target = !real;
+  return bad;
+}

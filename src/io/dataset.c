@@ -1,7 +1,8 @@
 /* dpmpi dataset: the HDF5 dataset file (layout in dpmpi/io/data.h and docs/formats.md). Owns reading a
  * split's header (probe), the collective parallel load of each rank's contiguous shard with MPI-IO
- * hyperslab reads, the label counts and the data digest; the conversions of IDX and CSV files into this
- * layout are convert_idx.c and convert_csv.c (shared writer: convert.c).
+ * hyperslab reads (labelled x/y and token rows), the label counts and the data digest; the conversions
+ * into this layout are convert_idx.c, convert_csv.c, convert_text.c and convert_npy.c (shared writer:
+ * convert.c).
  * Every user-facing failure is one line naming the file, the dataset path or line:column, and what is
  * wrong; HDF5's own error-stack printing is switched off so it never reaches the user.
  */
@@ -98,12 +99,39 @@ static int link_exists(hid_t file, const char *name) {
   }
 }
 
-/* The root group's attributes: format and format_version (checked if present) and num_classes. */
+/* Integer attribute `name` of the root in [lo, hi] (read as a number, checked to be whole). */
+static int read_int_attr(hid_t root, const char *path, const char *name, double lo, double hi, int *out,
+                         char *err) {
+  double v;
+  if (read_num_attr(root, path, "/", name, &v, err)) return -1;
+  if (!(v >= lo && v <= hi) || v != floor(v))
+    return dpm_err(err, "%s: /: attribute %s is %g; expected an integer in [%.0f, %.0f]", path, name, v, lo, hi);
+  *out = (int)v;
+  return 0;
+}
+
+/* Token files' root attributes: vocab (required), pad_id (required), eot_id and tokenizer (optional). */
+static int read_token_attrs(hid_t root, const char *path, dpm_dataset *hdr, char *err) {
+  if (read_int_attr(root, path, "vocab", 1, INT32_MAX, &hdr->vocab, err)) return -1;
+  if (read_int_attr(root, path, "pad_id", INT32_MIN, INT32_MAX, &hdr->pad_id, err)) return -1;
+  hdr->eot_id = -1;
+  if (H5Aexists(root, "eot_id") > 0) {
+    if (read_int_attr(root, path, "eot_id", -1, INT32_MAX, &hdr->eot_id, err)) return -1;
+    if (hdr->eot_id >= hdr->vocab)
+      return dpm_err(err, "%s: /: attribute eot_id is %d; expected -1 or an id below vocab = %d", path, hdr->eot_id,
+                     hdr->vocab);
+  }
+  if (read_str_attr(root, path, "tokenizer", hdr->tokenizer, sizeof hdr->tokenizer, err) < 0) return -1;
+  return 0;
+}
+
+/* The root group's attributes: format and format_version (checked if present), kind, and num_classes
+ * (labelled) or the token attributes. */
 static int read_root_attrs(hid_t file, const char *path, dpm_dataset *hdr, char *err) {
   hid_t root = H5Gopen2(file, "/", H5P_DEFAULT);
   if (root < 0) return dpm_err(err, "%s: cannot open the root group", path);
   int rc = -1;
-  char fmt[64];
+  char fmt[64], kind[64];
   int r = read_str_attr(root, path, "format", fmt, sizeof fmt, err);
   if (r < 0) goto done;
   if (r == 0 && strcmp(fmt, DPM_DATASET_FORMAT) != 0) {
@@ -118,6 +146,19 @@ static int read_root_attrs(hid_t file, const char *path, dpm_dataset *hdr, char 
       goto done;
     }
   }
+  r = read_str_attr(root, path, "kind", kind, sizeof kind, err);
+  if (r < 0) goto done;
+  if (r == 0 && strcmp(kind, DPM_KIND_TOKENS) == 0) {
+    hdr->kind = DPM_DATA_TOKENS;
+    rc = read_token_attrs(root, path, hdr, err);
+    goto done;
+  }
+  if (r == 0 && strcmp(kind, DPM_KIND_LABELLED) != 0) {
+    dpm_err(err, "%s: attribute 'kind' is '%s', expected '%s' or '%s'", path, kind, DPM_KIND_LABELLED,
+            DPM_KIND_TOKENS);
+    goto done;
+  }
+  hdr->kind = DPM_DATA_LABELLED;
   if (read_num_attr(root, path, "/", "num_classes", &v, err)) goto done;
   if (!(v >= 1 && v <= INT_MAX) || v != floor(v)) {
     dpm_err(err, "%s: /: attribute num_classes is %g; expected an integer >= 1", path, v);
@@ -127,6 +168,37 @@ static int read_root_attrs(hid_t file, const char *path, dpm_dataset *hdr, char 
   rc = 0;
 done:
   H5Gclose(root);
+  return rc;
+}
+
+/* tokens: an integer N x (T+1) matrix, T >= 1, of a type that int32 holds exactly (int8/16/32,
+ * uint8/16); fills n_total and T. */
+static int read_tokens_shape(hid_t d, const char *path, const char *name, dpm_dataset *hdr, char *err) {
+  hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
+  int rc = -1;
+  const size_t size = H5Tget_size(t);
+  if (H5Tget_class(t) != H5T_INTEGER || size > 4 || (size == 4 && H5Tget_sign(t) == H5T_SGN_NONE)) {
+    dpm_err(err, "%s: %s must hold int32 token ids", path, name);
+    goto done;
+  }
+  hsize_t dims[H5S_MAX_RANK];
+  int rank = H5Sget_simple_extent_ndims(sp);
+  if (rank != 2) {
+    dpm_err(err, "%s: %s has %d dimensions; expected N x (T+1) token ids", path, name, rank);
+    goto done;
+  }
+  H5Sget_simple_extent_dims(sp, dims, NULL);
+  if (dims[1] < 2 || dims[1] > (hsize_t)DPM_MAX_CONTEXT + 1) {
+    dpm_err(err, "%s: %s has rows of %llu ids; expected T + 1 with 1 <= T <= %d", path, name,
+            (unsigned long long)dims[1], DPM_MAX_CONTEXT);
+    goto done;
+  }
+  hdr->n_total = (int64_t)dims[0];
+  hdr->T = (int)dims[1] - 1;
+  rc = 0;
+done:
+  dpm_io_close_id(&sp, H5Sclose);
+  dpm_io_close_id(&t, H5Tclose);
   return rc;
 }
 
@@ -228,18 +300,26 @@ static int read_normalization(hid_t x, const char *path, const char *xname, dpm_
 
 /* Validate the file's root attributes and split `group`, fill hdr (no data). The file is open. */
 static int read_header(hid_t file, const char *path, const char *group, dpm_dataset *hdr, char *err) {
-  char xname[128], yname[128], gname[128];
+  char xname[128], yname[128], gname[128], tname[128];
   if (!group || !group[0] || strlen(group) > 64 || strchr(group, '/'))
     return dpm_err(err, "%s: invalid split name '%s'", path, group ? group : "");
   snprintf(gname, sizeof gname, "/%s", group);
   snprintf(xname, sizeof xname, "/%s/x", group);
   snprintf(yname, sizeof yname, "/%s/y", group);
+  snprintf(tname, sizeof tname, "/%s/tokens", group);
   memset(hdr, 0, sizeof *hdr);
   if (read_root_attrs(file, path, hdr, err)) return -1;
   if (!link_exists(file, gname)) return dpm_err(err, "%s: split %s is missing", path, gname);
   hid_t x = -1, y = -1;
   int rc = -1;
-  if (!link_exists(file, xname) || (x = H5Dopen2(file, xname, H5P_DEFAULT)) < 0) {
+  if (hdr->kind == DPM_DATA_TOKENS) {
+    if (!link_exists(file, tname) || (x = H5Dopen2(file, tname, H5P_DEFAULT)) < 0) {
+      dpm_err(err, "%s: dataset %s is missing (the file's kind is tokens)", path, tname);
+    } else {
+      hdr->checksums = dpm_h5_is_checked(x);
+      rc = read_tokens_shape(x, path, tname, hdr, err);
+    }
+  } else if (!link_exists(file, xname) || (x = H5Dopen2(file, xname, H5P_DEFAULT)) < 0) {
     dpm_err(err, "%s: dataset %s is missing", path, xname);
   } else if (!link_exists(file, yname) || (y = H5Dopen2(file, yname, H5P_DEFAULT)) < 0) {
     dpm_err(err, "%s: dataset %s is missing", path, yname);
@@ -313,8 +393,10 @@ void dpm_dataset_free(dpm_dataset *d) {
   if (!d) return;
   dpm_free(d->x);
   dpm_free(d->y);
+  dpm_free(d->tok);
   d->x = NULL;
   d->y = NULL;
+  d->tok = NULL;
 }
 
 /* Read rows [row0, row0 + rows) of dataset d into buf (memory type mtype) with transfer list dxpl;
@@ -440,6 +522,57 @@ static int read_shard(MPI_Comm comm, hid_t f, const char *path, const char *grou
   return rc;
 }
 
+/* Every id of the rows just read (rows of T + 1, file rows row0..) is in [0, vocab) or pad_id, and every
+ * row has a target that is not padding. */
+static int check_tokens(const dpm_dataset *d, const int32_t *tok, int64_t rows, int64_t row0, const char *path,
+                        const char *name, char *err) {
+  const int L = d->T + 1;
+  for (int64_t i = 0; i < rows; i++) {
+    const int32_t *row = tok + (size_t)i * (size_t)L;
+    int no_target, j = dpm_token_row_check(row, L, d->vocab, d->pad_id, &no_target);
+    if (j >= 0) {
+      if (d->pad_id == -1)
+        return dpm_err(err, "%s: %s: token id %d at row %lld, column %d is outside [0, %d) (vocab = %d, no pad id)",
+                       path, name, row[j], (long long)(row0 + i), j, d->vocab, d->vocab);
+      return dpm_err(err, "%s: %s: token id %d at row %lld, column %d is outside [0, %d) (vocab = %d) and is not "
+                     "the pad id %d", path, name, row[j], (long long)(row0 + i), j, d->vocab, d->vocab, d->pad_id);
+    }
+    if (no_target)
+      return dpm_err(err, "%s: %s: row %lld has no target other than the pad id %d (it would add nothing to the "
+                     "loss)", path, name, (long long)(row0 + i), d->pad_id);
+  }
+  return 0;
+}
+
+/* Collective: rows [out->begin, out->end) of /group/tokens into out->tok, in row chunks of at most
+ * DPM_IO_CHUNK_BYTES; every rank makes the same number of collective reads. */
+static int read_token_shard(MPI_Comm comm, hid_t f, const char *path, const char *group, dpm_dataset *out,
+                            char *err) {
+  char name[128];
+  snprintf(name, sizeof name, "/%s/tokens", group);
+  const int64_t n = out->end - out->begin, L = (int64_t)out->T + 1;
+  out->tok = dpm_malloc_aligned((size_t)(n > 0 ? n : 1) * (size_t)L * sizeof(int32_t));
+  int64_t chunk_rows = (int64_t)(DPM_IO_CHUNK_BYTES / ((size_t)L * sizeof(int32_t)));
+  if (chunk_rows < 1) chunk_rows = 1;
+  long long my_chunks = (n + chunk_rows - 1) / chunk_rows, n_chunks = 0;
+  DPM_MPI_CHECK(MPI_Allreduce(&my_chunks, &n_chunks, 1, MPI_LONG_LONG, MPI_MAX, comm));
+  hid_t d = H5Dopen2(f, name, H5P_DEFAULT), dxpl = H5Pcreate(H5P_DATASET_XFER);
+  H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
+  int rc = 0;
+  for (long long c = 0; c < n_chunks; c++) {
+    int64_t r0 = c * chunk_rows, rows = 0;
+    if (r0 < n) rows = n - r0 < chunk_rows ? n - r0 : chunk_rows;
+    int32_t *dst = out->tok + (size_t)(rows ? r0 : 0) * (size_t)L;
+    if (read_rows(d, H5T_NATIVE_INT32, (hsize_t)(out->begin + r0), (hsize_t)rows, dxpl, dst) < 0 && !rc)
+      rc = dpm_err(err, "%s: reading rows [%lld, %lld) of %s failed (damaged or truncated file?)", path,
+                   (long long)(out->begin + r0), (long long)(out->begin + r0 + rows), name);
+    if (!rc && rows > 0) rc = check_tokens(out, dst, rows, out->begin + r0, path, name, err);
+  }
+  H5Pclose(dxpl);
+  H5Dclose(d);
+  return rc;
+}
+
 int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t begin, int64_t end,
                      dpm_dataset *out, char err[DPM_ERRLEN]) {
   dpm_h5_quiet();
@@ -458,7 +591,8 @@ int dpm_dataset_load(MPI_Comm comm, const char *path, const char *group, int64_t
   }
   out->begin = begin;
   out->end = end;
-  rc = read_shard(comm, f, path, group, out, err);
+  rc = out->kind == DPM_DATA_TOKENS ? read_token_shard(comm, f, path, group, out, err)
+                                    : read_shard(comm, f, path, group, out, err);
   H5Fclose(f);
   if (agree(comm, rc, err)) {
     dpm_dataset_free(out);
@@ -474,6 +608,7 @@ int dpm_dataset_label_counts(const char *path, const char *group, int64_t *count
   hid_t f = open_serial(path, err);
   if (f < 0) return -1;
   int rc = read_header(f, path, group, &hdr, err);
+  if (!rc && hdr.kind == DPM_DATA_TOKENS) rc = dpm_err(err, "%s: /%s holds token data, which has no labels", path, group);
   if (rc) {
     H5Fclose(f);
     return -1;
@@ -505,7 +640,26 @@ static uint64_t digest_mix(uint64_t z) { /* splitmix64's finalizer */
   return z ^ (z >> 31);
 }
 
+/* Token rows: per row, four FNV-1a lanes over the ids, mixed with the global row index. */
+static uint64_t digest_tokens(const dpm_dataset *d, int64_t n) {
+  const size_t L = (size_t)d->T + 1;
+  uint64_t sum = 0;
+  for (int64_t r = 0; r < n; r++) {
+    const int32_t *t = d->tok + (size_t)r * L;
+    uint64_t h[4] = {5, 6, 7, 8};
+    size_t j = 0;
+    for (; j + 4 <= L; j += 4)
+      for (int l = 0; l < 4; l++) h[l] = (h[l] ^ (uint32_t)t[j + l]) * 0x100000001b3ULL;
+    for (; j < L; j++) h[0] = (h[0] ^ (uint32_t)t[j]) * 0x100000001b3ULL;
+    uint64_t row = digest_mix((uint64_t)(d->begin + r) ^ digest_mix((uint64_t)L + 0x7f4a7c159e3779b9ULL));
+    for (int l = 0; l < 4; l++) row = digest_mix(row ^ h[l]);
+    sum += row;
+  }
+  return sum;
+}
+
 uint64_t dpm_dataset_digest(const dpm_dataset *d, int64_t n) {
+  if (d->kind == DPM_DATA_TOKENS) return digest_tokens(d, n);
   const size_t F = (size_t)d->C * (size_t)d->H * (size_t)d->W;
   uint64_t sum = 0;
   for (int64_t r = 0; r < n; r++) {

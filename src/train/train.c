@@ -444,6 +444,13 @@ static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
   dpm_dataset hdr;
   failed = dpm_dataset_probe(cfg->data_train, "train", &hdr, err) != 0;
   if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", thdr, err) != 0;
+  /* token datasets (issue 15) are for GPT models, which this command does not build yet */
+  if (!failed && (hdr.kind == DPM_DATA_TOKENS || thdr->kind == DPM_DATA_TOKENS))
+    failed = 1, dpm_err(err, "%s: holds token data (kind = tokens, context %d, vocab %d); the [model] layers of %s "
+                        "take images or feature vectors: token datasets need a GPT model, not available yet",
+                        hdr.kind == DPM_DATA_TOKENS ? cfg->data_train : cfg->data_test,
+                        hdr.kind == DPM_DATA_TOKENS ? hdr.T : thdr->T, hdr.kind == DPM_DATA_TOKENS ? hdr.vocab : thdr->vocab,
+                        cfg->path);
   if (!failed && (thdr->C != hdr.C || thdr->H != hdr.H || thdr->W != hdr.W || thdr->num_classes != hdr.num_classes))
     failed = 1, dpm_err(err, "%s: /test has shape %dx%dx%d with %d classes but %s /train has %dx%dx%d with %d",
                         cfg->data_test, thdr->C, thdr->H, thdr->W, thdr->num_classes, cfg->data_train, hdr.C, hdr.H,

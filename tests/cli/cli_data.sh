@@ -112,7 +112,7 @@ for np in 1 2; do
   expect_usage_error "$np" "unknown option --bogus" data convert --bogus
   expect_usage_error "$np" "--out" data convert "${idx_args[@]}"
   expect_usage_error "$np" "--from" data convert --out "$tmp/x.h5"
-  expect_usage_error "$np" "--from must be idx or csv, not 'png'" data convert --from png --out "$tmp/x.h5"
+  expect_usage_error "$np" "--from must be idx, csv, text or tokens, not 'png'" data convert --from png --out "$tmp/x.h5"
   expect_usage_error "$np" "--test-labels" data convert --from idx --train-images a --train-labels b --test-images c --out "$tmp/x.h5"
   expect_usage_error "$np" "--train is for --from csv" data convert "${idx_args[@]}" --train a --out "$tmp/x.h5"
   expect_usage_error "$np" "needs a value" data convert --out
