@@ -58,16 +58,9 @@ static int get_ranges(hid_t obj, const char *name, int64_t step, int64_t **r, in
 
 /* ---- layers ----------------------------------------------------------------------------------- */
 
-/* The datasets of layer i: "weight" and "bias" (groupnorm: gamma, beta) in group base/layer_III. */
+/* The datasets of layer i, one per tensor of its dpm_layer_info ("weight" and "bias", groupnorm gamma and beta,
+ * the GPT kinds' Hugging Face names) in group base/layer_III. */
 static void layer_group(char *buf, size_t len, const char *base, int i) { snprintf(buf, len, "%s/layer_%03d", base, i + 1); }
-
-static void weight_shape(const dpm_layer_info *in, int *rank, hsize_t *dims) {
-  *rank = in->wrank > 0 ? in->wrank : 1;
-  if (in->wrank > 0)
-    for (int k = 0; k < in->wrank; k++) dims[k] = (hsize_t)in->wdims[k];
-  else
-    dims[0] = (hsize_t)in->weights;
-}
 
 /* Create (write = 1) or open the datasets of every layer with parameters under base, and write or read
  * this rank's ones collectively. slab: the stage's slab (NULL: only take part). */
@@ -87,14 +80,13 @@ static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, floa
       rc = dpm_err(err, "%s: missing", grp);
       break;
     }
-    for (int part = 0; part < 2 && rc == 0; part++) {
-      size_t count = part ? in->biases : in->weights;
-      if (count == 0) continue;
-      int r;
+    for (int part = 0; part < in->n_tensors && rc == 0; part++) {
+      const dpm_tensor_info *ti = &in->tensors[part]; /* the kind's names: weight/bias, gamma/beta, HF names */
+      size_t count = ti->size;
+      int r = ti->rank;
       hsize_t dims[4];
-      if (part) r = 1, dims[0] = (hsize_t)count;
-      else weight_shape(in, &r, dims);
-      const char *name = in->names[part]; /* the kind's names: weight/bias, gamma/beta */
+      for (int k = 0; k < r; k++) dims[k] = (hsize_t)ti->dims[k];
+      const char *name = ti->name;
       hid_t d;
       if (write) {
         hid_t sp = H5Screate_simple(r, dims, NULL), dcpl = dpm_h5_checked_dcpl(r, dims, sizeof(float));
@@ -117,7 +109,7 @@ static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, floa
         hid_t ms = H5Screate_simple(r, dims, NULL);
         const int act = mine && slab && (write ? m->writer : 1);
         if (!act) H5Sselect_none(fs), H5Sselect_none(ms);
-        float *p = act ? slab + off + (part ? in->weights : 0) : NULL;
+        float *p = act ? slab + off + ti->off : NULL;
         herr_t st = write ? H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, dxpl, p) : H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, dxpl, p);
         if (st < 0)
           rc = dpm_err(err, "%s/%s: cannot %s%s", grp, name, write ? "write" : "read",

@@ -29,7 +29,8 @@ static const key_def KEYS[] = {
   {"model", "layers", K_STR, OFF(model_layers), NULL, NULL,
    "Layer list, ';' or newline separated: dense out=N | conv out=N kernel=K [stride=S pad=P] | "
    "maxpool kernel=K [stride=S] | avgpool kernel=K [stride=S] | relu | tanh | groupnorm groups=G | flatten. "
-   "The last layer must output one value per class. Required."},
+   "The last layer must output one value per class. GPT on token data: embed vocab=V context=T width=C; "
+   "block heads=H (repeated); lm_head [tied=1|0] (tied needs one pipeline stage). Required."},
   {"train", "epochs", K_POS_NUM, OFF(epochs), NULL, NULL,
    "Training length in epochs (expected passes over the data: steps = round(epochs * N / batch_size)). "
    "Give this or train.steps."},

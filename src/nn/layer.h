@@ -1,6 +1,7 @@
 /* dpmpi nn/layer (internal): what a layer kind implements, and the model internals the kinds share.
  *
- * A layer kind is one file of src/nn/ (dense.c, conv.c, pool.c, activation.c, groupnorm.c, flatten.c)
+ * A layer kind is one file of src/nn/ (dense.c, conv.c, pool.c, activation.c, groupnorm.c, flatten.c, and
+ * the GPT kinds embed.c, block.c, lm_head.c over the sequence kernels of nn/seq.h)
  * holding its kernels and one dpm_layer_ops table; model.c dispatches through the table and knows no
  * kind. Adding a kind: a new file, its enum value in dpmpi/nn/model.h and its row in model.c's table
  * (a static assertion fails until the table has as many rows as the enum has kinds).
@@ -32,6 +33,7 @@ typedef struct {
   int required;
   int stride_is_kernel;      /* the stride defaults to the kernel (pooling) rather than 1 */
   int aliases_input;         /* out and dout are the previous layer's (flatten): no buffers, no work */
+  int seq_loss;              /* the kind ends a model with the masked sequence cross-entropy (lm_head) */
   /* shapes from l->C, H, W and the spec: OC, OH, OW, wsize, bsize (and kind fields); -1 with err on a
      spec that does not fit (num: the layer's number for messages) */
   int (*shape)(layer *l, int max_batch, int num, char *err);
@@ -72,6 +74,8 @@ struct layer {
   int gsq_ready;
   float *xhat, *rstd; /* groupnorm */
   int32_t *argmax;    /* maxpool */
+  int global;         /* the layer's number in the whole model (0-based): GPT tensor names */
+  void *ks;           /* GPT kinds: their buffers (embed.c, block.c, lm_head.c), carved in the arena */
 };
 
 struct dpm_model {
@@ -86,7 +90,11 @@ struct dpm_model {
   float *x, *dx, *probs, *scratch;
   double *ghost;     /* conv ghost norms: Gram matrices and the example's rows in double */
   float *row;        /* clipped sums of extreme examples: one example's rescaled rows */
-  int32_t *y;
+  int32_t *y;         /* B x label_n */
+  int label_n;        /* labels per example: 1 (class) or T (sequence targets) */
+  int pad_id;         /* sequence loss: masked target id (-1: none) */
+  double *exloss;     /* sequence loss: each example's mean loss of the last forward */
+  double tok_loss, ntok; /* the last forward's token-summed loss and unmasked targets */
   int B, have_labels, backward_done, input_grad;
   int layer0;        /* global number of the first layer (pipeline stages): initialization and describe */
   int has_loss;      /* 0: a pipeline stage before the last: no loss, the output gradient comes from outside */
@@ -94,7 +102,7 @@ struct dpm_model {
 };
 
 extern const dpm_layer_ops dpm_ops_dense, dpm_ops_conv, dpm_ops_maxpool, dpm_ops_avgpool, dpm_ops_relu,
-    dpm_ops_tanh, dpm_ops_groupnorm, dpm_ops_flatten;
+    dpm_ops_tanh, dpm_ops_groupnorm, dpm_ops_flatten, dpm_ops_embed, dpm_ops_block, dpm_ops_lm_head;
 
 /* Shared pieces of the kinds (model.c). */
 /* PyTorch's default: weights and biases uniform +-1/sqrt(fan_in), deterministic in (key, layer_num). */

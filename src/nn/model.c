@@ -9,6 +9,7 @@
  * groupnorm keeps its tiny per-example gradients always. With sqnorms == NULL and coef == NULL only the
  * non-private work is done. */
 #include "nn/layer.h"
+#include "nn/seq.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -24,7 +25,8 @@
 static const dpm_layer_ops *const OPS[] = {
     [DPM_LAYER_DENSE] = &dpm_ops_dense,       [DPM_LAYER_CONV2D] = &dpm_ops_conv,  [DPM_LAYER_MAXPOOL] = &dpm_ops_maxpool,
     [DPM_LAYER_AVGPOOL] = &dpm_ops_avgpool,   [DPM_LAYER_RELU] = &dpm_ops_relu,    [DPM_LAYER_TANH] = &dpm_ops_tanh,
-    [DPM_LAYER_GROUPNORM] = &dpm_ops_groupnorm, [DPM_LAYER_FLATTEN] = &dpm_ops_flatten};
+    [DPM_LAYER_GROUPNORM] = &dpm_ops_groupnorm, [DPM_LAYER_FLATTEN] = &dpm_ops_flatten,
+    [DPM_LAYER_EMBED] = &dpm_ops_embed,       [DPM_LAYER_BLOCK] = &dpm_ops_block,  [DPM_LAYER_LM_HEAD] = &dpm_ops_lm_head};
 _Static_assert(sizeof OPS / sizeof OPS[0] == DPM_LAYER_COUNT, "every layer kind needs its row in OPS");
 
 /* ---- parsing ---------------------------------------------------------------------------------- */
@@ -42,16 +44,20 @@ static const char *kind_keys(dpm_layer_kind k, int *required) {
   return OPS[k]->keys;
 }
 
-static const char *const all_keys[] = {"out", "kernel", "stride", "pad", "groups", "bias"};
+static const char *const all_keys[] = {"out", "kernel", "stride", "pad", "groups", "bias",
+                                       "vocab", "context", "width", "heads", "tied"};
+#define N_KEYS ((int)(sizeof all_keys / sizeof all_keys[0]))
 
 static int key_index(const char *key) {
-  for (int k = 0; k < 6; k++)
+  for (int k = 0; k < N_KEYS; k++)
     if (!strcmp(key, all_keys[k])) return k;
   return -1;
 }
 
 static int *spec_field(dpm_layer_spec *s, int k) {
-  int *fields[] = {&s->out, &s->kernel, &s->stride, &s->pad, &s->groups, &s->bias};
+  int *fields[] = {&s->out,   &s->kernel,  &s->stride, &s->pad,   &s->groups, &s->bias,
+                   &s->vocab, &s->context, &s->width,  &s->heads, &s->tied};
+  _Static_assert(sizeof fields / sizeof fields[0] == N_KEYS, "one field per key");
   return fields[k];
 }
 
@@ -82,6 +88,7 @@ static int parse_layer(char **words, int nw, int num, dpm_layer_spec *s, char *e
   s->kind = (dpm_layer_kind)k;
   s->stride = -1;
   s->bias = 1;
+  s->tied = 1;
   const char *name = kind_name(s->kind);
   int required;
   const char *keys = kind_keys(s->kind, &required);
@@ -102,7 +109,7 @@ static int parse_layer(char **words, int nw, int num, dpm_layer_spec *s, char *e
     seen |= bit;
     char *end = NULL;
     long v = strtol(val, &end, 10);
-    int is_pad = !strcmp(key, "pad"), is_bias = !strcmp(key, "bias");
+    int is_pad = !strcmp(key, "pad"), is_bias = !strcmp(key, "bias") || !strcmp(key, "tied");
     int ok = *val && end && *end == '\0' && v <= (1L << 24) &&
              (is_bias ? (v == 0 || v == 1) : is_pad ? v >= 0 : v >= 1);
     if (!ok)
@@ -157,6 +164,28 @@ int dpm_model_parse(const char *text, dpm_layer_spec **specs, int *n, char err[D
   dpm_free(words);
   dpm_free(buf);
   if (rc == 0 && count == 0) rc = dpm_err(err, "no layers given (expected e.g. \"dense out=10\")");
+  /* GPT lists: embed first, then blocks, then lm_head last; lm_head's vocabulary is the embed's */
+  int blocks = 0, embed = -1;
+  for (int i = 0; i < count && rc == 0; i++) {
+    const dpm_layer_kind k = out[i].kind;
+    blocks += k == DPM_LAYER_BLOCK;
+    if (k == DPM_LAYER_EMBED && i != 0) rc = dpm_err(err, "layer %d (embed): must be the first layer", i + 1);
+    if (k == DPM_LAYER_EMBED) embed = i;
+    if (k == DPM_LAYER_LM_HEAD && i != count - 1) rc = dpm_err(err, "layer %d (lm_head): must be the last layer", i + 1);
+    if (k == DPM_LAYER_BLOCK && embed < 0) rc = dpm_err(err, "layer %d (block): needs an embed layer before it", i + 1);
+    if (k == DPM_LAYER_LM_HEAD && embed < 0) rc = dpm_err(err, "layer %d (lm_head): needs an embed layer first", i + 1);
+    if (k == DPM_LAYER_LM_HEAD && embed >= 0 && out[i].vocab == 0) out[i].vocab = out[embed].vocab;
+    if (k == DPM_LAYER_LM_HEAD && embed >= 0 && out[i].vocab != out[embed].vocab)
+      rc = dpm_err(err, "layer %d (lm_head): vocab=%d differs from the embed layer's vocab=%d", i + 1, out[i].vocab,
+                   out[embed].vocab);
+    if (embed >= 0 && rc == 0 && k != DPM_LAYER_EMBED && k != DPM_LAYER_BLOCK && k != DPM_LAYER_LM_HEAD)
+      rc = dpm_err(err, "layer %d (%s): a GPT layer list holds embed, block and lm_head layers only", i + 1,
+                   kind_name(k));
+  }
+  for (int i = 0; i < count; i++)
+    if (out[i].kind == DPM_LAYER_BLOCK) out[i].blocks = blocks;
+  if (rc == 0 && embed >= 0 && out[count - 1].kind != DPM_LAYER_LM_HEAD)
+    rc = dpm_err(err, "layer %d: a GPT layer list ends with lm_head", count);
   if (rc) {
     dpm_free(out);
     return -1;
@@ -180,7 +209,8 @@ static size_t layout(dpm_model *m, char *base) {
   const size_t B = p.B, F = sizeof(float);
   m->x = dpm_plan_carve(&p, B * m->in_n * F);
   m->dx = dpm_plan_carve(&p, B * m->in_n * F);
-  m->y = dpm_plan_carve(&p, B * sizeof(int32_t));
+  m->y = dpm_plan_carve(&p, B * (size_t)m->label_n * sizeof(int32_t));
+  m->exloss = dpm_plan_carve(&p, B * sizeof(double));
   for (int i = 0; i < m->n; i++) {
     layer *l = &m->L[i];
     if (l->ops->aliases_input) {
@@ -232,6 +262,8 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
   m->has_loss = n_classes > 0;
   m->params_owned = 1;
   m->in_n = (size_t)C * H * W;
+  m->label_n = 1;
+  m->pad_id = -1;
   m->group_layer = dpm_malloc(sizeof(int) * (size_t)n);
   m->first_param = -1;
   int c = C, h = H, w = W;
@@ -242,6 +274,7 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
     l->C = c, l->H = h, l->W = w;
     l->in_n = (size_t)c * h * w;
     l->group = -1;
+    l->global = i;
     l->ops = OPS[l->s.kind];
     const char *name = l->ops->name;
     if (l->ops->shape(l, max_batch, i + 1, err)) goto fail;
@@ -259,9 +292,22 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
     }
     c = l->OC, h = l->OH, w = l->OW;
   }
-  if (m->has_loss && m->L[n - 1].out_n != (size_t)n_classes) {
+  if (m->has_loss && m->L[n - 1].ops->seq_loss) { /* lm_head: T x vocab logits, T targets per example */
+    m->label_n = m->L[n - 1].OC;
+    if (m->L[n - 1].OW != n_classes) {
+      dpm_err(err, "layer %d (%s): vocabulary %d but the data has vocabulary %d", n, kind_name(m->L[n - 1].s.kind),
+              m->L[n - 1].OW, n_classes);
+      goto fail;
+    }
+  } else if (m->has_loss && m->L[n - 1].out_n != (size_t)n_classes) {
     dpm_err(err, "layer %d (%s): outputs %zu values but the data has %d classes", n,
             kind_name(m->L[n - 1].s.kind), m->L[n - 1].out_n, n_classes);
+    goto fail;
+  }
+  const layer *lh = &m->L[n - 1];
+  if (lh->ops->seq_loss && lh->s.tied && m->L[0].ops != &dpm_ops_embed) {
+    dpm_err(err, "layer %d (lm_head): tied=1 uses the embed layer's wte, which is on another pipeline stage: "
+            "use tied=0 (an lm_head.weight of its own) on a pipeline, or one stage", m->layer0 + n);
     goto fail;
   }
   /* explicit conv gradients when cheaper and the kept rows fit the memory cap */
@@ -375,10 +421,19 @@ dpm_model *dpm_model_clone_shared(dpm_model *owner) {
   m->params = owner->params;
   m->grads = owner->grads;
   m->params_owned = 0;
+  m->pad_id = owner->pad_id;
   return m;
 }
 
-void dpm_model_set_first_layer(dpm_model *m, int layer0) { m->layer0 = layer0; }
+void dpm_model_set_first_layer(dpm_model *m, int layer0) {
+  m->layer0 = layer0;
+  for (int i = 0; i < m->n; i++) m->L[i].global = layer0 + i;
+}
+int dpm_model_label_size(const dpm_model *m) { return m->label_n; }
+void dpm_model_set_pad_id(dpm_model *m, int pad_id) { m->pad_id = pad_id; }
+void dpm_model_token_stats(const dpm_model *m, double *token_loss, double *tokens) {
+  *token_loss = m->tok_loss, *tokens = m->ntok;
+}
 size_t dpm_model_input_size(const dpm_model *m) { return m->in_n; }
 size_t dpm_model_output_size(const dpm_model *m) { return m->L[m->n - 1].out_n; }
 const float *dpm_model_output(const dpm_model *m) { return m->L[m->n - 1].out; }
@@ -392,7 +447,20 @@ void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info) {
   info->wrank = 0;
   info->names[0] = info->names[1] = NULL;
   info->cost = 0;
+  info->n_tensors = 0;
   l->ops->info(l, info);
+  if (info->n_tensors == 0 && info->params > 0) { /* the weight, then the bias, under the kind's names */
+    for (int part = 0; part < 2; part++) {
+      const size_t count = part ? l->bsize : l->wsize;
+      if (count == 0) continue;
+      dpm_tensor_info *t = &info->tensors[info->n_tensors++];
+      snprintf(t->name, sizeof t->name, "%s", info->names[part]);
+      t->off = part ? l->wsize : 0, t->size = count;
+      t->rank = part || info->wrank == 0 ? 1 : info->wrank;
+      if (t->rank == 1) t->dims[0] = (int)count;
+      else memcpy(t->dims, info->wdims, sizeof t->dims);
+    }
+  }
 }
 const float *dpm_model_input_grad(const dpm_model *m) { return m->dx; }
 
@@ -426,6 +494,46 @@ void dpm_model_init_params(dpm_model *m, const dpm_key *key) {
 
 /* ---- forward / backward / accumulate ---------------------------------------------------------- */
 
+/* The two losses: class cross-entropy (y [B], dpm_softmax_xent_*) and the masked sequence cross-entropy of a
+ * model ending with lm_head (y [B, T] next-token targets, pad_id masked; loss_i the mean over example i's
+ * unmasked targets, dpm_seq_xent_*). n_correct counts unmasked targets that are the argmax. */
+static double seq_loss_forward(dpm_model *m, const float *logits, const int32_t *y, int B, int *n_correct) {
+  const int T = m->label_n, V = m->n_classes;
+  if (!y) {
+    if (n_correct) *n_correct = 0;
+    return 0.0;
+  }
+  int correct = 0;
+  for (int i = 0; i < B; i++) {
+    int n_i = 0;
+    for (int t = 0; t < T; t++) {
+      const size_t r = (size_t)i * T + t;
+      const int32_t v = y[r];
+      if (v == m->pad_id) { /* masked (pad_id -1: none, targets are >= 0) */
+        m->y[r] = v;
+        continue;
+      }
+      if (v < 0 || v >= V) dpm_fatal("target %d of example %d position %d is outside [0, %d)", v, i, t, V);
+      m->y[r] = v;
+      n_i++;
+      const float *z = logits + r * V;
+      int best = 0;
+      for (int k = 1; k < V; k++)
+        if (z[k] > z[best]) best = k;
+      correct += best == v;
+    }
+    m->ntok += n_i;
+  }
+  const double sum = dpm_seq_xent_forward(m->probs, m->exloss, logits, m->y, m->pad_id, B, T, V);
+  for (int i = 0; i < B; i++) {
+    int n_i = 0;
+    for (int t = 0; t < T; t++) n_i += m->y[(size_t)i * T + t] != m->pad_id;
+    m->tok_loss += m->exloss[i] * n_i;
+  }
+  if (n_correct) *n_correct = correct;
+  return sum;
+}
+
 double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, int *n_correct) {
   DPM_ASSERT(B >= 1 && B <= m->max_batch);
   m->B = B;
@@ -439,6 +547,8 @@ double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, 
   }
   const float *logits = m->L[m->n - 1].out;
   m->have_labels = y != NULL;
+  m->tok_loss = 0, m->ntok = 0;
+  if (m->has_loss && m->label_n > 1) return seq_loss_forward(m, logits, y, B, n_correct);
   if (!m->has_loss) {
     DPM_ASSERT(y == NULL);
     if (n_correct) *n_correct = 0;
@@ -453,14 +563,19 @@ double dpm_model_forward(dpm_model *m, const float *x, const int32_t *y, int B, 
     if (y[i] < 0 || y[i] >= m->n_classes) dpm_fatal("label %d of example %d is outside [0, %d)", y[i], i, m->n_classes);
     m->y[i] = y[i];
   }
-  return dpm_softmax_xent_forward(m->probs, logits, m->y, B, m->n_classes, n_correct);
+  const double loss = dpm_softmax_xent_forward(m->probs, logits, m->y, B, m->n_classes, n_correct);
+  m->tok_loss = loss, m->ntok = B;
+  return loss;
 }
 
 static void backward_layers(dpm_model *m, double *sqnorms);
 
 void dpm_model_backward(dpm_model *m, double *sqnorms) {
   DPM_ASSERT(m->has_loss && m->have_labels);
-  dpm_softmax_xent_backward(m->L[m->n - 1].dout, m->probs, m->y, m->B, m->n_classes);
+  if (m->label_n > 1)
+    dpm_seq_xent_backward(m->L[m->n - 1].dout, m->probs, m->y, m->pad_id, m->B, m->label_n, m->n_classes);
+  else
+    dpm_softmax_xent_backward(m->L[m->n - 1].dout, m->probs, m->y, m->B, m->n_classes);
   backward_layers(m, sqnorms);
 }
 

@@ -43,12 +43,14 @@ double trainer_epsilon_after_run(trainer *tr) {
   return eps;
 }
 
-/* Test accuracy and mean loss over the whole test split (each rank its shard). */
+/* Test accuracy and mean loss over the whole test split (each rank its shard); token data: per target token
+ * (token-weighted: exp(loss) is the test perplexity) and next-token accuracy. */
 void trainer_evaluate(trainer *tr, double *accuracy, double *loss) {
   dpm_step_stats sums;
   dpm_step_eval(&tr->step, &tr->test, &sums);
-  *loss = sums.loss / sums.examples;
-  *accuracy = sums.correct / sums.examples;
+  const double n = tr->tokens ? sums.tokens : sums.examples;
+  *loss = (tr->tokens ? sums.token_loss : sums.loss) / n;
+  *accuracy = sums.correct / n;
 }
 
 void trainer_print_header(trainer *tr) {
@@ -134,12 +136,14 @@ void trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_
   double eps = trainer_epsilon_now(tr);
   if (tr->rank != 0) return;
   const char *acct = dpm_accountant_name(tr->acct);
+  char ppl[48] = "", pplj[32] = "null";
+  if (tr->tokens) snprintf(ppl, sizeof ppl, "  test perplexity %.3f", exp(loss)), snprintf(pplj, sizeof pplj, "%.6f", exp(loss));
   if (tr->dp)
-    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  epsilon %.4f (delta %g, %s)%s\n",
-           (long long)step, epoch, 100 * acc, loss, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
+    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f%s  epsilon %.4f (delta %g, %s)%s\n",
+           (long long)step, epoch, 100 * acc, loss, ppl, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
   else
-    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f  (non-private)\n", (long long)step,
-           epoch, 100 * acc, loss);
+    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f%s  (non-private)\n", (long long)step,
+           epoch, 100 * acc, loss, ppl);
   fflush(stdout);
   if (tr->metrics) {
     char epsbuf[32];
@@ -148,11 +152,11 @@ void trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_
             "{\"step\": %lld, \"epoch\": %.4f, \"epsilon\": %s, \"delta\": %g, \"accountant\": \"%s\", "
             "\"test_accuracy\": %.6f, \"test_loss\": %.6f, \"examples_per_second\": %.1f, \"private\": %s, "
             "\"noise_multiplier\": %.6g, \"sampling_rate\": %.8g, \"clip\": %g, \"clipping\": \"%s\", "
-            "\"reproducible\": %s, \"private_stats\": %s}\n",
+            "\"reproducible\": %s, \"private_stats\": %s, \"test_perplexity\": %s}\n",
             (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, loss, ex_per_s,
             tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
             tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->any_seeded ? "true" : "false",
-            tr->cfg.private_stats ? "true" : "false");
+            tr->cfg.private_stats ? "true" : "false", pplj);
     fflush(tr->metrics);
   }
 }
@@ -178,7 +182,7 @@ void trainer_report_progress(trainer *tr, loop_state *ls, int64_t done, double l
     if (cfg->private_stats)
       printf("step %*lld/%lld  epoch %.2f  loss %.4f  train acc %.3f  clipped %3.0f%%  lr %.4g  ex/s %.0f  %s  ETA %s%s\n",
              w, (long long)done, (long long)tr->steps, (double)done / tr->steps_per_epoch, win->loss / n,
-             win->correct / n, 100 * win->clipped / (n * (G > 0 ? G : 1)), lr, ls->examples_total / ls->t_train,
+             win->correct / (tr->tokens ? (win->tokens > 0 ? win->tokens : 1) : n), 100 * win->clipped / (n * (G > 0 ? G : 1)), lr, ls->examples_total / ls->t_train,
              epsbuf, eta, tr->any_seeded ? "  [seeded]" : "");
     else /* DP-safe values only: no statistic of a private batch, its realized size included */
       printf("step %*lld/%lld  epoch %.2f  lr %.4g  ex/s %.0f (expected batch)  %s  ETA %s  elapsed %.0fs%s\n", w,

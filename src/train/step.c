@@ -55,7 +55,8 @@ void dpm_step_init(dpm_step *s) {
   s->norms = s->two_pass ? dpm_malloc(sizeof(double) * (shard + 1)) : NULL;
   s->xb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_input_size(m));
   s->doutb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_output_size(m));
-  s->yb = dpm_malloc(sizeof(int32_t) * PB);
+  s->label_n = (size_t)dpm_model_label_size(m);
+  s->yb = dpm_malloc(sizeof(int32_t) * PB * s->label_n);
   s->counts = dpm_malloc(sizeof(int) * (size_t)s->size);
   s->gx = s->sendx = NULL;
   s->gy = s->sendy = NULL;
@@ -116,7 +117,10 @@ static int64_t mb_row(const walk *w, int64_t j) { return (w->rows ? w->rows[j] :
 static const float *ex_x(const walk *w, int64_t j, size_t in_n) {
   return j < w->nkeep ? w->d->x + (size_t)mb_row(w, j) * in_n : w->gx + (size_t)(j - w->nkeep) * in_n;
 }
-static int32_t ex_y(const walk *w, int64_t j) { return j < w->nkeep ? w->d->y[mb_row(w, j)] : w->gy[j - w->nkeep]; }
+/* Labels of example j (n: 1 class, or T sequence targets). */
+static const int32_t *ex_y(const walk *w, int64_t j, size_t n) {
+  return j < w->nkeep ? w->d->y + (size_t)mb_row(w, j) * n : w->gy + (size_t)(j - w->nkeep) * n;
+}
 
 static void forward_mb(dpm_step *s, const walk *w, int64_t k) {
   const int c = (int)(k % s->nctx), B = mb_size(w, k);
@@ -132,10 +136,11 @@ static void forward_mb(dpm_step *s, const walk *w, int64_t k) {
                            MPI_STATUS_IGNORE));
   }
   if (s->stage == s->stages - 1) {
-    for (int i = 0; i < B; i++) s->yb[i] = ex_y(w, off + i);
+    for (int i = 0; i < B; i++) memcpy(s->yb + (size_t)i * s->label_n, ex_y(w, off + i, s->label_n), sizeof(int32_t) * s->label_n);
     int correct = 0;
-    double loss = dpm_model_forward(m, s->xb, s->yb, B, &correct);
-    if (w->pass == PASS_ACCUMULATE) s->acc.loss += loss, s->acc.correct += correct;
+    double loss = dpm_model_forward(m, s->xb, s->yb, B, &correct), tl, nt;
+    dpm_model_token_stats(m, &tl, &nt);
+    if (w->pass == PASS_ACCUMULATE) s->acc.loss += loss, s->acc.correct += correct, s->acc.token_loss += tl, s->acc.tokens += nt;
   } else {
     dpm_model_forward(m, s->xb, NULL, B, NULL);
     DPM_MPI_CHECK(MPI_Isend(dpm_model_output(m), (int)((size_t)B * dpm_model_output_size(m)), MPI_FLOAT,
@@ -206,11 +211,13 @@ static void grid_sum(dpm_step *s, double *v, int n) {
   if (s->stages > 1) DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, v, n, MPI_DOUBLE, MPI_SUM, s->pipe));
 }
 
-/* *out = a summed over the whole grid: the first n of (loss, examples, correct, clipped), reduced as doubles. */
-static void grid_sum_stats(dpm_step *s, dpm_step_stats a, int n, dpm_step_stats *out) {
-  double v[4] = {a.loss, a.examples, a.correct, a.clipped};
-  grid_sum(s, v, n);
-  *out = (dpm_step_stats){.loss = v[0], .examples = v[1], .correct = v[2], .clipped = n > 3 ? v[3] : 0};
+/* *out = a summed over the whole grid: (loss, examples, correct, token_loss, tokens) and with clipped (1) the
+ * clipped count, reduced as doubles. */
+static void grid_sum_stats(dpm_step *s, dpm_step_stats a, int clipped, dpm_step_stats *out) {
+  double v[6] = {a.loss, a.examples, a.correct, a.token_loss, a.tokens, a.clipped};
+  grid_sum(s, v, clipped ? 6 : 5);
+  *out = (dpm_step_stats){.loss = v[0], .examples = v[1], .correct = v[2], .token_loss = v[3], .tokens = v[4],
+                          .clipped = clipped ? v[5] : 0};
 }
 
 /* Rebalance this step's sample over the replicas (see dpmpi/train/step.h): every rank of every stage agrees
@@ -238,7 +245,7 @@ static void rebalance(dpm_step *s) {
     dpm_free(s->gx);
     dpm_free(s->gy);
     s->gx = has_x ? dpm_malloc(sizeof(float) * (size_t)s->guest_cap * in_n) : NULL;
-    s->gy = dpm_malloc(sizeof(int32_t) * (size_t)s->guest_cap);
+    s->gy = dpm_malloc(sizeof(int32_t) * (size_t)s->guest_cap * s->label_n);
   }
   if (excess > 0) {
     if (excess > s->send_cap) {
@@ -246,12 +253,12 @@ static void rebalance(dpm_step *s) {
       dpm_free(s->sendx);
       dpm_free(s->sendy);
       s->sendx = has_x ? dpm_malloc(sizeof(float) * (size_t)s->send_cap * in_n) : NULL;
-      s->sendy = dpm_malloc(sizeof(int32_t) * (size_t)s->send_cap);
+      s->sendy = dpm_malloc(sizeof(int32_t) * (size_t)s->send_cap * s->label_n);
     }
     for (int64_t k = 0; k < excess; k++) {
       const int64_t row = s->sel[s->nkeep + k] - s->data->begin;
       if (has_x) memcpy(s->sendx + (size_t)k * in_n, s->data->x + (size_t)row * in_n, sizeof(float) * in_n);
-      s->sendy[k] = s->data->y[row];
+      memcpy(s->sendy + (size_t)k * s->label_n, s->data->y + (size_t)row * s->label_n, sizeof(int32_t) * s->label_n);
     }
   }
   /* the plan: donor i and receiver j, each pair at most once; post my sends and receives */
@@ -273,12 +280,14 @@ static void rebalance(dpm_step *s) {
         if (has_x)
           DPM_MPI_CHECK(MPI_Isend(s->sendx + (size_t)i_done * in_n, (int)((size_t)amt * in_n), MPI_FLOAT, peer,
                                   TAG_MOVE_X, s->comm, &s->xreq[nreq++]));
-        DPM_MPI_CHECK(MPI_Isend(s->sendy + i_done, (int)amt, MPI_INT32_T, peer, TAG_MOVE_Y, s->comm, &s->xreq[nreq++]));
+        DPM_MPI_CHECK(MPI_Isend(s->sendy + (size_t)i_done * s->label_n, (int)((size_t)amt * s->label_n), MPI_INT32_T, peer,
+                                TAG_MOVE_Y, s->comm, &s->xreq[nreq++]));
       } else {
         if (has_x)
           DPM_MPI_CHECK(MPI_Irecv(s->gx + (size_t)j_done * in_n, (int)((size_t)amt * in_n), MPI_FLOAT, peer,
                                   TAG_MOVE_X, s->comm, &s->xreq[nreq++]));
-        DPM_MPI_CHECK(MPI_Irecv(s->gy + j_done, (int)amt, MPI_INT32_T, peer, TAG_MOVE_Y, s->comm, &s->xreq[nreq++]));
+        DPM_MPI_CHECK(MPI_Irecv(s->gy + (size_t)j_done * s->label_n, (int)((size_t)amt * s->label_n), MPI_INT32_T, peer,
+                                TAG_MOVE_Y, s->comm, &s->xreq[nreq++]));
       }
     }
     i_done += amt;
@@ -325,7 +334,7 @@ void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
   }
   s->time_allreduce += dpm_time() - t0;
   s->acc.examples = s->stage == 0 ? (double)s->nwalk : 0;
-  grid_sum_stats(s, s->acc, 4, stats);
+  grid_sum_stats(s, s->acc, 1, stats);
 }
 
 void dpm_step_eval(dpm_step *s, const dpm_dataset *d, dpm_step_stats *sums) {
@@ -334,5 +343,5 @@ void dpm_step_eval(dpm_step *s, const dpm_dataset *d, dpm_step_stats *sums) {
             .train = 0};
   run_pipeline(s, &w);
   s->acc.examples = s->stage == 0 ? (double)w.n : 0;
-  grid_sum_stats(s, s->acc, 3, sums); /* clipped is 0 here: not reduced */
+  grid_sum_stats(s, s->acc, 0, sums); /* clipped is 0 here: not reduced */
 }

@@ -234,6 +234,7 @@ static void add_stats(loop_state *ls, const dpm_step_stats *s) {
   ls->examples_total += s->examples;
   ls->win.loss += s->loss, ls->win.examples += s->examples, ls->win.correct += s->correct;
   ls->win.clipped += s->clipped;
+  ls->win.tokens += s->tokens, ls->win.token_loss += s->token_loss;
 }
 
 /* The throughput of the progress and evaluation lines: of the realized batches with output.private_stats,
@@ -295,6 +296,31 @@ static int train_loop(trainer *tr) {
 
 /* The whole model is built once (small batch) to check shapes and cost its layers; this rank keeps its
  * stage's layers only. */
+/* 1 if the layer list is a GPT (starts with an embed layer); a list that does not parse is not (build_model
+ * reports it). */
+static int model_is_gpt(const char *layers) {
+  dpm_layer_spec *specs = NULL;
+  int n = 0, gpt = 0;
+  char err[DPM_ERRLEN];
+  if (layers && dpm_model_parse(layers, &specs, &n, err) == 0) gpt = specs[0].kind == DPM_LAYER_EMBED;
+  dpm_free(specs);
+  return gpt;
+}
+
+/* Token rows (T + 1 ids) as the model's inputs and labels: x = the first T ids as floats (exact), y = the
+ * last T (next-token targets). tok stays (the digest). */
+static void token_view(dpm_dataset *d) {
+  const int64_t n = d->tok ? d->end - d->begin : 0;
+  const size_t T = (size_t)d->T;
+  d->x = dpm_malloc_aligned(sizeof(float) * (size_t)(n ? n : 1) * T);
+  d->y = dpm_malloc(sizeof(int32_t) * (size_t)(n ? n : 1) * T);
+  for (int64_t i = 0; i < n; i++)
+    for (size_t t = 0; t < T; t++) {
+      d->x[(size_t)i * T + t] = (float)d->tok[(size_t)i * (T + 1) + t];
+      d->y[(size_t)i * T + t] = d->tok[(size_t)i * (T + 1) + t + 1];
+    }
+}
+
 static void build_model(trainer *tr, const dpm_dataset *hdr) {
   dpm_config *cfg = &tr->cfg;
   char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
@@ -330,6 +356,7 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
   tr->model = dpm_grid_stage_model(full, specs, first, stage, S, hdr->C, hdr->H, hdr->W, hdr->num_classes,
                                    (int)cfg->physical_batch_size, inner);
   failed = tr->model == NULL;
+  if (tr->model && tr->tokens) dpm_model_set_pad_id(tr->model, hdr->pad_id);
   if (failed) dpm_err(err, "%s: [model] layers (stage %d): %s", cfg->path, stage, inner);
   dpm_exit_if_error(tr->comm, failed, err);
   dpm_model_free(full);
@@ -444,13 +471,28 @@ static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
   dpm_dataset hdr;
   failed = dpm_dataset_probe(cfg->data_train, "train", &hdr, err) != 0;
   if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", thdr, err) != 0;
-  /* token datasets (issue 15) are for GPT models, which this command does not build yet */
-  if (!failed && (hdr.kind == DPM_DATA_TOKENS || thdr->kind == DPM_DATA_TOKENS))
+  /* token datasets go with a GPT model (a layer list starting with embed), labelled data with the others */
+  const int gpt = model_is_gpt(cfg->model_layers);
+  tr->tokens = hdr.kind == DPM_DATA_TOKENS;
+  if (!failed && thdr->kind != hdr.kind)
+    failed = 1, dpm_err(err, "%s holds %s data but %s holds %s data", cfg->data_train, tr->tokens ? "token" : "labelled",
+                        cfg->data_test, tr->tokens ? "labelled" : "token");
+  if (!failed && tr->tokens && !gpt)
     failed = 1, dpm_err(err, "%s: holds token data (kind = tokens, context %d, vocab %d); the [model] layers of %s "
-                        "take images or feature vectors: token datasets need a GPT model, not available yet",
-                        hdr.kind == DPM_DATA_TOKENS ? cfg->data_train : cfg->data_test,
-                        hdr.kind == DPM_DATA_TOKENS ? hdr.T : thdr->T, hdr.kind == DPM_DATA_TOKENS ? hdr.vocab : thdr->vocab,
-                        cfg->path);
+                        "take images or feature vectors: token datasets need a GPT model (model.type = gpt, or layers "
+                        "\"embed ...; block ...; lm_head\")", cfg->data_train, hdr.T, hdr.vocab, cfg->path);
+  if (!failed && !tr->tokens && gpt)
+    failed = 1, dpm_err(err, "%s: [model] is a GPT, which takes token data (dpmpi data convert --from text or --from "
+                        "tokens), but %s holds labelled data", cfg->path, cfg->data_train);
+  if (!failed && tr->tokens && (thdr->T != hdr.T || thdr->vocab != hdr.vocab || thdr->pad_id != hdr.pad_id))
+    failed = 1, dpm_err(err, "%s: /test has context %d, vocab %d, pad_id %d but %s /train has %d, %d, %d", cfg->data_test,
+                        thdr->T, thdr->vocab, thdr->pad_id, cfg->data_train, hdr.T, hdr.vocab, hdr.pad_id);
+  if (!failed && tr->tokens && cfg->pca_components > 0)
+    failed = 1, dpm_err(err, "%s: [pca] components needs feature vectors, not token data", cfg->path);
+  if (!failed && tr->tokens) { /* the model's view: T token ids in, vocab classes per position */
+    hdr.C = hdr.H = 1, hdr.W = hdr.T, hdr.num_classes = hdr.vocab;
+    thdr->C = thdr->H = 1, thdr->W = thdr->T, thdr->num_classes = thdr->vocab;
+  }
   if (!failed && (thdr->C != hdr.C || thdr->H != hdr.H || thdr->W != hdr.W || thdr->num_classes != hdr.num_classes))
     failed = 1, dpm_err(err, "%s: /test has shape %dx%dx%d with %d classes but %s /train has %dx%dx%d with %d",
                         cfg->data_test, thdr->C, thdr->H, thdr->W, thdr->num_classes, cfg->data_train, hdr.C, hdr.H,
@@ -593,6 +635,7 @@ static void load_data(trainer *tr, const train_args *a, const resume_point *rp, 
                         (unsigned long long)digest, (unsigned long long)tr->data_digest);
   dpm_exit_if_error(tr->comm, failed, err);
   tr->data_digest = digest;
+  if (tr->tokens) token_view(&tr->train), token_view(&tr->test);
   if (a->resume && tr->dp) trainer_resume_history(tr, &rp->meta, rp->path, a->resume_branch); /* the same run on the same data */
 }
 

@@ -50,6 +50,7 @@ typedef struct {
   double q, sigma, steps_per_epoch;
   int64_t steps;          /* steps the run will take (after the budget) */
   int dp;
+  int tokens;             /* 1: token data and a GPT (losses and perplexity per target token) */
   dpm_accountant_kind acct;
   dpm_ledger *ledger;
   dpm_key init_key, sample_key, noise_key;

@@ -101,12 +101,16 @@ static void test_kind_table(void) {
   char err[DPM_ERRLEN], text[128];
   for (int k = 0; k < DPM_LAYER_COUNT; k++) {
     const char *name = dpm_layer_kind_name((dpm_layer_kind)k);
-    snprintf(text, sizeof text, "%s%s; flatten; dense out=3", name, keys[k] ? keys[k] : "");
+    /* the GPT kinds live in a GPT list (embed; block; lm_head) over 4 token ids with vocabulary 3 */
+    const int gpt = k == DPM_LAYER_EMBED || k == DPM_LAYER_BLOCK || k == DPM_LAYER_LM_HEAD;
+    const int at = k == DPM_LAYER_BLOCK ? 1 : k == DPM_LAYER_LM_HEAD ? 2 : 0;
+    if (gpt) snprintf(text, sizeof text, "embed vocab=3 context=4 width=4; block heads=2; lm_head");
+    else snprintf(text, sizeof text, "%s%s; flatten; dense out=3", name, keys[k] ? keys[k] : "");
     dpm_layer_spec *s;
     int n;
-    CHECK(dpm_model_parse(text, &s, &n, err) == 0 && n == 3 && s[0].kind == (dpm_layer_kind)k, "kind %d '%s' parses "
+    CHECK(dpm_model_parse(text, &s, &n, err) == 0 && n == 3 && s[at].kind == (dpm_layer_kind)k, "kind %d '%s' parses "
           "back to itself: %s", k, name, err);
-    dpm_model *m = s ? dpm_model_create(s, n, 2, 4, 4, 3, 2, err) : NULL;
+    dpm_model *m = s ? (gpt ? dpm_model_create(s, n, 1, 1, 4, 3, 2, err) : dpm_model_create(s, n, 2, 4, 4, 3, 2, err)) : NULL;
     CHECK(m != NULL, "kind %d '%s' builds: %s", k, name, err);
     dpm_model_free(m);
     dpm_free(s);

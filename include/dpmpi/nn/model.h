@@ -35,6 +35,9 @@ typedef enum {
   DPM_LAYER_TANH,
   DPM_LAYER_GROUPNORM,
   DPM_LAYER_FLATTEN,
+  DPM_LAYER_EMBED,   /* GPT token + position embedding (wte, wpe): token ids in, [T, width] out */
+  DPM_LAYER_BLOCK,   /* GPT pre-LayerNorm transformer block (ln_1, attn, ln_2, mlp: 12 tensors) */
+  DPM_LAYER_LM_HEAD, /* GPT final LayerNorm and LM head (tied to the embed's wte, or its own weight) */
   DPM_LAYER_COUNT /* the number of kinds: src/nn/model.c's ops table has one row each */
 } dpm_layer_kind;
 
@@ -44,6 +47,11 @@ typedef struct {
   int kernel, stride, pad;  /* conv, maxpool, avgpool (pool stride defaults to kernel) */
   int groups;               /* groupnorm: number of channel groups */
   int bias;                 /* dense, conv: 1 = with bias (default) */
+  int vocab, context, width; /* embed: vocabulary, context (wpe rows), width; lm_head: vocab (untied) */
+  int heads;                /* block: attention heads (width % heads == 0) */
+  int tied;                 /* lm_head: 1 = logits h wte^T with the embed's wte (default), 0 = own weight */
+  int blocks;               /* block: blocks in the whole list (set by dpm_model_parse; the residual
+                               projections' initialization scale 0.02 / sqrt(2 blocks)) */
 } dpm_layer_spec;
 
 typedef struct dpm_model dpm_model;
@@ -53,7 +61,10 @@ const char *dpm_layer_kind_name(dpm_layer_kind kind);
 
 /* Parse a layer list: layers separated by ';' or newlines, each "NAME key=value ...". Names: dense
  * (out), conv (out, kernel, stride=1, pad=0, bias=1), maxpool and avgpool (kernel, stride=kernel),
- * relu, tanh, groupnorm (groups), flatten. On success *specs is allocated (dpm_free) and 0 returned;
+ * relu, tanh, groupnorm (groups), flatten; GPT kinds: embed (vocab, context, width), block (heads),
+ * lm_head (tied=1, vocab for tied=0). A GPT layer list is `embed; block ...; lm_head`: its input is
+ * C = H = 1, W = T token ids stored as floats (exact below 2^24), its labels T next-token targets per
+ * example (dpm_model_label_size). On success *specs is allocated (dpm_free) and 0 returned;
  * on error returns -1 with a message naming the layer number, the word and what was expected. */
 int dpm_model_parse(const char *text, dpm_layer_spec **specs, int *n, char err[DPM_ERRLEN]);
 
@@ -118,6 +129,16 @@ void dpm_model_backward_output(dpm_model *m, const float *dout, double *sqnorms)
  * outlive it. */
 dpm_model *dpm_model_clone_shared(dpm_model *owner);
 
+/* One parameter tensor of a layer: its name in checkpoints (Hugging Face GPT-2 names for the GPT kinds,
+ * with global block numbers: "h.3.attn.c_attn.weight"; "weight"/"bias"/"gamma"/"beta" for the others),
+ * its offset within the layer's parameters and its shape. */
+#define DPM_LAYER_MAX_TENSORS 12
+typedef struct {
+  char name[48];
+  size_t off, size;
+  int rank, dims[4];
+} dpm_tensor_info;
+
 /* Layer i's output shape, parameter count and cost (multiply-adds per example of one training step:
  * forward, backward and clipped sum), for balancing pipeline stages. */
 typedef struct {
@@ -126,7 +147,9 @@ typedef struct {
   size_t weights, biases;    /* the first `weights` of the layer's parameters, then the biases (or beta) */
   int wrank, wdims[4];       /* the weights' shape: dense [out, in], conv [out, C, k, k], groupnorm gamma [C] */
   const char *names[2];      /* the two tensors' names ("weight", "bias"; groupnorm "gamma", "beta"); NULL
-                                for a layer without parameters */
+                                for a layer without parameters or a GPT kind (see tensors) */
+  int n_tensors;             /* the layer's parameter tensors in slab order (0: none); for the kinds with */
+  dpm_tensor_info tensors[DPM_LAYER_MAX_TENSORS]; /* names[2] they are the weight, then the bias */
   double cost;
 } dpm_layer_info;
 void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info);
@@ -141,6 +164,16 @@ typedef enum { DPM_NORM_AUTO = 0, DPM_NORM_GHOST = 1, DPM_NORM_EXPLICIT = 2 } dp
 void dpm_model_set_norm_method(dpm_model *m, int g, dpm_norm_method method);
 /* The method group g uses now (GHOST or EXPLICIT, never AUTO). */
 dpm_norm_method dpm_model_norm_method(const dpm_model *m, int g);
+
+/* Labels per example: 1 (a class, softmax cross-entropy) or T (next-token targets of a model ending with
+ * lm_head: masked sequence cross-entropy, loss_i = mean over example i's targets != pad_id). */
+int dpm_model_label_size(const dpm_model *m);
+/* The masked target id of the sequence loss (default -1: none). */
+void dpm_model_set_pad_id(dpm_model *m, int pad_id);
+/* Of the last forward with labels: the sum over its unmasked targets of -log p (token_loss) and their
+ * count (tokens); for class labels the summed loss and B. Token-weighted perplexity = exp(sum token_loss /
+ * sum tokens). */
+void dpm_model_token_stats(const dpm_model *m, double *token_loss, double *tokens);
 
 /* Input gradient (for pipeline stages and tests): when on, backward also computes d loss / d x, which
  * dpm_model_input_grad returns (B x C*H*W, valid until the next forward). Off by default. */

@@ -34,13 +34,16 @@
 #include "dpmpi/nn/model.h"
 #include "dpmpi/core/rng.h"
 
-/* What a step or an evaluation counted, summed over the grid. */
+/* What a step or an evaluation counted, summed over the grid. The dataset's y holds label_n labels per
+ * example (T next-token targets for a model ending with lm_head). */
 typedef struct {
   double loss;      /* sum of the examples' losses */
   double examples;  /* examples computed */
   double correct;   /* correct predictions */
   double clipped;   /* (example, parameter group) pairs whose clipping coefficient was < 1, at most examples x
                        groups; 0 in an evaluation and without DP */
+  double token_loss; /* the sum over unmasked targets of -log p (sequence loss; class labels: = loss) */
+  double tokens;     /* unmasked targets (class labels: = examples) */
 } dpm_step_stats;
 
 typedef struct {
@@ -88,7 +91,8 @@ typedef struct {
   double *norms;           /* two_pass: per sampled example squared norm (NULL otherwise) */
   float *xb, *doutb, *coef; /* xb: the micro-batch input (gathered rows, or received activations) */
   double *sq;              /* per-example squared norms of the micro-batch, G x B */
-  int32_t *yb;
+  int32_t *yb;             /* the micro-batch's labels, label_n each */
+  size_t label_n;          /* labels per example: 1, or T targets (dpm_model_label_size) */
   dpm_step_stats acc;      /* this rank's counts of the step or evaluation under way */
 } dpm_step;
 
