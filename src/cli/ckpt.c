@@ -1,5 +1,6 @@
 /* `dpmpi ckpt info PATH` and `dpmpi export CKPT OUT`: inspect a checkpoint, release a model with its
  * privacy metadata. Rank 0 does the work; every rank returns the same status. */
+#include "dpmpi/core/rng.h"
 #include <stdio.h>
 #include <string.h>
 
@@ -99,6 +100,9 @@ static int info_work(char **args, char *err) {
   } else {
     printf("randomness: secure (no key stored)\n");
   }
+  printf("random streams: version %d%s\n", meta.rng_stream,
+         meta.rng_stream == DPM_RNG_STREAM_VERSION ? " (AES-128 counter mode, Box-Muller: this dpmpi's)"
+         : meta.rng_stream == 1 ? " (Philox4x64-10: not resumable by this dpmpi)" : " (unknown to this dpmpi)");
   printf("run: %s, training data digest %016llx\n", meta.run_id, (unsigned long long)meta.data_digest);
   printf("private-batch statistics: %s\n", meta.stats_printed ? "printed by the run (noiseless; not covered by epsilon)"
                                                                : "not printed (output.private_stats = false throughout)");

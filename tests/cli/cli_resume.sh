@@ -237,6 +237,8 @@ expect_usage_error 2 "checkpoint format version 1, this dpmpi reads version 2 (v
 check "checkpoints record the random-stream version" test "$(attr "$tmp/seeded/ckpt-00000010.h5" rng_stream)" = 2
 cp "$tmp/seeded/ckpt-00000010.h5" "$tmp/stream1.h5"
 /usr/bin/python3 -c 'import sys, h5py; del h5py.File(sys.argv[1], "r+").attrs["rng_stream"]' "$tmp/stream1.h5"
+run 1 ckpt info "$tmp/stream1.h5"
+check "ckpt info names the stream version" has "$tmp/out" "random streams: version 1 (Philox4x64-10: not resumable by this dpmpi)"
 expect_usage_error 2 "random streams (sampling, noise) are version 1 (Philox4x64-10); this dpmpi draws version 2" \
   train "$tmp/job.ini" "${budget[@]}" --run.seed=5 --resume "$tmp/stream1.h5"
 expect_usage_error 1 "--resume-branch needs --resume PATH" train "$tmp/job.ini" "${budget[@]}" --resume-branch
