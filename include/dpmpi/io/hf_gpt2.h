@@ -87,4 +87,18 @@ void dpm_init_tensors_free(int n, dpm_st_tensor *t);
 int dpm_hf_gpt2_export(const char *path, const dpm_hf_gpt2_config *cfg, int n, const dpm_st_tensor *t,
                        char err[DPM_ERRLEN]);
 
+/* The Hugging Face config of a dpmpi GPT layer list (a model.layers text): `embed vocab=V context=T width=C`,
+ * L >= 1 `block heads=H` (one H for all), `lm_head tied=0|1`. Returns 0, or -1 with err (prefixed by where)
+ * saying why the list is not a GPT-2 that Hugging Face can hold. */
+int dpm_hf_gpt2_config_of_layers(const char *layers, const char *where, dpm_hf_gpt2_config *cfg,
+                                 char err[DPM_ERRLEN]);
+
+/* Serial: the GPT of a dpmpi training checkpoint or released model (`dpmpi export`) as Hugging Face tensors:
+ * *cfg from its layers attribute, *n tensors *t in the canonical order read from /model/layer_III/<HF name>
+ * (free with dpm_init_tensors_free), *init_from its init_from attribute (dpm_free; NULL when the run did not
+ * start from initial weights; init_from may be NULL). Returns 0, or -1 with err naming the file: not a dpmpi
+ * checkpoint or model, not a GPT, a missing or misshapen tensor, a failed checksum. */
+int dpm_hf_gpt2_read_ckpt(const char *path, dpm_hf_gpt2_config *cfg, int *n, dpm_st_tensor **t, char **init_from,
+                          char err[DPM_ERRLEN]);
+
 #endif
