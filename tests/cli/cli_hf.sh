@@ -7,7 +7,8 @@
 # and on 2 ranks (grid 2x1). This checks import -> norms -> clipping -> update -> export end to end. Also:
 # a layer list that is not INIT.h5's GPT, --init with --resume, a non-GPT checkpoint to export, a missing
 # --init file: each one error line; init_from recorded in the checkpoint, the released model and the export
-# line; a dpmpi checkpoint as --init; an INIT.h5 -> export round trip is bitwise.
+# line; a dpmpi checkpoint as --init; an untied head on a pipeline (1x2) loads per stage and equals 1x1; an
+# INIT.h5 -> export round trip is bitwise.
 # Usage: bash tests/cli/cli_hf.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=600
 source "$(dirname "$0")/../lib_cli.sh"
@@ -107,6 +108,59 @@ check "--init from a checkpoint: its own origin named" has "$tmp/out" "itself fi
 mkdir -p "$tmp/xc"
 run 1 model export "$tmp/ckc/ckpt-00000001.h5" --to safetensors "$tmp/xc/model.safetensors"
 check "--init from a checkpoint: weights carried (lr 1e-30)" one_step_matches "$tmp/xc/model.safetensors"
+
+# an untied head on a pipeline (1x2): each stage loads its own tensors; 1x2 = 1x1 after one step (1e-5), and with
+# lr 1e-30 the export is the imported model (so stage 1's tensors came from the file, not from random init)
+"$py" - "$ref/model.safetensors" "$ref/config.json" "$tmp/u" <<'PY' || bad "untied variant"
+import json, os, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); meta = h.pop("__metadata__", None)
+items = sorted(h.items(), key=lambda kv: kv[1]["data_offsets"][0])
+ts = [(k, v["shape"], b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]) for k, v in items]
+w = bytearray(dict((k, r) for k, _, r in ts)["wte.weight"]); w[0:4] = struct.pack("<f", 0.25)
+ts.append(("lm_head.weight", [64, 32], bytes(w)))
+hd, at = {}, 0
+for k, sh, r in ts: hd[k] = {"dtype": "F32", "shape": sh, "data_offsets": [at, at + len(r)]}; at += len(r)
+t = json.dumps(hd).encode(); t += b" " * (-(8 + len(t)) % 8)
+os.makedirs(sys.argv[3], exist_ok=True)
+open(sys.argv[3] + "/model.safetensors", "wb").write(struct.pack("<Q", len(t)) + t + b"".join(r for _, _, r in ts))
+c = json.load(open(sys.argv[2])); c["tie_word_embeddings"] = False
+json.dump(c, open(sys.argv[3] + "/config.json", "w"))
+PY
+run 1 model import --from safetensors --config "$tmp/u/config.json" "$tmp/u/model.safetensors" --out "$tmp/untied.h5"
+check "untied import exits 0 (status $(rc))" test "$(rc)" = 0
+ulayers="embed vocab=64 context=16 width=32; block heads=4; block heads=4; lm_head tied=0 vocab=64"
+st_close() { # st_close A B TOL: every tensor of safetensors A and B within TOL of B's largest value
+  "$py" - "$@" <<'PY'
+import json, struct, sys, numpy as np
+def load(path):
+    b = open(path, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
+    return {k: np.frombuffer(b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], "<f4") for k, v in h.items()}
+a, b, tol = load(sys.argv[1]), load(sys.argv[2]), float(sys.argv[3])
+assert sorted(a) == sorted(b) and "lm_head.weight" in a, sorted(a)
+for k in a:
+    e = float(np.max(np.abs(a[k].astype(np.float64) - b[k])) / np.max(np.abs(b[k])))
+    assert e <= tol, (k, e)
+PY
+}
+for grid in 1x1 1x2; do
+  S=${grid#*x}
+  for lr in 1 1e-30; do
+    run "$S" train "$tmp/job.ini" --init "$tmp/untied.h5" --model.layers="$ulayers" --grid.stages=$S --train.lr=$lr \
+      --checkpoint.dir="$tmp/cku$grid$lr"
+    check "untied $grid lr $lr: train --init exits 0 (status $(rc))" test "$(rc)" = 0
+    mkdir -p "$tmp/xu$grid$lr"
+    run 1 model export "$tmp/cku$grid$lr/ckpt-00000001.h5" --to safetensors "$tmp/xu$grid$lr/model.safetensors"
+    check "untied $grid lr $lr: export exits 0 (status $(rc))" test "$(rc)" = 0
+  done
+  check "untied $grid: lr 1e-30 gives back the imported weights" \
+    st_close "$tmp/xu${grid}1e-30/model.safetensors" "$tmp/u/model.safetensors" 1e-6
+done
+check "untied: 1x2 = 1x1 after one step within 1e-5" st_close "$tmp/xu1x21/model.safetensors" "$tmp/xu1x11/model.safetensors" 1e-5
+if st_close "$tmp/xu1x11/model.safetensors" "$tmp/u/model.safetensors" 1e-6 2>/dev/null; then
+  bad "untied: the step of lr 1 left the weights unchanged"
+else ok; fi
 
 # mismatches and misuse: one line each
 expect_usage_error 1 "heads 4, 1 blocks, tied=1 but --init $tmp/init.h5 holds vocab 64, context 16, width 32, heads 4, 2 blocks" \
