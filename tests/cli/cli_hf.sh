@@ -162,6 +162,14 @@ if st_close "$tmp/xu1x11/model.safetensors" "$tmp/u/model.safetensors" 1e-6 2>/d
   bad "untied: the step of lr 1 left the weights unchanged"
 else ok; fi
 
+# a resumed segment of a --init run keeps init_from
+run 1 train "$tmp/job.ini" --init "$tmp/init.h5" --train.steps=2 --checkpoint.every=1 --checkpoint.dir="$tmp/ckr"
+check "2-step --init run exits 0 (status $(rc))" test "$(rc)" = 0
+rm -f "$tmp/ckr/ckpt-00000002.h5"
+run 1 train "$tmp/job.ini" --train.steps=2 --resume "$tmp/ckr" --resume-branch --checkpoint.dir="$tmp/ckr"
+check "resume exits 0 (status $(rc))" test "$(rc)" = 0
+check "resumed checkpoint keeps init_from" test "$(h5dump -a /init_from "$tmp/ckr/ckpt-00000002.h5" | grep -c "$tmp/init.h5")" -ge 1
+
 # mismatches and misuse: one line each
 expect_usage_error 1 "heads 4, 1 blocks, tied=1 but --init $tmp/init.h5 holds vocab 64, context 16, width 32, heads 4, 2 blocks" \
   train "$tmp/job.ini" --init "$tmp/init.h5" --model.layers="embed vocab=64 context=16 width=32; block heads=4; lm_head tied=1"
