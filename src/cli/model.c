@@ -1,6 +1,6 @@
 /* `dpmpi model import|export|info`: Hugging Face GPT-2 checkpoints in and out of dpmpi.
  *   dpmpi model import --from safetensors --config config.json IN.safetensors --out INIT.h5
- *   dpmpi model export INIT.h5 --to safetensors OUT.safetensors      (+ config.json next to OUT)
+ *   dpmpi model export INIT.h5|CKPT.h5 --to safetensors OUT.safetensors   (+ config.json next to OUT)
  *   dpmpi model info INIT.h5
  * Every rank parses the arguments, rank 0 does the work (serial file I/O), and every rank returns the same
  * status: 0, or 2 after one "dpmpi: error: ..." line (dpm_exit_if_error). The checks live in io/safetensors.c
@@ -20,14 +20,15 @@
 
 static const char *USAGE =
     "usage: dpmpi model import --from safetensors --config CONFIG.json IN.safetensors --out INIT.h5\n"
-    "       dpmpi model export INIT.h5 --to safetensors OUT.safetensors\n"
+    "       dpmpi model export INIT.h5|CKPT.h5 --to safetensors OUT.safetensors\n"
     "       dpmpi model info INIT.h5\n"
     "\n"
     "import  reads a Hugging Face GPT-2 checkpoint (safetensors: F32, F16, BF16 or F64, converted to float32;\n"
     "        names with or without 'transformer.'; the attn.bias / attn.masked_bias buffers ignored; a tied or\n"
     "        untied lm_head.weight) and its config.json, checks every tensor's shape against the config, and\n"
     "        writes the initial-weights file INIT.h5 (docs/formats.md, \"Initial weights\").\n"
-    "export  writes the weights of INIT.h5 as OUT.safetensors (F32, Hugging Face names) and config.json in\n"
+    "export  writes the weights of INIT.h5, or of a GPT's training checkpoint or released model (dpmpi export),\n"
+    "        as OUT.safetensors (F32, Hugging Face names) and config.json in\n"
     "        OUT's directory (replaced if present), loadable with transformers' GPT2LMHeadModel.\n"
     "info    prints the config and the tensors of INIT.h5.\n";
 
@@ -99,19 +100,21 @@ static int export_work(const model_args *a, char *err) {
     return dpm_err(err, "model export: --to %s, expected --to safetensors", a->to ? a->to : "missing");
   if (a->npos != 2) return dpm_err(err, "model export: expected INIT.h5 and OUT.safetensors, got %d file(s)", a->npos);
   if (access(a->pos[0], R_OK)) return dpm_err(err, "%s: cannot open: %s", a->pos[0], strerror(errno));
-  if (!dpm_init_is(a->pos[0]))
-    return dpm_err(err, "%s: not a dpmpi initial-weights file (model export reads files of 'dpmpi model import'; "
-                        "training checkpoints do not hold Hugging Face tensor names yet)", a->pos[0]);
   dpm_hf_gpt2_config cfg;
   int n;
   dpm_st_tensor *t;
-  if (dpm_init_read(a->pos[0], &cfg, &n, &t, err)) return -1;
+  char *from = NULL;
+  const int init = dpm_init_is(a->pos[0]); /* else a training checkpoint or released model of a GPT */
+  if (init ? dpm_init_read(a->pos[0], &cfg, &n, &t, err) : dpm_hf_gpt2_read_ckpt(a->pos[0], &cfg, &n, &t, &from, err))
+    return -1;
   int rc = dpm_hf_gpt2_export(a->pos[1], &cfg, n, t, err);
   if (!rc) {
     char dir[4096];
     dpm_path_dirname(a->pos[1], dir, sizeof dir);
-    printf("exported %s -> %s (%d tensors, F32) and %s/config.json\n", a->pos[0], a->pos[1], n, dir);
+    printf("exported %s -> %s (%d tensors, F32) and %s/config.json%s%s\n", a->pos[0], a->pos[1], n, dir,
+           from ? "; fine-tuned from " : "", from ? from : "");
   }
+  dpm_free(from);
   dpm_init_tensors_free(n, t);
   return rc;
 }

@@ -191,6 +191,7 @@ static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledg
            dpm_h5_put_attr(f, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |
            dpm_h5_put_str(f, "job", meta->job ? meta->job : "") |
            dpm_h5_put_str(f, "layers", meta->layers ? meta->layers : "") |
+           (meta->init_from ? dpm_h5_put_str(f, "init_from", meta->init_from) : 0) |
            dpm_h5_put_attr(f, "epsilon_budget", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->epsilon) |
            dpm_h5_put_attr(f, "data_digest", H5T_STD_U64LE, H5T_NATIVE_UINT64, &meta->data_digest) |
            dpm_h5_put_str(f, "run_id", meta->run_id) |
@@ -343,6 +344,7 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
         if (meta->optimizer_steps < 0 || meta->optimizer_steps > meta->step) miss = 1;
         meta->job = dpm_h5_get_str(f, "job");
         meta->layers = dpm_h5_get_str(f, "layers");
+        meta->init_from = H5Aexists(f, "init_from") > 0 ? dpm_h5_get_str(f, "init_from") : NULL;
         if (miss || !meta->job || !meta->layers || meta->step < 0 || meta->steps_total < meta->step ||
             !(meta->epsilon >= 0) || meta->steps_abandoned < 0)
           rc = dpm_err(err, "%s: checkpoint attributes are missing or damaged", path);
@@ -370,9 +372,10 @@ int dpm_ckpt_read_meta(MPI_Comm comm, const char *path, dpm_ckpt_meta *meta, cha
 void dpm_ckpt_meta_free(dpm_ckpt_meta *meta) {
   dpm_free(meta->job);
   dpm_free(meta->layers);
+  dpm_free(meta->init_from);
   dpm_free(meta->pca_projection);
   dpm_free(meta->seeded_steps);
-  meta->job = meta->layers = NULL;
+  meta->job = meta->layers = meta->init_from = NULL;
   meta->pca_projection = NULL;
   meta->seeded_steps = NULL;
   meta->n_seeded = 0;
@@ -574,6 +577,7 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
       int r = dpm_h5_put_str(dst, "format", "dpmpi-model") |
               dpm_h5_put_attr(dst, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32, &fmt) |
               dpm_h5_put_str(dst, "library_version", DPM_VERSION) | dpm_h5_put_str(dst, "layers", meta->layers) |
+              (meta->init_from ? dpm_h5_put_str(dst, "init_from", meta->init_from) : 0) |
               dpm_h5_put_attr(dst, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
               dpm_h5_put_attr(dst, "steps", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
               dpm_h5_put_attr(dst, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "io/atomic.h"
+#include "dpmpi/nn/model.h"
 #include "io/h5util.h"
 
 #define INIT_FORMAT "dpmpi-init"
@@ -387,23 +388,37 @@ void dpm_init_tensors_free(int n, dpm_st_tensor *t) {
   dpm_free(t);
 }
 
-static int read_tensors(const char *path, hid_t f, const dpm_hf_gpt2_config *c, int n, dpm_st_tensor *t, char *err) {
-  hid_t g = H5Gopen2(f, "weights", H5P_DEFAULT);
-  if (g < 0) return dpm_err(err, "%s: no /weights group (not an initial-weights file)", path);
+/* Where tensor k lives: /weights/<name> in an initial-weights file (ckpt = 0); in a checkpoint or released model
+ * (ckpt = 1) /model/layer_III/<name>, layer 1 the embed, 2 .. L + 1 the blocks, L + 2 the LM head. */
+static void tensor_path(const dpm_hf_gpt2_config *c, int k, const char *name, int ckpt, char *out, size_t len) {
+  if (!ckpt) {
+    snprintf(out, len, "/weights/%s", name);
+    return;
+  }
+  const int nb = BLOCK_N * (int)c->n_layer, layer = k < 2 ? 1 : k - 2 < nb ? 2 + (k - 2) / BLOCK_N : (int)c->n_layer + 2;
+  snprintf(out, len, "/model/layer_%03d/%s", layer, name);
+}
+
+static int read_tensors(const char *path, hid_t f, const dpm_hf_gpt2_config *c, int n, dpm_st_tensor *t, int ckpt,
+                        char *err) {
+  const char *top = ckpt ? "model" : "weights";
+  if (H5Lexists(f, top, H5P_DEFAULT) <= 0)
+    return dpm_err(err, "%s: no /%s group (not %s)", path, top, ckpt ? "a dpmpi checkpoint" : "an initial-weights file");
   int rc = 0;
   for (int k = 0; k < n && !rc; k++) {
-    char name[128], want[64], got[64];
+    char name[128], want[64], got[64], dset[192];
     int64_t shape[2];
     int rank = dpm_hf_gpt2_tensor(c, k, name, sizeof name, shape);
+    tensor_path(c, k, name, ckpt, dset, sizeof dset);
     t[k].name = dpm_strdup(name);
     t[k].rank = rank;
     t[k].shape[0] = shape[0], t[k].shape[1] = rank == 2 ? shape[1] : 0;
     t[k].numel = shape[0] * (rank == 2 ? shape[1] : 1);
     snprintf(t[k].dtype, sizeof t[k].dtype, "F32");
     t[k].data = dpm_malloc((size_t)t[k].numel * sizeof(float) + 1);
-    hid_t d = H5Dopen2(g, name, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, dset, H5P_DEFAULT);
     if (d < 0) {
-      rc = dpm_err(err, "%s: missing dataset /weights/%s", path, name);
+      rc = dpm_err(err, "%s: missing dataset %s", path, dset);
       break;
     }
     hid_t sp = H5Dget_space(d);
@@ -415,17 +430,16 @@ static int read_tensors(const char *path, hid_t f, const dpm_hf_gpt2_config *c, 
       int64_t g64[4] = {(int64_t)dims[0], (int64_t)dims[1], (int64_t)dims[2], (int64_t)dims[3]};
       fmt_shape(r < 0 ? 0 : r > 4 ? 4 : r, g64, got, sizeof got);
       fmt_shape(rank, shape, want, sizeof want);
-      rc = dpm_err(err, "%s: dataset /weights/%s has shape %s, expected %s from the file's config", path, name, got, want);
+      rc = dpm_err(err, "%s: dataset %s has shape %s, expected %s from the file's config", path, dset, got, want);
     } else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, t[k].data) < 0) {
-      rc = dpm_err(err, "%s: cannot read /weights/%s (checksum failed: damaged file?)", path, name);
+      rc = dpm_err(err, "%s: cannot read %s (checksum failed: damaged file?)", path, dset);
     } else {
       for (int64_t i = 0; i < t[k].numel && !rc; i++)
         if (!isfinite(t[k].data[i]))
-          rc = dpm_err(err, "%s: /weights/%s element %lld is not finite", path, name, (long long)i);
+          rc = dpm_err(err, "%s: %s element %lld is not finite", path, dset, (long long)i);
     }
     H5Dclose(d);
   }
-  H5Gclose(g);
   return rc;
 }
 
@@ -459,7 +473,7 @@ int dpm_init_read(const char *path, dpm_hf_gpt2_config *c, int *n, dpm_st_tensor
         if (!rc) {
           *n = dpm_hf_gpt2_num_tensors(c);
           *t = dpm_calloc((size_t)*n, sizeof **t);
-          rc = read_tensors(path, f, c, *n, *t, err);
+          rc = read_tensors(path, f, c, *n, *t, 0, err);
         }
       }
       dpm_free(fmt);
@@ -505,5 +519,68 @@ int dpm_hf_gpt2_export(const char *path, const dpm_hf_gpt2_config *cfg, int n, c
   if (!rc) rc = dpm_st_write(path, nt, ordered, err);
   if (!rc) rc = dpm_hf_gpt2_write_config(cfg_path, cfg, err);
   dpm_free(ordered);
+  return rc;
+}
+
+/* --- dpmpi checkpoints and released models of a GPT --------------------------------------------------- */
+
+int dpm_hf_gpt2_config_of_layers(const char *layers, const char *where, dpm_hf_gpt2_config *c, char err[DPM_ERRLEN]) {
+  memset(c, 0, sizeof *c);
+  dpm_layer_spec *s = NULL;
+  int n = 0, rc = 0;
+  char inner[DPM_ERRLEN];
+  if (!layers || dpm_model_parse(layers, &s, &n, inner))
+    return dpm_err(err, "%s: layers '%s' do not parse: %s", where, layers ? layers : "", layers ? inner : "missing");
+  if (n < 3 || s[0].kind != DPM_LAYER_EMBED || s[n - 1].kind != DPM_LAYER_LM_HEAD) {
+    rc = dpm_err(err, "%s: not a GPT (layers '%s'; expected embed ...; block ...; lm_head)", where, layers);
+  } else {
+    for (int i = 1; i < n - 1 && !rc; i++)
+      if (s[i].kind != DPM_LAYER_BLOCK || s[i].heads != s[1].heads)
+        rc = dpm_err(err, "%s: layer %d is not 'block heads=%d' (layers '%s'): a Hugging Face GPT-2 has blocks of "
+                          "one head count between embed and lm_head", where, i + 1, s[1].heads, layers);
+    c->vocab_size = s[0].vocab, c->n_positions = s[0].context, c->n_embd = s[0].width;
+    c->n_head = s[1].heads, c->n_layer = n - 2, c->layer_norm_epsilon = LN_EPS, c->tie_word_embeddings = s[n - 1].tied;
+    if (!rc) rc = dpm_hf_gpt2_check_config(c, where, err);
+  }
+  dpm_free(s);
+  return rc;
+}
+
+int dpm_hf_gpt2_read_ckpt(const char *path, dpm_hf_gpt2_config *c, int *n, dpm_st_tensor **t, char **init_from,
+                          char err[DPM_ERRLEN]) {
+  memset(c, 0, sizeof *c);
+  *n = 0, *t = NULL;
+  if (init_from) *init_from = NULL;
+  int rc = 0;
+  H5E_BEGIN_TRY {
+    hid_t fapl = dpm_h5_fapl(NULL, 0);
+    hid_t f = H5Fis_hdf5(path) > 0 ? H5Fopen(path, H5F_ACC_RDONLY, fapl) : -1;
+    H5Pclose(fapl);
+    if (f < 0) {
+      rc = dpm_err(err, "%s: not a dpmpi initial-weights file, checkpoint or model (not a readable HDF5 file: missing, "
+                          "truncated or damaged?)", path);
+    } else {
+      char *fmt = dpm_h5_get_str(f, "format"), *layers = NULL;
+      if (!fmt || (strcmp(fmt, "dpmpi-checkpoint") && strcmp(fmt, "dpmpi-model")))
+        rc = dpm_err(err, "%s: not a dpmpi initial-weights file, checkpoint or model (attribute format is %s)", path, fmt ? fmt : "missing");
+      else if (!(layers = dpm_h5_get_str(f, "layers")))
+        rc = dpm_err(err, "%s: no layers attribute (damaged?)", path);
+      else
+        rc = dpm_hf_gpt2_config_of_layers(layers, path, c, err);
+      if (!rc) {
+        *n = dpm_hf_gpt2_num_tensors(c);
+        *t = dpm_calloc((size_t)*n, sizeof **t);
+        rc = read_tensors(path, f, c, *n, *t, 1, err);
+      }
+      if (!rc && init_from && H5Aexists(f, "init_from") > 0) *init_from = dpm_h5_get_str(f, "init_from");
+      dpm_free(layers);
+      dpm_free(fmt);
+      H5Fclose(f);
+    }
+  } H5E_END_TRY;
+  if (rc) {
+    dpm_init_tensors_free(*n, *t);
+    *n = 0, *t = NULL;
+  }
   return rc;
 }

@@ -29,6 +29,7 @@
 #include "dpmpi/core/common.h"
 #include "dpmpi/io/config.h"
 #include "dpmpi/io/data.h"
+#include "dpmpi/io/hf_gpt2.h"
 #include "dpmpi/privacy/dpsgd.h"
 #include "dpmpi/parallel/grid.h"
 #include "dpmpi/nn/model.h"
@@ -48,6 +49,8 @@ static const char *USAGE =
     "Overrides replace job-file values, e.g. --train.epochs=5 --privacy.epsilon=3.\n"
     "\n"
     "  --resume PATH   continue from a checkpoint file, or from the newest valid checkpoint of a directory\n"
+    "  --init FILE     a new run from the weights of FILE (dpmpi model import's INIT.h5, or a dpmpi checkpoint\n"
+    "                  or released model of a GPT): fresh optimizer and ledger; the layers must match FILE's\n"
     "  --resume-branch with --resume: accept a checkpoint older than the run's newest (the run journal in its\n"
     "                  directory says so); the steps run after it stay in the ledger (docs/accountant.md)\n"
     "\n"
@@ -171,7 +174,7 @@ static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
                         .stages = tr->grid.stages,
                         .reproducible = n_seeded > 0, .seed = cfg->has_seed ? cfg->seed : tr->seed_last,
                         .job = cfg->text,
-                        .layers = cfg->model_layers, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
+                        .layers = cfg->model_layers, .init_from = tr->init_from, .pca_components = tr->pca_k, .pca_dim = tr->pca_d,
                         .pca_sigma = tr->dp ? tr->pca_sigma : 0, .pca_clip = cfg->pca_clip, .pca_projection = tr->pca_V,
                         .epsilon = tr->dp ? cfg->epsilon : 0, .data_digest = tr->data_digest,
                         .steps_abandoned = tr->abandoned, .n_seeded = n_seeded, .seeded_steps = tr->seeded_out};
@@ -415,6 +418,7 @@ static void run_pca(trainer *tr) {
 typedef struct {
   const char *job;     /* JOBFILE */
   const char *resume;  /* --resume PATH, or NULL: a new run */
+  const char *init;    /* --init FILE, or NULL: random initialization */
   int resume_branch;   /* --resume-branch */
   int n_over;
   char **over;         /* the --section.key=value overrides (owned) */
@@ -445,6 +449,15 @@ static int parse_args(trainer *tr, int argc, char **argv, train_args *a) {
       a->resume = argv[i] + 9;
       continue;
     }
+    if (!strcmp(argv[i], "--init")) {
+      if (i + 1 < argc) a->init = argv[++i];
+      else if (!failed) failed = 1, dpm_err(err, "train: --init needs an initial-weights file (dpmpi model import --out)");
+      continue;
+    }
+    if (!strncmp(argv[i], "--init=", 7)) {
+      a->init = argv[i] + 7;
+      continue;
+    }
     if (!strcmp(argv[i], "--resume-branch")) {
       a->resume_branch = 1;
       continue;
@@ -454,6 +467,9 @@ static int parse_args(trainer *tr, int argc, char **argv, train_args *a) {
     else if (!failed) failed = 1, dpm_err(err, "train: unexpected argument '%s' (one job file, then --section.key=value)", argv[i]);
   }
   if (!a->job && !failed) failed = 1, dpm_err(err, "train: no job file given (usage: dpmpi train JOBFILE [--section.key=value ...])");
+  if (a->init && a->resume && !failed)
+    failed = 1, dpm_err(err, "train: --init %s with --resume %s: --init starts a new run, --resume continues one "
+                        "(its checkpoint holds the weights)", a->init, a->resume);
   if (a->resume_branch && !a->resume && !failed) failed = 1, dpm_err(err, "train: --resume-branch needs --resume PATH");
   dpm_exit_if_error(tr->comm, failed, err);
   return 0;
@@ -562,6 +578,56 @@ static void start_segment(trainer *tr, const train_args *a, resume_point *rp) {
   if (tr->dp) tr->journal_dir = cfg->ckpt_dir ? cfg->ckpt_dir : a->resume ? rp->dir : NULL;
 }
 
+/* --init FILE: every rank reads FILE (serial HDF5: an INIT.h5 or a dpmpi checkpoint / released model of a GPT),
+ * checks that the job's layers are FILE's GPT and copies its stage's tensors, by Hugging Face name, into its
+ * slab. A mismatch or an unreadable file is one collective user error. */
+static void load_init(trainer *tr, const char *path) {
+  dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
+  dpm_hf_gpt2_config want, have;
+  int n = 0, failed = 0;
+  dpm_st_tensor *t = NULL;
+  char *from = NULL;
+  if (dpm_hf_gpt2_config_of_layers(cfg->model_layers, cfg->path, &want, inner))
+    failed = 1, dpm_err(err, "train --init %s: %s", path, inner);
+  else if (dpm_init_is(path) ? dpm_init_read(path, &have, &n, &t, err) : dpm_hf_gpt2_read_ckpt(path, &have, &n, &t, &from, err))
+    failed = 1;
+  else if (want.vocab_size != have.vocab_size || want.n_positions != have.n_positions || want.n_embd != have.n_embd ||
+           want.n_head != have.n_head || want.n_layer != have.n_layer ||
+           want.tie_word_embeddings != have.tie_word_embeddings)
+    failed = 1, dpm_err(err, "%s: [model] layers are a GPT with vocab %lld, context %lld, width %lld, heads %lld, %lld "
+                        "blocks, tied=%d but --init %s holds vocab %lld, context %lld, width %lld, heads %lld, %lld blocks, "
+                        "tied=%d", cfg->path, (long long)want.vocab_size, (long long)want.n_positions,
+                        (long long)want.n_embd, (long long)want.n_head, (long long)want.n_layer, want.tie_word_embeddings,
+                        path, (long long)have.vocab_size, (long long)have.n_positions, (long long)have.n_embd,
+                        (long long)have.n_head, (long long)have.n_layer, have.tie_word_embeddings);
+  float *slab = dpm_model_params(tr->model);
+  size_t off = 0; /* layer i's offset in the stage's slab (the order of io/ckpt.c) */
+  for (int i = tr->first; i < tr->last && !failed; i++) {
+    const dpm_layer_info *in = &tr->info[i];
+    for (int p = 0; p < in->n_tensors && !failed; p++) {
+      const dpm_tensor_info *ti = &in->tensors[p];
+      int k = 0;
+      while (k < n && strcmp(t[k].name, ti->name)) k++;
+      if (k == n || (size_t)t[k].numel != ti->size) /* cannot happen once the configs agree */
+        failed = 1, dpm_err(err, "%s: no tensor %s of %zu values for layer %d", path, ti->name, ti->size, i + 1);
+      else
+        memcpy(slab + off + ti->off, t[k].data, ti->size * sizeof(float));
+    }
+    off += in->params;
+  }
+  dpm_init_tensors_free(n, t);
+  dpm_exit_if_error(tr->comm, failed, err);
+  tr->init_from = dpm_strdup(path);
+  if (tr->rank == 0) {
+    printf("initial weights: %s (GPT-2, %lld blocks, width %lld, %s head%s%s); fresh optimizer and ledger\n", path,
+           (long long)have.n_layer, (long long)have.n_embd, have.tie_word_embeddings ? "tied" : "untied",
+           from ? "; itself fine-tuned from " : "", from ? from : "");
+    fflush(stdout);
+  }
+  dpm_free(from);
+}
+
 /* Keys, the initial parameters and the optimizer; on --resume the checkpoint's parameters, optimizer state
  * (SGD's momentum, AdamW's moments and update count), ledger and DP-PCA projection replace them. */
 static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
@@ -569,6 +635,7 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
   setup_keys(tr);
   dpm_model_init_params(tr->model, &tr->init_key);
   tr->opt = dpm_optimizer_create(cfg, dpm_model_num_params(tr->model));
+  if (a->init) load_init(tr, a->init);
   if (a->resume) {
     dpm_ckpt_model cm = ckpt_model(tr);
     dpm_ledger *L = NULL;
@@ -584,6 +651,8 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
     meta->pca_projection = NULL;
     tr->pca_resumed = tr->pca_V != NULL;
     tr->data_digest = meta->data_digest; /* compared with the job's data once loaded */
+    tr->init_from = meta->init_from; /* a run fine-tuned from initial weights stays so */
+    meta->init_from = NULL;
     if (tr->rank == 0)
       printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", rp->path,
              (long long)meta->step, (long long)meta->steps_total, meta->replicas, meta->stages, meta->version,
@@ -653,6 +722,7 @@ static void free_trainer(trainer *tr) {
   dpm_optimizer_free(tr->opt);
   dpm_free(tr->info);
   dpm_free(tr->pca_V);
+  dpm_free(tr->init_from);
   dpm_free(tr->seeded);
   dpm_free(tr->seeded_out);
   if (tr->metrics) fclose(tr->metrics);

@@ -61,6 +61,7 @@ typedef struct {
   float *pca_V;           /* d x k projection: computed, or read from the checkpoint on --resume */
   int pca_resumed;        /* 1: pca_V came from the checkpoint */
   dpm_pca_stats pca_st;
+  char *init_from;        /* the initial-weights file the run started from (--init; kept on --resume), or NULL */
   int stats_printed;      /* 1: this or an earlier segment printed private-batch statistics (output.private_stats) */
   /* what resume must hold to (docs/accountant.md, "What the ledger counts") */
   char run_id[24];        /* the run's id (every segment), names the journal */

@@ -38,6 +38,8 @@ typedef struct {
   uint64_t seed;
   char *job;             /* job file text and overrides (read: allocated) */
   char *layers;          /* model.layers (read: allocated) */
+  char *init_from;       /* the initial-weights file the run started from (dpmpi train --init), attribute
+                            init_from; NULL: none (read: allocated, NULL when the attribute is absent) */
   /* DP-PCA preprocessing (dpmpi/parallel/pca.h), group /pca; pca_components = 0: none */
   int pca_components, pca_dim; /* k and d */
   double pca_sigma, pca_clip;  /* its noise multiplier (0: non-private PCA) and row clip (0: none) */

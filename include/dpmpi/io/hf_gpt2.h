@@ -11,6 +11,7 @@
  *   ...
  *   dpm_init_read("INIT.h5", &cfg, &n, &tensors, err);          // tensors in the canonical order
  *   dpm_hf_gpt2_export("out/model.safetensors", &cfg, n, tensors, err);   // + out/config.json
+ *   dpm_hf_gpt2_read_ckpt("ck/ckpt-00000100.h5", &cfg, &n, &tensors, &init_from, err); // a trained GPT
  *
  * The canonical order is Hugging Face's (and src/nn/gpt.c's): wte.weight [V, C], wpe.weight [T, C], then
  * for each block l: h.l.ln_1.{weight, bias} [C], h.l.attn.c_attn.{weight [C, 3C], bias [3C]},
@@ -82,9 +83,23 @@ void dpm_init_tensors_free(int n, dpm_st_tensor *t);
 /* Export a GPT-2 given as n tensors (name, rank, shape, data; any order) to the safetensors file path, F32,
  * in the canonical order under the Hugging Face names (no prefix; no lm_head.weight when tied, as Hugging
  * Face writes tied models), and cfg as config.json in the same directory. The tensors must be exactly those
- * cfg implies, with their shapes. This is the one export path: INIT.h5 files now, trained checkpoints once
- * they hold Hugging Face names. Returns 0, or -1 with err. */
+ * cfg implies, with their shapes. This is the one export path: INIT.h5 files (dpm_init_read) and trained
+ * checkpoints or released models (dpm_hf_gpt2_read_ckpt). Returns 0, or -1 with err. */
 int dpm_hf_gpt2_export(const char *path, const dpm_hf_gpt2_config *cfg, int n, const dpm_st_tensor *t,
                        char err[DPM_ERRLEN]);
+
+/* The Hugging Face config of a dpmpi GPT layer list (a model.layers text): `embed vocab=V context=T width=C`,
+ * L >= 1 `block heads=H` (one H for all), `lm_head tied=0|1`. Returns 0, or -1 with err (prefixed by where)
+ * saying why the list is not a GPT-2 that Hugging Face can hold. */
+int dpm_hf_gpt2_config_of_layers(const char *layers, const char *where, dpm_hf_gpt2_config *cfg,
+                                 char err[DPM_ERRLEN]);
+
+/* Serial: the GPT of a dpmpi training checkpoint or released model (`dpmpi export`) as Hugging Face tensors:
+ * *cfg from its layers attribute, *n tensors *t in the canonical order read from /model/layer_III/<HF name>
+ * (free with dpm_init_tensors_free), *init_from its init_from attribute (dpm_free; NULL when the run did not
+ * start from initial weights; init_from may be NULL). Returns 0, or -1 with err naming the file: not a dpmpi
+ * checkpoint or model, not a GPT, a missing or misshapen tensor, a failed checksum. */
+int dpm_hf_gpt2_read_ckpt(const char *path, dpm_hf_gpt2_config *cfg, int *n, dpm_st_tensor **t, char **init_from,
+                          char err[DPM_ERRLEN]);
 
 #endif
