@@ -7,6 +7,8 @@
  *   (every target but one masked) moves it by C within 1e-5, at a C for which every parameter group of
  *   that example is clipped: the test measures that example's per-group norms and CHECKs this
  *   precondition, for q = 1 and for a Poisson sample at q < 1 (the last example removed, rebalanced);
+ *   two C per mode: half its smallest group norm, and 0.9 of the largest C at which it is clipped in every
+ *   piece (where the test CHECKs that other examples are not);
  * - adversarial token rows (all one token, all pad but one target, the whole context one repeated pair,
  *   the largest id everywhere) as the last example at q < 1, both norm methods: the sum moves by <= C and
  *   each group (per-layer) or stage (per-device) by <= its threshold, and stays finite;
@@ -214,6 +216,22 @@ static double min_group_norm(const char *layers, const float *x, const int32_t *
   return best;
 }
 
+/* min over the pieces p of `mode` on S stages of example (x, y)'s ||g_p|| / (p's threshold at C = 1): the
+ * example is clipped in every piece exactly when C is below it (thresholds are linear in C). */
+static double clip_margin(const char *layers, dpm_clipping mode, int S, const float *x, const int32_t *y) {
+  size_t P, lo[MAX_LAYERS * 2], hi[MAX_LAYERS * 2];
+  double thr[MAX_LAYERS * 2], best = INFINITY;
+  float *g = example_grad(layers, x, y, &P);
+  const int np = pieces(layers, mode, S, 1, lo, hi, thr);
+  for (int p = 0; p < np; p++) {
+    double s2 = 0;
+    for (size_t k = lo[p]; k < hi[p]; k++) s2 += (double)g[k] * g[k];
+    best = fmin(best, sqrt(s2) / thr[p]);
+  }
+  free(g);
+  return best;
+}
+
 /* CHECK that every piece of `mode` of example (x, y)'s gradient is above its threshold: it is clipped. */
 static void check_all_clipped(const char *layers, dpm_clipping mode, int S, double C, const float *x, const int32_t *y,
                               const char *what) {
@@ -246,13 +264,25 @@ static void test_sensitivity(void) {
   const int ng = grids_and_1x1(grids);
   for (int tied = 0; tied < 2; tied++) {
     const char *layers = tied ? TIED : UNTIED;
-    /* every group of BIG clipped: C below its smallest group norm (per-device pieces and the whole
-       gradient are larger still; each threshold is <= C) */
-    const double C = 0.5 * min_group_norm(layers, X + BIG * T, Y + BIG * T);
     for (int mode = 0; mode < 3; mode++)
-      for (int gi = 0; gi < ng; gi++) {
+      for (int gi = 0; gi < ng; gi++)
+      for (int ci = 0; ci < 2; ci++) {
         const gridspec g = grids[gi];
         if (tied && g.S > 1) continue;
+        /* ci = 0: C below BIG's smallest group norm (per-device pieces and the whole gradient are larger
+           still; each threshold is <= C): nearly every example is clipped in every piece; ci = 1: 0.9 of the
+           largest C at which BIG is clipped in every piece of this mode, where other examples are not */
+        const double margin = clip_margin(layers, (dpm_clipping)mode, g.S, X + BIG * T, Y + BIG * T);
+        const double C = ci ? 0.9 * margin : 0.5 * min_group_norm(layers, X + BIG * T, Y + BIG * T);
+        if (ci) {
+          int partly = 0; /* examples with a piece below its threshold */
+          for (int i = 0; i < N; i++) partly += clip_margin(layers, (dpm_clipping)mode, g.S, X + i * T, Y + i * T) <= C;
+          CHECK(partly > 0, "%s %dx%d %s: test too weak at C = %g: every example is clipped in every piece",
+                tied ? "tied" : "untied", g.D, g.S, dpm_clipping_name(mode), C);
+          if (rank == 0 && g.D * g.S == size)
+            printf("%s %dx%d %s C = %.6g: %d of %d examples not clipped in every piece\n", tied ? "tied" : "untied",
+                   g.D, g.S, dpm_clipping_name(mode), C, partly, N);
+        }
         check_all_clipped(layers, (dpm_clipping)mode, g.S, C, X + BIG * T, Y + BIG * T, tied ? "tied" : "untied");
         MPI_Comm comm = g.D * g.S == 1 ? MPI_COMM_SELF : MPI_COMM_WORLD;
         job j = {layers, (dpm_clipping)mode, 0, 1.0, 0.0, C, X, Y, N, 0, DPM_NORM_AUTO};
@@ -264,7 +294,7 @@ static void test_sensitivity(void) {
           j2.x = X2, j2.y = Y2, j2.n = N - 1;
           float *less = run(comm, g, &j2, &P);
           const double move = dist(full, less, P);
-          CHECK(move <= C * (1 + 1e-6), "%s %dx%d %s: removing example %d moved the sum by %.9g > C = %g",
+          CHECK(move <= C * (1 + 1e-6), "%s %dx%d %s: removing example %d moved the sum by %.9g > C = %.9g",
                 tied ? "tied" : "untied", g.D, g.S, dpm_clipping_name(mode), ks[a], move, C);
           if (ks[a] == BIG)
             CHECK(fabs(move / C - 1) <= 1e-5, "%s %dx%d %s: the large-gradient example moved the sum by %.9g, not C = %g",
