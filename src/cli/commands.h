@@ -23,4 +23,8 @@ int dpm_cmd_export(int argc, char **argv);
 /* `dpmpi model import|export|info ...` (src/cli/model.c): Hugging Face GPT-2 safetensors in and out. */
 int dpm_cmd_model(int argc, char **argv);
 
+/* `dpmpi generate CKPT --prompt TEXT --tokens N [--temperature T --seed S]` (src/cli/generate.c): text from a
+ * byte-level GPT checkpoint, greedy or sampled, on rank 0. */
+int dpm_cmd_generate(int argc, char **argv);
+
 #endif

@@ -20,6 +20,7 @@ static const char *USAGE =
     "  ckpt info PATH                            step, epsilon, ledger, grid and job of a checkpoint\n"
     "  export CKPT OUT                           the released model: parameters and privacy metadata\n"
     "  model import|export|info ...              Hugging Face GPT-2 safetensors in and out (INIT.h5)\n"
+    "  generate CKPT --prompt TEXT --tokens N    continue TEXT with a byte-level GPT checkpoint\n"
     "  version                                   print the version\n"
     "\n"
     "dpmpi COMMAND --help describes each command.\n";
@@ -43,6 +44,8 @@ int main(int argc, char **argv) {
     status = dpm_cmd_export(argc - 1, argv + 1);
   } else if (!strcmp(argv[1], "model")) {
     status = dpm_cmd_model(argc - 1, argv + 1);
+  } else if (!strcmp(argv[1], "generate")) {
+    status = dpm_cmd_generate(argc - 1, argv + 1);
   } else if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
     if (rank == 0) printf("dpmpi %s\n", DPM_VERSION);
   } else {

@@ -37,7 +37,8 @@ enum {
   DPM_STREAM_SAMPLE = 2,  /* Poisson sampling, index = global example index */
   DPM_STREAM_INIT = 3,    /* parameter initialization, step = layer number */
   DPM_STREAM_SHUFFLE = 4, /* data order, tests */
-  DPM_STREAM_PCA = 5      /* DP-PCA noise */
+  DPM_STREAM_PCA = 5,     /* DP-PCA noise */
+  DPM_STREAM_GENERATE = 6 /* text generation (dpmpi generate): step = token position */
 };
 
 /* A key from a user seed (reproducible) — the seed is spread with splitmix64. */
