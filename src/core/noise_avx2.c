@@ -72,6 +72,14 @@ TARGET static inline void pairs4(const dpm_stream_key *sk, uint64_t step, unsign
   _mm_storeu_ps(out_s, _mm_add_ps(_mm_loadu_ps(out_s), _mm256_cvtpd_ps(_mm256_mul_pd(zs, vscale))));
 }
 
+/* AES-128 of the 8 counter blocks b0 .. b0 + 7 (one block per instruction, interleaved) */
+TARGET static inline void aes_ctr8(__m128i c[8], uint64_t b0, long long hi, const __m128i rk[11]) {
+  for (int q = 0; q < 8; q++) c[q] = _mm_xor_si128(_mm_set_epi64x(hi, (long long)(b0 + (uint64_t)q)), rk[0]);
+  for (int r = 1; r < 10; r++)
+    for (int q = 0; q < 8; q++) c[q] = _mm_aesenc_si128(c[q], rk[r]);
+  for (int q = 0; q < 8; q++) c[q] = _mm_aesenclast_si128(c[q], rk[10]);
+}
+
 /* The kernel; dz != NULL: write the draws (doubles) to dz instead of adding to out (n a multiple of 16). */
 TARGET static inline void gauss_avx2(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n,
                                      double scale, float *out, double *dz) {
@@ -83,10 +91,7 @@ TARGET static inline void gauss_avx2(const dpm_stream_key *sk, uint64_t step, un
   size_t k = 0;
   for (; n - k >= 16; k += 16, g++) {
     __m128i c[8];
-    for (int q = 0; q < 8; q++) c[q] = _mm_xor_si128(_mm_set_epi64x(hi, (long long)(8 * g + (uint64_t)q)), rk[0]);
-    for (int r = 1; r < 10; r++)
-      for (int q = 0; q < 8; q++) c[q] = _mm_aesenc_si128(c[q], rk[r]);
-    for (int q = 0; q < 8; q++) c[q] = _mm_aesenclast_si128(c[q], rk[10]);
+    aes_ctr8(c, 8 * g, hi, rk);
     /* W[0..7] radius words (blocks 0-3), W[8..15] angle words (blocks 4-7) */
     pairs4(sk, step, tag, 8 * g, _mm256_set_m128i(c[1], c[0]), _mm256_set_m128i(c[5], c[4]), vscale, out + k,
            out + k + 8, dz ? dz + k : NULL, dz ? dz + k + 8 : NULL);
@@ -115,10 +120,8 @@ TARGET void dpm_words_avx2(const dpm_stream_key *sk, uint64_t step, unsigned tag
   size_t k = 0;
   for (; nblocks - k >= 8; k += 8) {
     __m128i c[8];
-    for (int q = 0; q < 8; q++) c[q] = _mm_xor_si128(_mm_set_epi64x(hi, (long long)(b0 + k + (uint64_t)q)), rk[0]);
-    for (int r = 1; r < 10; r++)
-      for (int q = 0; q < 8; q++) c[q] = _mm_aesenc_si128(c[q], rk[r]);
-    for (int q = 0; q < 8; q++) _mm_storeu_si128((__m128i *)(out + 2 * (k + (size_t)q)), _mm_aesenclast_si128(c[q], rk[10]));
+    aes_ctr8(c, b0 + k, hi, rk);
+    for (int q = 0; q < 8; q++) _mm_storeu_si128((__m128i *)(out + 2 * (k + (size_t)q)), c[q]);
   }
   if (k < nblocks) dpm_words_scalar(sk, step, tag, b0 + k, nblocks - k, out + 2 * k);
 }

@@ -82,6 +82,23 @@ TARGET static inline void pairs8(const dpm_stream_key *sk, uint64_t step, unsign
   _mm256_storeu_ps(out + 8, _mm256_add_ps(_mm256_loadu_ps(out + 8), _mm512_cvtpd_ps(_mm512_mul_pd(zs, vscale))));
 }
 
+/* AES-128 of 8 registers of counter blocks (32 blocks: ctr, ctr + 4, ...); ctr advances by 32 blocks */
+TARGET static inline void aes_ctr8(__m512i c[8], __m512i *ctr, const __m512i rk[11]) {
+  const __m512i four = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);
+  for (int q = 0; q < 8; q++) c[q] = _mm512_xor_si512(*ctr, rk[0]), *ctr = _mm512_add_epi64(*ctr, four);
+  for (int r = 1; r < 10; r++)
+    for (int q = 0; q < 8; q++) c[q] = _mm512_aesenc_epi128(c[q], rk[r]);
+  for (int q = 0; q < 8; q++) c[q] = _mm512_aesenclast_epi128(c[q], rk[10]);
+}
+
+/* The round keys broadcast to the four 128-bit lanes, and the counter register of blocks b0 .. b0 + 3. */
+TARGET static inline __m512i aes_setup(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t b0,
+                                       __m512i rk[11]) {
+  for (int r = 0; r < 11; r++) rk[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(sk->ks.rk + 16 * r)));
+  const long long hi = (long long)dpm_stream_hi(step, tag, 0);
+  return _mm512_set_epi64(hi, (long long)(b0 + 3), hi, (long long)(b0 + 2), hi, (long long)(b0 + 1), hi, (long long)b0);
+}
+
 /* The kernel; dz != NULL: write the draws (doubles) to dz instead of adding to out (n a multiple of 64). */
 TARGET static inline void gauss_avx512(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t j0, size_t n,
                                        double scale, float *out, double *dz) {
@@ -91,21 +108,14 @@ TARGET static inline void gauss_avx512(const dpm_stream_key *sk, uint64_t step, 
                     _mm512_loadu_pd(c->log_hi + 8), _mm512_loadu_pd(c->log_lo), _mm512_loadu_pd(c->log_lo + 8),
                     _mm512_set_epi64(0, 0, neg, neg, neg, neg, 0, 0), _mm512_set_epi64(neg, neg, neg, neg, 0, 0, 0, 0)};
   __m512i rk[11];
-  for (int r = 0; r < 11; r++) rk[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(sk->ks.rk + 16 * r)));
-  const long long hi = (long long)dpm_stream_hi(step, tag, 0);
   uint64_t g = j0 / 16;
-  __m512i ctr = _mm512_set_epi64(hi, (long long)(8 * g + 3), hi, (long long)(8 * g + 2), hi, (long long)(8 * g + 1), hi,
-                                 (long long)(8 * g));
-  const __m512i four = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);
+  __m512i ctr = aes_setup(sk, step, tag, 8 * g, rk);
   const __m512d vscale = _mm512_set1_pd(scale);
   size_t k = 0;
   /* four groups (64 draws, 32 blocks) per iteration: enough independent work to hide the latencies */
   for (; n - k >= 64; k += 64, g += 4) {
     __m512i c[8];
-    for (int q = 0; q < 8; q++) c[q] = _mm512_xor_si512(ctr, rk[0]), ctr = _mm512_add_epi64(ctr, four);
-    for (int r = 1; r < 10; r++)
-      for (int q = 0; q < 8; q++) c[q] = _mm512_aesenc_epi128(c[q], rk[r]);
-    for (int q = 0; q < 8; q++) c[q] = _mm512_aesenclast_epi128(c[q], rk[10]);
+    aes_ctr8(c, &ctr, rk);
     for (int q = 0; q < 4; q++)
       pairs8(sk, step, tag, g + (uint64_t)q, c[2 * q], c[2 * q + 1], &T, vscale, out + k + 16 * (size_t)q,
              dz ? dz + k + 16 * (size_t)q : NULL);
@@ -127,25 +137,12 @@ TARGET void dpm_gauss_draws_avx512(const dpm_stream_key *sk, uint64_t step, unsi
 TARGET void dpm_words_avx512(const dpm_stream_key *sk, uint64_t step, unsigned tag, uint64_t b0, size_t nblocks,
                              uint64_t *out) {
   __m512i rk[11];
-  for (int r = 0; r < 11; r++) rk[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(sk->ks.rk + 16 * r)));
-  const long long hi = (long long)dpm_stream_hi(step, tag, 0);
-  __m512i ctr = _mm512_set_epi64(hi, (long long)(b0 + 3), hi, (long long)(b0 + 2), hi, (long long)(b0 + 1), hi,
-                                 (long long)b0);
-  const __m512i four = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);
+  __m512i ctr = aes_setup(sk, step, tag, b0, rk);
   size_t k = 0;
-  for (; nblocks - k >= 16; k += 16) {
-    __m512i c0 = ctr, c1 = _mm512_add_epi64(c0, four), c2 = _mm512_add_epi64(c1, four), c3 = _mm512_add_epi64(c2, four);
-    ctr = _mm512_add_epi64(c3, four);
-    c0 = _mm512_xor_si512(c0, rk[0]), c1 = _mm512_xor_si512(c1, rk[0]);
-    c2 = _mm512_xor_si512(c2, rk[0]), c3 = _mm512_xor_si512(c3, rk[0]);
-    for (int r = 1; r < 10; r++) {
-      c0 = _mm512_aesenc_epi128(c0, rk[r]), c1 = _mm512_aesenc_epi128(c1, rk[r]);
-      c2 = _mm512_aesenc_epi128(c2, rk[r]), c3 = _mm512_aesenc_epi128(c3, rk[r]);
-    }
-    _mm512_storeu_si512(out + 2 * k, _mm512_aesenclast_epi128(c0, rk[10]));
-    _mm512_storeu_si512(out + 2 * k + 8, _mm512_aesenclast_epi128(c1, rk[10]));
-    _mm512_storeu_si512(out + 2 * k + 16, _mm512_aesenclast_epi128(c2, rk[10]));
-    _mm512_storeu_si512(out + 2 * k + 24, _mm512_aesenclast_epi128(c3, rk[10]));
+  for (; nblocks - k >= 32; k += 32) {
+    __m512i c[8];
+    aes_ctr8(c, &ctr, rk);
+    for (int q = 0; q < 8; q++) _mm512_storeu_si512(out + 2 * k + 8 * (size_t)q, c[q]);
   }
   if (k < nblocks) dpm_words_avx2(sk, step, tag, b0 + k, nblocks - k, out + 2 * k);
 }
