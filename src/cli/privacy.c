@@ -4,7 +4,9 @@
  * certified upper bound; the Richardson estimate is a secondary figure ("epsilon_estimate"). Runs
  * identically on every rank (pure computation; with --ledger every rank reads the file), only rank 0
  * prints; a user error exits with status 2 on every rank. */
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,10 +44,20 @@ static int parse_double(const char *s, const char *name, double *out, char *err)
   return 0;
 }
 
+/* An integer in [-2^63, 2^63): digits exactly, or a number such as 1e9 that is an integer. */
 static int parse_steps(const char *s, int64_t *out, char *err) {
+  char *end;
+  errno = 0;
+  long long n = strtoll(s, &end, 10);
+  if (end != s && *end == '\0') {
+    if (errno == ERANGE) return dpm_err(err, "--steps: '%s' is out of range (at most %lld)", s, LLONG_MAX);
+    *out = n;
+    return 0;
+  }
   double v = 0;
   if (parse_double(s, "steps", &v, err)) return -1;
-  if (v != floor(v) || v < -9e18 || v > 9e18) return dpm_err(err, "--steps: '%s' is not an integer", s);
+  if (v != floor(v)) return dpm_err(err, "--steps: '%s' is not an integer", s);
+  if (!(v >= -0x1p63 && v < 0x1p63)) return dpm_err(err, "--steps: '%s' is out of range (at most %lld)", s, LLONG_MAX);
   *out = (int64_t)v;
   return 0;
 }
@@ -139,10 +151,18 @@ static void json_str(const char *s) {
   putchar('"');
 }
 
+/* A JSON number, or null when it is not finite (JSON has no inf or nan). */
+static void json_num(const char *key, double v) {
+  if (isfinite(v)) printf(", \"%s\": %.17g", key, v);
+  else printf(", \"%s\": null", key);
+}
+
 static void print_line(const privacy_args *a, const ledger_file *lf, const privacy_line *l) {
   const char *name = dpm_accountant_name(l->kind);
   if (a->json) {
-    printf("{\"accountant\": \"%s\", \"epsilon\": %.17g, \"delta\": %.15g", name, l->eps, a->delta);
+    printf("{\"accountant\": \"%s\"", name);
+    json_num("epsilon", l->eps);
+    printf(", \"epsilon_finite\": %s, \"delta\": %.15g", isfinite(l->eps) ? "true" : "false", a->delta);
     if (lf) {
       printf(", \"ledger\": ");
       json_str(lf->path);
@@ -156,17 +176,25 @@ static void print_line(const privacy_args *a, const ledger_file *lf, const priva
              (long long)a->steps);
     }
     if (a->has_target) printf(", \"target_epsilon\": %.17g", a->target);
-    if (l->kind == DPM_ACCT_RDP && !lf) printf(", \"order\": %.17g", l->order);
-    if (l->kind == DPM_ACCT_TIGHT)
-      printf(", \"epsilon_upper\": %.17g, \"epsilon_estimate\": %.17g, \"epsilon_error\": %.3g, \"loss_grid\": %.3g",
-             l->upper, l->estimate, l->error, l->grid);
+    if (l->kind == DPM_ACCT_RDP && !lf) json_num("order", l->order);
+    if (l->kind == DPM_ACCT_TIGHT) {
+      json_num("epsilon_upper", l->upper);
+      json_num("epsilon_estimate", l->estimate);
+      json_num("epsilon_error", l->error);
+      json_num("loss_grid", l->grid);
+    }
     printf("}\n");
     return;
   }
   if (a->has_target)
     printf("%-5s noise multiplier %.6g  (epsilon %.6g <= target %.6g, delta %g", name, l->sigma, l->eps, a->target,
            a->delta);
-  else
+  else if (isinf(l->eps)) {
+    printf("%-5s epsilon inf  (delta %g): no finite bound%s\n", name, a->delta,
+           l->kind == DPM_ACCT_TIGHT ? " (this accountant's pessimistic truncations alone exceed delta at so many "
+           "steps, so small a delta or so little noise; try --accountant rdp)" : " (the noise is too small)");
+    return;
+  } else
     printf("%-5s epsilon %.6g  (delta %g", name, l->eps, a->delta);
   if (l->kind == DPM_ACCT_TIGHT)
     printf(", certified upper bound; discretization error %.2g, loss grid %.2g, estimate %.6g (not a bound)", l->error,

@@ -73,9 +73,13 @@ static double log_a_int(double q, double sigma, int a) {
     t[k] = lc + k * lr + (x > 37 ? x : log(expm1(x)));
     if (t[k] > mx) mx = t[k];
   }
-  double sum = 0;
+  if (mx == -INFINITY) { /* every term underflowed (sigma ~ 1e154 or more): A - 1 = 0 */
+    if (t != buf_local) dpm_free(t);
+    return 0;
+  }
+  double sum = 0; /* >=: at |mx| > 2^58, mx - 60 rounds to mx, and the largest term must still count */
   for (int k = 2; k <= a; k++)
-    if (t[k] > mx - 60) sum += exp(t[k] - mx);
+    if (t[k] >= mx - 60) sum += exp(t[k] - mx);
   if (t != buf_local) dpm_free(t);
   double lam1 = mx + log(sum); /* log(A - 1) */
   return lam1 > 37 ? lam1 + log1p(exp(-lam1)) : log1p(exp(lam1));
@@ -130,13 +134,21 @@ double dpm_rdp_log_a_series(double q, double sigma, double a) {
  * 1e-27 relative to the integrand's scale. Nodes span [-12, a_max/sigma + 12] (the integrand peaks at
  * u = 0 and u = a/sigma, both with unit width). Node data are shared by all orders of one (q, sigma). */
 typedef struct {
-  int n;
+  int n; /* 0: too many nodes (tiny sigma): the fractional orders are skipped */
   double *lphi, *phi, *L, *m; /* log phi(u_k) + log h, phi(u_k) h, log1p(q expm1(w_k)), phi(u_k) h q expm1(w_k) */
 } quad_nodes;
 
+/* At most this many nodes (32 MB). The count grows like a_max / (0.3 sigma^2): it is reached only below
+ * sigma ~ 0.006 (where epsilon is enormous anyway); the fractional orders then give no bound (+inf) and the
+ * integer orders alone decide, which stays an upper bound (a minimum over fewer orders). */
+#define QUAD_MAX_NODES (1 << 20)
+
 static void quad_build(quad_nodes *Q, double q, double sigma, double amax) {
   double h = fmin(0.5, 0.3 * sigma), lo = -12.0, hi = fmax(12.0, amax / sigma + 12.0);
-  int n = (int)ceil((hi - lo) / h) + 1;
+  double nd = ceil((hi - lo) / h) + 1;
+  memset(Q, 0, sizeof *Q);
+  if (!(nd <= QUAD_MAX_NODES)) return;
+  int n = (int)nd;
   Q->n = n;
   Q->lphi = dpm_malloc(sizeof(double) * 4 * (size_t)n);
   Q->phi = Q->lphi + n;
@@ -155,6 +167,7 @@ static void quad_build(quad_nodes *Q, double q, double sigma, double amax) {
 }
 
 static double quad_log_a(const quad_nodes *Q, double a) {
+  if (Q->n == 0) return INFINITY; /* no nodes (quad_build): no bound at this order */
   double mx = -INFINITY;
   for (int k = 0; k < Q->n; k++) {
     double aL = a * Q->L[k];
@@ -450,6 +463,9 @@ int dpm_ledger_max_steps(const dpm_ledger *L, double q, double sigma, double tar
     dpm_pld_result res;
     int rc = dpm_pld_epsilon(ev, n, delta, &res, err);
     dpm_free(ev);
+    /* the arguments are valid (checked above): a failure is a loss grid beyond the accountant's range, at
+     * more steps than the last certified count lo; stop the search there (pessimistic) */
+    if (rc && hi > 1) break;
     if (rc) return rc;
     if (res.epsilon_upper > target) break;
     lo = hi;
@@ -466,8 +482,7 @@ int dpm_ledger_max_steps(const dpm_ledger *L, double q, double sigma, double tar
     dpm_pld_result res;
     int rc = dpm_pld_epsilon(ev, n, delta, &res, err);
     dpm_free(ev);
-    if (rc) return rc;
-    if (res.epsilon_upper > target) hi = mid;
+    if (rc || res.epsilon_upper > target) hi = mid; /* rc: beyond the accountant's range, as above */
     else lo = mid;
   }
   *steps = lo;

@@ -22,6 +22,11 @@
 
 #include "dpmpi/privacy/accountant.h"
 
+/* The largest loss grid (points of one distribution) the accountant allocates: 2^24 points, 128 MB, and
+ * three such arrays in a convolution. Beyond it (a noise multiplier below ~1e-7 or above ~1e7, or some
+ * 10^12 steps) dpm_pld_epsilon fails with a message instead of trying to allocate gigabytes. */
+#define PLD_MAX_POINTS ((int64_t)1 << 24)
+
 typedef struct {
   int64_t off; /* loss of p[k] is (off + k) h */
   int64_t n;
@@ -60,12 +65,15 @@ static int64_t nice_size(int64_t n) {
   return best;
 }
 
-/* out = a * b (convolution of the loss distributions), truncated. b may equal a (squaring). */
+/* out = a * b (convolution of the loss distributions), truncated. b may equal a (squaring). Over
+ * PLD_MAX_POINTS: r.p = NULL (nothing allocated). */
 static pmf pmf_convolve(const pmf *a, const pmf *b, double tau_up, double tau_lo) {
   pmf r;
   r.off = a->off + b->off;
   r.n = a->n + b->n - 1;
   r.inf = 1 - (1 - a->inf) * (1 - b->inf);
+  r.p = NULL;
+  if (r.n > PLD_MAX_POINTS) return r;
   int64_t N = nice_size(r.n), M = N / 2 + 1;
   double *x = fftw_malloc(sizeof(double) * (size_t)N);
   fftw_complex *X = fftw_malloc(sizeof(fftw_complex) * (size_t)M), *Y = NULL;
@@ -146,7 +154,10 @@ static void interval_pq(double q, double s, int dir, double a, double b, double 
 }
 
 /* Connect-the-dots PLD of one step on the grid h; the loss range is cut where the P-tail is below tau
- * (the cut tails are handled pessimistically). */
+ * (the cut tails are handled pessimistically: mass below the range rounds up onto its first point, mass
+ * above goes to +infinity). Both ends come from the sample range [-s z, 1 + s z], so the range stays a
+ * few grid points wide at a huge sigma too (the bounds log(1-q) and -log(1-q) are not reached). Over
+ * PLD_MAX_POINTS (or a grid that is not a positive number): r.p = NULL, r.n = PLD_MAX_POINTS + 1. */
 static pmf discretize(double q, double s, int dir, double h, double tau) {
   double z = sqrt(2 * log(1 / tau)); /* upper tail of N(0,1) beyond z is < tau */
   double lo, hi;
@@ -155,15 +166,17 @@ static pmf discretize(double q, double s, int dir, double h, double tau) {
     lo = mu * mu / 2 - z * mu;
     hi = mu * mu / 2 + z * mu;
   } else if (dir == DIR_REMOVE) {
-    lo = log1p(-q);
+    lo = fmax(log1p(-q), loss_of_x(q, s, dir, -s * z));
     hi = loss_of_x(q, s, dir, 1 + s * z);
   } else {
     lo = loss_of_x(q, s, dir, s * z);
-    hi = -log1p(-q);
+    hi = fmin(-log1p(-q), loss_of_x(q, s, dir, -s * z));
   }
-  int64_t jlo = (int64_t)floor(lo / h), jhi = (int64_t)ceil(hi / h);
+  pmf r = {0, PLD_MAX_POINTS + 1, NULL, 0};
+  const double flo = floor(lo / h), fhi = ceil(hi / h);
+  if (!(h > 0) || !(fhi - flo < (double)PLD_MAX_POINTS) || !isfinite(flo)) return r;
+  int64_t jlo = (int64_t)flo, jhi = (int64_t)fhi;
   if (jhi <= jlo) jhi = jlo + 1;
-  pmf r;
   r.off = jlo;
   r.n = jhi - jlo + 1;
   r.p = fftw_malloc(sizeof(double) * (size_t)r.n);
@@ -187,24 +200,29 @@ static pmf discretize(double q, double s, int dir, double h, double tau) {
   return r;
 }
 
+/* base^T; over PLD_MAX_POINTS: p = NULL (see pmf_convolve). */
 static pmf pmf_power(const pmf *base, int64_t T, double tau_up, double tau_lo) {
   pmf res = {0, 1, fftw_malloc(sizeof(double)), 0};
   res.p[0] = 1;
   pmf b = *base;
   b.p = fftw_malloc(sizeof(double) * (size_t)b.n);
   memcpy(b.p, base->p, sizeof(double) * (size_t)b.n);
-  while (T > 0) {
+  while (T > 0 && res.p && b.p) {
     if (T & 1) {
       pmf t = pmf_convolve(&res, &b, tau_up, tau_lo);
       pmf_free(&res);
       res = t;
     }
     T >>= 1;
-    if (T) {
+    if (T && res.p) {
       pmf t = pmf_convolve(&b, &b, tau_up, tau_lo);
       pmf_free(&b);
       b = t;
     }
+  }
+  if (!b.p) { /* the squaring overflowed */
+    pmf_free(&res);
+    res.n = b.n;
   }
   pmf_free(&b);
   return res;
@@ -248,22 +266,36 @@ static double loss_std(double q, double s) {
  * to T in the composition, so its threshold is 1e-4 delta / (2 T events): all truncations together add
  * at most 1e-4 delta to delta (a relative change of epsilon of order 1e-4 or less), or 2 T 1e-14 when
  * the floor applies (T > 5e9 delta: still pessimistic, only looser for tiny delta and many steps). */
+/* NAN when a distribution would exceed PLD_MAX_POINTS. */
 static double epsilon_on_grid(const dpm_pld_event *ev, int n, double delta, double h, int dir, int nev) {
   pmf acc = {0, 1, fftw_malloc(sizeof(double)), 0};
   acc.p[0] = 1;
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < n && acc.p; i++) {
     if (ev[i].count == 0) continue;
     /* floored at 1e-14: below that the FFT round-off (~1e-16 of the largest bin per bin) would keep the
      * noise floor from being cut and the window would double at every squaring */
     double tau_up = fmax(1e-4 * delta / (2.0 * (double)ev[i].count * nev + 2.0), 1e-14), tau_lo = tau_up;
     pmf base = discretize(ev[i].q, ev[i].sigma, dir, h, tau_up * 1e-3);
+    if (!base.p) {
+      pmf_free(&acc);
+      acc = base;
+      break;
+    }
     pmf_truncate(&base, tau_up, tau_lo);
     pmf pw = pmf_power(&base, ev[i].count, tau_up, tau_lo);
     pmf_free(&base);
+    if (!pw.p) {
+      pmf_free(&acc);
+      acc = pw;
+      break;
+    }
     pmf t = pmf_convolve(&acc, &pw, 1e-4 * delta / (nev + 1), 1e-4 * delta / (nev + 1));
     pmf_free(&acc);
     pmf_free(&pw);
     acc = t;
+  }
+  if (!acc.p) {
+    return NAN;
   }
   double e = pmf_epsilon(&acc, h, delta);
   pmf_free(&acc);
@@ -274,10 +306,12 @@ static double epsilon_on_grid(const dpm_pld_event *ev, int n, double delta, doub
  * first bounded on the grid 2h, which already certifies it when that is below the remove direction. */
 static double grid_epsilon(const dpm_pld_event *ev, int n, double delta, double h, int nev, int all_q1) {
   double e = epsilon_on_grid(ev, n, delta, h, DIR_REMOVE, nev);
-  if (all_q1) return e;
+  if (all_q1 || isnan(e)) return e;
   double a2 = epsilon_on_grid(ev, n, delta, 2 * h, DIR_ADD, nev);
+  if (isnan(a2)) return a2;
   if (a2 <= e) return e;
-  return fmax(e, epsilon_on_grid(ev, n, delta, h, DIR_ADD, nev));
+  double a = epsilon_on_grid(ev, n, delta, h, DIR_ADD, nev);
+  return isnan(a) ? a : fmax(e, a);
 }
 
 int dpm_pld_epsilon(const dpm_pld_event *ev, int n, double delta, dpm_pld_result *res, char err[DPM_ERRLEN]) {
@@ -297,14 +331,28 @@ int dpm_pld_epsilon(const dpm_pld_event *ev, int n, double delta, dpm_pld_result
   }
   memset(res, 0, sizeof *res);
   if (total == 0) return 0;
-  /* refine h until the extrapolated error of the bound is below 0.3% + 0.001 (at most 5 halvings) */
-  double h = hmin, eh = 0, e2h = grid_epsilon(ev, n, delta, 2 * hmin, nev, all_q1);
-  for (int it = 0;; it++) {
-    eh = grid_epsilon(ev, n, delta, h, nev, all_q1);
-    if (!(e2h - eh > 0.009 * eh + 0.003) || it == 5 || !isfinite(eh)) break;
-    e2h = eh;
-    h /= 2;
+  /* refine h until the extrapolated error of the bound is below 0.3% + 0.001 (at most 5 halvings; a
+   * halving whose grid would exceed PLD_MAX_POINTS ends the refinement at the grid before it) */
+  double h = hmin, eh = NAN, e2h = grid_epsilon(ev, n, delta, 2 * hmin, nev, all_q1);
+  for (int it = 0; !isnan(e2h); it++) {
+    double e = grid_epsilon(ev, n, delta, h, nev, all_q1);
+    if (isnan(e)) {
+      if (it > 0) h *= 2, e = e2h, e2h = eh; /* back to the previous grid: its bound and its error */
+      eh = e;
+      break;
+    }
+    if (!(e2h - e > 0.009 * e + 0.003) || it == 5 || !isfinite(e)) {
+      eh = e;
+      break;
+    }
+    double prev2 = e2h;
+    e2h = e, h /= 2;
+    eh = prev2; /* eh holds the bound on grid 4h (e2h's 2h), for a failed next halving */
   }
+  if (isnan(e2h) || isnan(eh))
+    return dpm_err(err, "tight accountant: the privacy loss distribution needs more than %lld grid points "
+                   "(the noise multiplier or the number of steps is outside its range): use the rdp accountant",
+                   (long long)PLD_MAX_POINTS);
   res->grid = h;
   res->epsilon_upper = eh;
   double d = e2h - eh;

@@ -286,6 +286,32 @@ static void test_ledger(void) {
   dpm_ledger_free(L);
 }
 
+/* Absurd arguments (issue 18): no crash, no absurd allocation, and an answer that is still an upper bound.
+ * Reference: for an integer order a, A >= q^a exp(a(a-1)/(2 sigma^2)) (the k = a term of the binomial sum),
+ * so RDP(a) >= (a log q + a(a-1)/(2 sigma^2)) / (a-1). Before the fix the integer orders' sum dropped its
+ * largest term at |log A| > 2^58 (RDP 0, epsilon 0.0035 at sigma 1e-9) and the fractional orders' quadrature
+ * asked for 2^64 bytes. */
+static void test_extremes(void) {
+  const double q = 0.01;
+  for (int i = 0; i < 3; i++) {
+    const double s = (double[]){1e-9, 1e-6, 1e-3}[i];
+    for (int a = 2; a <= 1024; a *= 4) {
+      double r = dpm_rdp_subsampled_gaussian(q, s, a), lb = (a * log(q) + a * (a - 1.0) / (2 * s * s)) / (a - 1.0);
+      CHECK(r >= lb * (1 - 1e-12), "RDP(q %g, sigma %g, order %d) = %g below its lower bound %g", q, s, a, r, lb);
+    }
+    /* the default orders (fractional ones included: their quadrature would need ~1/sigma^2 nodes) */
+    double order, e = dpm_rdp_epsilon(q, s, 1000000000, 1e-5, &order);
+    CHECK(e > 1e12, "sigma %g, 1e9 steps: epsilon %g (order %g) must be enormous", s, e, order);
+  }
+  /* a huge sigma: RDP 0 at every order (no NaN), epsilon the conversion's own minimum */
+  CHECK(dpm_rdp_subsampled_gaussian(q, 1e300, 2) == 0, "RDP at sigma 1e300: %g", dpm_rdp_subsampled_gaussian(q, 1e300, 2));
+  double e_big = dpm_rdp_epsilon(q, 1e300, 1000, 1e-5, NULL), e_10 = dpm_rdp_epsilon(q, 1e10, 1000, 1e-5, NULL);
+  CHECK(fabs(e_big - e_10) < 1e-6 && e_big < 0.004, "sigma 1e300: epsilon %g, sigma 1e10: %g", e_big, e_10);
+  /* steps up to 2^63 - 1 */
+  double e_max = dpm_rdp_epsilon(q, 1.0, INT64_MAX, 1e-5, NULL);
+  CHECK(isfinite(e_max) && e_max > dpm_rdp_epsilon(q, 1.0, (int64_t)1 << 40, 1e-5, NULL), "2^63-1 steps: %g", e_max);
+}
+
 int main(int argc, char **argv) {
   dpm_test_init(&argc, &argv);
   test_rdp_orders();
@@ -295,5 +321,6 @@ int main(int argc, char **argv) {
   test_calibration_grid();
   test_properties();
   test_ledger();
+  test_extremes();
   return dpm_test_finish();
 }

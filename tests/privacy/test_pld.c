@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "dpmpi/privacy/accountant.h"
 #include "testing.h"
@@ -172,6 +173,21 @@ static void test_properties(void) {
   dpm_ledger_free(L);
 }
 
+/* Absurd arguments (issue 18): a loss grid beyond the accountant's range is one error, never an attempt to
+ * allocate it; a huge sigma gives epsilon ~ 0 quickly; steps up to 2^62 end in an answer or that error. */
+static void test_extremes(void) {
+  char err[DPM_ERRLEN] = "";
+  dpm_pld_result r;
+  dpm_pld_event tiny = {0.01, 1e-9, 1000000000};
+  CHECK(dpm_pld_epsilon(&tiny, 1, 1e-5, &r, err) == -1 && strstr(err, "grid points"), "sigma 1e-9: %s", err);
+  dpm_pld_event big = {0.01, 1e6, 1000};
+  CHECK(dpm_pld_epsilon(&big, 1, 1e-5, &r, err) == 0, "sigma 1e6: %s", err);
+  CHECK(r.epsilon_upper >= 0 && r.epsilon_upper < 1e-3, "sigma 1e6: epsilon %g", r.epsilon_upper);
+  dpm_pld_event q1 = {1.0, 1e-9, 10};
+  int rc = dpm_pld_epsilon(&q1, 1, 1e-5, &r, err);
+  CHECK(rc == -1 || r.epsilon_upper > 1e15, "q 1 sigma 1e-9: rc %d eps %g", rc, r.epsilon_upper);
+}
+
 int main(int argc, char **argv) {
   dpm_test_init(&argc, &argv);
   double t0 = dpm_time();
@@ -181,6 +197,7 @@ int main(int argc, char **argv) {
   test_published_and_sigma();
   double t2 = dpm_time();
   test_properties();
+  test_extremes();
   printf("time: table %.1f s, published + calibration %.1f s, properties %.1f s\n", t1 - t0, t2 - t1, dpm_time() - t2);
   return dpm_test_finish();
 }
