@@ -63,7 +63,9 @@ static const key_def KEYS[] = {
   {"train", "warmup_epochs", K_NONNEG_NUM, OFF(warmup_epochs), "0", NULL, "Linear warm-up of the learning rate over this many epochs."},
   {"train", "eval_every", K_POS_NUM, OFF(eval_every_epochs), "1", NULL, "Evaluate on the test split every this many epochs (and at the end)."},
   {"privacy", "enabled", K_BOOL, OFF(privacy_enabled), "true", NULL,
-   "true: DP-SGD (clipping, noise, accounting). false: non-private baseline on the same code path."},
+   "true: DP-SGD (clipping, noise, accounting). false: non-private baseline on the same code path; the job's "
+   "privacy.epsilon, privacy.noise_multiplier, pca.epsilon and pca.noise_multiplier are then ignored (one warning "
+   "line), so --privacy.enabled=false gives the baseline of any DP job."},
   {"privacy", "epsilon", K_POS_NUM, OFF(epsilon), NULL, NULL,
    "Target epsilon. Without noise_multiplier, sigma is calibrated so the whole run spends at most this; "
    "with it, training stops before this budget would be exceeded."},
@@ -332,10 +334,18 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
   if (cfg->privacy_enabled) {
     if (cfg->epsilon <= 0 && cfg->noise_multiplier <= 0)
       return dpm_err(err, "%s: privacy is enabled: give [privacy] epsilon (target), noise_multiplier, or both", f);
-  } else if (cfg->epsilon > 0 || cfg->noise_multiplier > 0) {
-    return dpm_err(err, "%s: [privacy] enabled = false but epsilon or noise_multiplier is set: a non-private run has "
-                        "no privacy parameters",
-                   f);
+  } else { /* the non-private baseline of a DP job: its privacy parameters are ignored (the caller warns) */
+    const struct { const char *name; double *v; } keys[] = {{"privacy.epsilon", &cfg->epsilon},
+      {"privacy.noise_multiplier", &cfg->noise_multiplier}, {"pca.epsilon", &cfg->pca_epsilon},
+      {"pca.noise_multiplier", &cfg->pca_noise_multiplier}};
+    size_t len = 0;
+    cfg->privacy_ignored[0] = '\0';
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+      if (*keys[k].v > 0) {
+        len += (size_t)snprintf(cfg->privacy_ignored + len, sizeof cfg->privacy_ignored - len, "%s%s", len ? ", " : "",
+                                keys[k].name);
+        *keys[k].v = 0;
+      }
   }
   /* ---- [pca] ---- */
   if (cfg->pca_components < 0)
@@ -351,9 +361,6 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
     if (cfg->pca_epsilon > 0 && cfg->epsilon > 0 && !(cfg->pca_epsilon < cfg->epsilon))
       return dpm_err(err, "%s: [pca] epsilon = %g must be below [privacy] epsilon = %g (the budget of the whole run, "
                           "PCA included)", f, cfg->pca_epsilon, cfg->epsilon);
-  } else if (cfg->pca_components > 0 && (cfg->pca_noise_multiplier > 0 || cfg->pca_epsilon > 0)) {
-    return dpm_err(err, "%s: [privacy] enabled = false but [pca] noise_multiplier or epsilon is set: a non-private run "
-                        "computes the exact PCA", f);
   }
   return 0;
 }

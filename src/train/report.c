@@ -130,14 +130,16 @@ void trainer_print_header(trainer *tr) {
   fflush(stdout);
 }
 
-void trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s) {
+double trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s) {
   double acc, loss;
   trainer_evaluate(tr, &acc, &loss);
   double eps = trainer_epsilon_now(tr);
-  if (tr->rank != 0) return;
+  if (tr->rank != 0) return loss;
   const char *acct = dpm_accountant_name(tr->acct);
-  char ppl[48] = "", pplj[32] = "null";
-  if (tr->tokens) snprintf(ppl, sizeof ppl, "  test perplexity %.3f", exp(loss)), snprintf(pplj, sizeof pplj, "%.6f", exp(loss));
+  char ppl[48] = "", pplj[32] = "null", lossj[32] = "null"; /* JSON: null for a non-finite loss */
+  if (isfinite(loss)) snprintf(lossj, sizeof lossj, "%.6f", loss);
+  if (tr->tokens) snprintf(ppl, sizeof ppl, "  test perplexity %.3f", exp(loss));
+  if (tr->tokens && isfinite(exp(loss))) snprintf(pplj, sizeof pplj, "%.6f", exp(loss));
   if (tr->dp)
     printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f%s  epsilon %.4f (delta %g, %s)%s\n",
            (long long)step, epoch, 100 * acc, loss, ppl, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
@@ -150,15 +152,16 @@ void trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_
     if (tr->dp) snprintf(epsbuf, sizeof epsbuf, "%.6f", eps); else snprintf(epsbuf, sizeof epsbuf, "null");
     fprintf(tr->metrics,
             "{\"step\": %lld, \"epoch\": %.4f, \"epsilon\": %s, \"delta\": %g, \"accountant\": \"%s\", "
-            "\"test_accuracy\": %.6f, \"test_loss\": %.6f, \"examples_per_second\": %.1f, \"private\": %s, "
+            "\"test_accuracy\": %.6f, \"test_loss\": %s, \"examples_per_second\": %.1f, \"private\": %s, "
             "\"noise_multiplier\": %.6g, \"sampling_rate\": %.8g, \"clip\": %g, \"clipping\": \"%s\", "
             "\"reproducible\": %s, \"private_stats\": %s, \"test_perplexity\": %s}\n",
-            (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, loss, ex_per_s,
+            (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, lossj, ex_per_s,
             tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
             tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->any_seeded ? "true" : "false",
             tr->cfg.private_stats ? "true" : "false", pplj);
     fflush(tr->metrics);
   }
+  return loss;
 }
 
 /* Throughput from the expected batch size q*N (public), never the realized one: steps done in this segment

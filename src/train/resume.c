@@ -29,12 +29,15 @@ void trainer_find_resume(trainer *tr, const char *path, dpm_ckpt_meta *meta, cha
   dpm_exit_if_error(tr->comm, !found, err);
 }
 
-/* The job must continue the checkpoint's run: same model, data size, sampling rate, privacy settings and
- * length; sigma and the ledger come from the checkpoint. */
+/* The job must continue the checkpoint's run: same model, data size, sampling rate and privacy settings;
+ * sigma and the ledger come from the checkpoint. The length may change (run extension, issue 18): a longer
+ * run only at a noise multiplier the job fixes (privacy.noise_multiplier = the run's); one calibrated from
+ * privacy.epsilon was calibrated for the shorter run. The job's length becomes the run's. */
 void trainer_check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *path) {
   dpm_config *cfg = &tr->cfg;
   char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
   int failed = 1;
+  const int longer = tr->steps > meta->steps_total, calibrated = meta->privacy && !(cfg->noise_multiplier > 0);
   if (dpm_ckpt_same_model(meta->layers, cfg->model_layers, inner))
     dpm_err(err, "%s: does not match %s: %s", path, cfg->path, inner);
   else if (meta->optimizer != cfg->optimizer)
@@ -61,9 +64,11 @@ void trainer_check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pa
   else if (meta->privacy && !cfg->rebudget && cfg->epsilon != meta->epsilon)
     dpm_err(err, "%s: the run's budget is privacy.epsilon = %g, the job says %g (0: none; --privacy.rebudget=true "
             "makes the new one the budget of the whole ledger)", path, meta->epsilon, cfg->epsilon);
-  else if (meta->steps_total != tr->steps && !(cfg->noise_multiplier > 0 && cfg->epsilon > 0))
-    dpm_err(err, "%s: the run has %lld steps, the job now asks for %lld", path, (long long)meta->steps_total,
-            (long long)tr->steps);
+  else if (longer && calibrated)
+    dpm_err(err, "%s: the run's noise multiplier %g was calibrated so that its %lld steps spend privacy.epsilon = %g; "
+            "%lld steps are refused at it (a longer run at a fixed noise: --privacy.noise_multiplier=%g, and with a "
+            "budget --privacy.rebudget=true and a larger privacy.epsilon)", path, meta->sigma,
+            (long long)meta->steps_total, meta->epsilon, (long long)tr->steps, meta->sigma);
   else if (meta->reproducible && cfg->has_seed && meta->seed != cfg->seed)
     dpm_err(err, "%s: written by a run with run.seed = %llu, the job says %llu", path, (unsigned long long)meta->seed,
             (unsigned long long)cfg->seed);
@@ -78,16 +83,20 @@ void trainer_check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pa
             "version %d (AES-128), so the run would not continue its own streams: finish it with dpmpi %s", path,
             meta->version, meta->rng_stream, meta->rng_stream == 1 ? " (Philox4x64-10)" : "", DPM_RNG_STREAM_VERSION,
             meta->version);
-  else if (meta->step >= meta->steps_total)
-    dpm_err(err, "%s: the run is complete (step %lld of %lld); nothing to resume", path, (long long)meta->step,
-            (long long)meta->steps_total);
+  else if (meta->step >= tr->steps && tr->steps == meta->steps_total)
+    dpm_err(err, "%s: the run is complete (step %lld of %lld); nothing to resume (a larger train.steps extends it%s)",
+            path, (long long)meta->step, (long long)meta->steps_total,
+            calibrated ? ", at a fixed privacy.noise_multiplier" : "");
+  else if (meta->step >= tr->steps)
+    dpm_err(err, "%s: the checkpoint is at step %lld, the job asks for a run of %lld steps; nothing to resume", path,
+            (long long)meta->step, (long long)tr->steps);
   else
     failed = 0;
   dpm_exit_if_error(tr->comm, failed, err);
   tr->dp = meta->privacy;
   tr->acct = meta->accountant;
   tr->sigma = meta->sigma;
-  tr->steps = meta->steps_total;
+  tr->steps_was = meta->steps_total; /* tr->steps: the job's length, the run's from now on */
   tr->pca_sigma = meta->pca_sigma;
   /* the history this model carries: its run, the seeded ranges, the steps it did not use */
   snprintf(tr->run_id, sizeof tr->run_id, "%s", meta->run_id);
@@ -190,6 +199,15 @@ void trainer_resume_history(trainer *tr, const dpm_ckpt_meta *meta, const char *
                cfg->epsilon, (long long)allowed, (long long)(tr->steps - tr->start), (long long)(tr->start + allowed));
       tr->steps = tr->start + allowed;
     }
+  }
+  if (tr->steps != tr->steps_was && tr->rank == 0) { /* a new length: the epsilon it costs, before training */
+    const int64_t now = tr->steps;
+    tr->steps = tr->steps_was > tr->start ? tr->steps_was : tr->start;
+    const double was = trainer_epsilon_after_run(tr);
+    tr->steps = now;
+    printf("note: the run's length changes from %lld to %lld steps at noise multiplier %g: epsilon %.4f after the run "
+           "(%.4f at %lld steps; delta %g, %s accountant)\n", (long long)tr->steps_was, (long long)tr->steps, tr->sigma,
+           trainer_epsilon_after_run(tr), was, (long long)tr->steps_was, cfg->delta, dpm_accountant_name(tr->acct));
   }
   /* the segment begins: recorded only once it is sure to run */
   trainer_journal(tr, older ? "branch %lld %lld %lld" : "start %lld %lld", (long long)meta->step, (long long)(have + extra),

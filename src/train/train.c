@@ -195,6 +195,7 @@ void trainer_write_checkpoint(trainer *tr, int64_t step) {
   int failed = dpm_ckpt_write(tr->comm, path, &cm, tr->ledger, &meta, err) != 0;
   dpm_exit_if_error(tr->comm, failed, err);
   trainer_journal(tr, "ckpt %lld %lld", (long long)step, (long long)dpm_journal_ledger_steps(tr->ledger));
+  tr->ckpt_last = step;
   if (tr->rank != 0) return;
   printf("checkpoint: %s (step %lld, %.2f s)\n", path, (long long)step, dpm_time() - t0);
   fflush(stdout);
@@ -248,6 +249,49 @@ static double throughput(const trainer *tr, const loop_state *ls, int64_t done) 
 
 
 
+/* 1 if every value is finite: no exponent field of all ones (Inf, NaN); branch-free, vectorizes. */
+static int all_finite(const float *p, size_t n) {
+  uint32_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t b;
+    memcpy(&b, p + i, sizeof b);
+    bad |= (b & 0x7f800000u) == 0x7f800000u;
+  }
+  return !bad;
+}
+
+enum { DIVERGED_PARAMS = 1, DIVERGED_LOSS = 2, DIVERGED_TEST_LOSS = 4 };
+
+/* Collective divergence check after step `done` (docs/design.md, "Divergence"): the parameters after the
+ * update (every rank its stage's slab: post-processing of the noisy releases), the batch's training loss
+ * when it is printed anyway (output.private_stats, or a non-private run: it is a noiseless function of the
+ * private batch, so a DP-safe run does not look at it) and, after an evaluation (evaluated = 1), the test
+ * loss (printed anyway). Non-finite: one error naming the step and what, every rank exits 2, and nothing is
+ * written of this state (the caller checks before its checkpoint). */
+static void check_diverged(trainer *tr, int64_t done, double loss, int evaluated, double test_loss) {
+  const dpm_config *cfg = &tr->cfg;
+  int what = all_finite(dpm_model_params(tr->model), dpm_model_num_params(tr->model)) ? 0 : DIVERGED_PARAMS;
+  if ((!tr->dp || cfg->private_stats) && !isfinite(loss)) what |= DIVERGED_LOSS;
+  if (evaluated && !isfinite(test_loss)) what |= DIVERGED_TEST_LOSS;
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &what, 1, MPI_INT, MPI_BOR, tr->comm));
+  if (!what) return;
+  char err[DPM_ERRLEN], saved[4200];
+  if (!cfg->ckpt_dir)
+    snprintf(saved, sizeof saved, "nothing is saved (no checkpoint.dir)");
+  else if (tr->ckpt_last >= 0)
+    snprintf(saved, sizeof saved, "the last good checkpoint is step %lld in %s; nothing is written of this state",
+             (long long)tr->ckpt_last, cfg->ckpt_dir);
+  else
+    snprintf(saved, sizeof saved, "no checkpoint was written yet; nothing is written of this state");
+  dpm_err(err, "training diverged at step %lld: %s%s%s%s%s%s not finite (NaN or Inf): train.lr = %g too large, or "
+          "non-finite data; %s", (long long)done, what & DIVERGED_PARAMS ? "the parameters after the update" : "",
+          (what & DIVERGED_PARAMS) && (what & (DIVERGED_LOSS | DIVERGED_TEST_LOSS)) ? " and " : "",
+          what & DIVERGED_LOSS ? "the training loss of the batch" : "",
+          (what & DIVERGED_LOSS) && (what & DIVERGED_TEST_LOSS) ? " and " : "",
+          what & DIVERGED_TEST_LOSS ? "the test loss" : "", (what & DIVERGED_PARAMS) || (what & (what - 1)) ? " are" : " is", cfg->lr, saved);
+  dpm_exit_if_error(tr->comm, 1, err);
+}
+
 /* Collective: the signal any rank received (SIGTERM, SIGUSR1), 0 if none. */
 static int stop_requested(trainer *tr) {
   int stop = stop_signal;
@@ -283,8 +327,13 @@ static int train_loop(trainer *tr) {
 
     const int64_t done = t + 1;
     if (done % ls.log_every == 0 || done == tr->steps) trainer_report_progress(tr, &ls, done, lr);
-    if (done % ls.eval_every == 0 || done == tr->steps)
-      trainer_report_eval(tr, done, (double)done / tr->steps_per_epoch, throughput(tr, &ls, done));
+    const int evaluated = done % ls.eval_every == 0 || done == tr->steps;
+    double test_loss = 0;
+    if (evaluated) {
+      test_loss = trainer_report_eval(tr, done, (double)done / tr->steps_per_epoch, throughput(tr, &ls, done));
+      DPM_MPI_CHECK(MPI_Bcast(&test_loss, 1, MPI_DOUBLE, 0, tr->comm)); /* the same on every rank */
+    }
+    check_diverged(tr, done, stats.loss, evaluated, test_loss); /* before any checkpoint of this state */
     const int stop = stop_requested(tr);
     if (cfg->ckpt_dir && (done == tr->steps || stop || (cfg->ckpt_every > 0 && done % cfg->ckpt_every == 0)))
       trainer_write_checkpoint(tr, done);
@@ -484,6 +533,9 @@ static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
   a->over = NULL;
   dpm_exit_if_error(tr->comm, failed, err);
   dpm_config *cfg = &tr->cfg;
+  if (cfg->privacy_ignored[0] && tr->rank == 0)
+    fprintf(stderr, "dpmpi: warning: %s: privacy.enabled = false: ignoring %s (the non-private baseline has no privacy "
+            "parameters)\n", cfg->path, cfg->privacy_ignored);
   dpm_dataset hdr;
   failed = dpm_dataset_probe(cfg->data_train, "train", &hdr, err) != 0;
   if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", thdr, err) != 0;
@@ -646,6 +698,7 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
     tr->ledger = L;
     dpm_ckpt_meta *meta = &rp->meta;
     tr->start = meta->step;
+    tr->ckpt_last = meta->step; /* the checkpoint resumed from is the last good state until a newer one */
     dpm_optimizer_set_steps(tr->opt, meta->optimizer_steps); /* AdamW's bias correction continues */
     tr->pca_V = meta->pca_projection; /* DP-PCA: the run's projection, never a new draw */
     meta->pca_projection = NULL;
@@ -742,6 +795,7 @@ int dpm_cmd_train(int argc, char **argv) {
   trainer tr;
   memset(&tr, 0, sizeof tr);
   tr.comm = MPI_COMM_WORLD;
+  tr.ckpt_last = -1;
   MPI_Comm_rank(tr.comm, &tr.rank);
   MPI_Comm_size(tr.comm, &tr.size);
   train_args a;

@@ -49,6 +49,7 @@ typedef struct {
   int64_t N;
   double q, sigma, steps_per_epoch;
   int64_t steps;          /* steps the run will take (after the budget) */
+  int64_t steps_was;      /* --resume: the run's length in the checkpoint (steps differs: extended or shortened) */
   int dp;
   int tokens;             /* 1: token data and a GPT (losses and perplexity per target token) */
   dpm_accountant_kind acct;
@@ -67,6 +68,7 @@ typedef struct {
   char run_id[24];        /* the run's id (every segment), names the journal */
   const char *journal_dir;/* where this segment appends to the run journal (NULL: no journal) */
   int64_t announced;      /* the journal announces every step below this */
+  int64_t ckpt_last;      /* step of the newest checkpoint written or resumed from by this segment, -1: none */
   int64_t abandoned;      /* ledger steps this model did not use (abandoned branches, lost in a crash) */
   int64_t *seeded;        /* [begin, end) ranges that ran seeded before this segment; room for n_seeded + 1 */
   int64_t *seeded_out;    /* the same plus this segment's, for a checkpoint */
@@ -104,7 +106,7 @@ double trainer_epsilon_now(trainer *tr);
 double trainer_epsilon_after_run(trainer *tr);
 void trainer_evaluate(trainer *tr, double *accuracy, double *loss);
 void trainer_print_header(trainer *tr);
-void trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s);
+double trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s); /* returns the test loss */
 double trainer_expected_per_s(const trainer *tr, int64_t done, double t_train);
 void trainer_report_progress(trainer *tr, loop_state *ls, int64_t done, double lr);
 void trainer_report_stop(trainer *tr, int sig, int64_t done);

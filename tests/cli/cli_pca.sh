@@ -177,8 +177,9 @@ expect_usage_error 2 "[pca] epsilon = 5 must be below [privacy] epsilon = 4" tra
 expect_usage_error 2 "[pca] clip = '0': expected a positive number" train "$tmp/job.ini" --pca.clip=0
 expect_usage_error 1 "unknown key 'solver' in section [pca]" train "$tmp/job.ini" --pca.solver=syevd
 expect_usage_error 2 "the PCA release alone spends epsilon" train "$tmp/job.ini" --pca.noise_multiplier=0.2
-expect_usage_error 2 "[privacy] enabled = false but [pca] noise_multiplier or epsilon is set" train "$tmp/np.ini" \
-  --privacy.enabled=false --pca.epsilon=1
+run 2 train "$tmp/np.ini" --privacy.enabled=false --pca.epsilon=1
+check "non-private PCA with pca.epsilon: ignored with one warning (rc $(rc))" test "$(rc)" = 0 -a "$(grep -c . "$tmp/err")" = 1
+check "the warning names pca.epsilon" has "$tmp/err" "privacy.enabled = false: ignoring pca.epsilon (the non-private"
 expect_usage_error 2 "written with pca.components = 4, the job says 3" train "$tmp/job.ini" --run.seed=11 \
   --pca.components=3 --resume "$tmp/c1/ckpt-00000020.h5"
 expect_usage_error 2 "written with pca.components = 4, the job says 0" train "$tmp/job.ini" --run.seed=11 \

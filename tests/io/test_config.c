@@ -87,8 +87,22 @@ int main(int argc, char **argv) {
   expect_error(buf, 0, NULL, "accountant = 'moments'", "rdp|tight");
   snprintf(buf, sizeof buf, "%s[train]\nsteps = 10\n", BASE);
   expect_error(buf, 0, NULL, "exactly one of [train] epochs and [train] steps", path);
-  snprintf(buf, sizeof buf, "%s[privacy]\nenabled = false\n", BASE);
-  expect_error(buf, 0, NULL, "enabled = false", "epsilon");
+  /* privacy.enabled = false on a DP job: its privacy keys are ignored, named for the caller's warning */
+  {
+    char *np[] = {"--privacy.enabled=false", "--privacy.noise_multiplier=2", "--pca.components=3", "--pca.clip=1",
+                  "--pca.epsilon=1"};
+    write_job(BASE);
+    CHECK(dpm_config_load(path, 5, np, &cfg, err) == 0, "--privacy.enabled=false on a DP job rejected: %s", err);
+    CHECK(!cfg.privacy_enabled && cfg.epsilon == 0 && cfg.noise_multiplier == 0 && cfg.pca_epsilon == 0,
+          "privacy keys not ignored: eps %g sigma %g pca eps %g", cfg.epsilon, cfg.noise_multiplier, cfg.pca_epsilon);
+    CHECK(!strcmp(cfg.privacy_ignored, "privacy.epsilon, privacy.noise_multiplier, pca.epsilon"), "ignored: '%s'",
+          cfg.privacy_ignored);
+    dpm_config_free(&cfg);
+    write_job(BASE);
+    CHECK(dpm_config_load(path, 0, NULL, &cfg, err) == 0 && cfg.privacy_ignored[0] == '\0', "DP job: ignored '%s'",
+          cfg.privacy_ignored);
+    dpm_config_free(&cfg);
+  }
   expect_error("[data]\ntrain = a.h5\n[train]\nepochs = 1\n[privacy]\nepsilon = 1\n", 0, NULL, "[model] layers", "required");
   expect_error("[data]\ntrain = a.h5\n[model]\nlayers = dense out=2\n[train]\nepochs = 1\n", 0, NULL, "epsilon", "noise_multiplier");
   expect_error("[data\ntrain = a.h5\n", 0, NULL, ":1:", "syntax");

@@ -42,6 +42,7 @@ typedef struct {
   double eval_every_epochs;   /* evaluation period in epochs */
   /* [privacy] */
   int privacy_enabled;
+  char privacy_ignored[128];  /* privacy.enabled = false: the privacy keys the job set, now ignored ("" if none) */
   double epsilon;             /* 0 = not given */
   double delta;
   double noise_multiplier;    /* 0 = not given */
