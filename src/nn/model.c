@@ -114,7 +114,7 @@ static int parse_layer(char **words, int nw, int num, dpm_layer_spec *s, char *e
              (is_bias ? (v == 0 || v == 1) : is_pad ? v >= 0 : v >= 1);
     if (!ok)
       return dpm_err(err, "layer %d (%s): bad value '%s' for %s (expected %s)", num, name, val, key,
-                     is_bias ? "0 or 1" : is_pad ? "an integer >= 0" : "a positive integer");
+                     is_bias ? "0 or 1" : is_pad ? "an integer in [0, 16777216]" : "an integer in [1, 16777216]");
     *field = (int)v;
   }
   /* mandatory keys are the first `required` words of keys */
@@ -249,8 +249,10 @@ void dpm_info_elementwise(const layer *l, dpm_layer_info *info) {
   info->cost = 4.0 * (double)(l->in_n > l->out_n ? l->in_n : l->out_n);
 }
 
-dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, int W, int n_classes,
-                            int max_batch, char err[DPM_ERRLEN]) {
+/* The shapes, parameter layout and kept-buffer choices of a model, nothing big allocated (params, grads
+ * and arena stay NULL); NULL with err set when the shapes do not fit. */
+static dpm_model *model_plan(const dpm_layer_spec *specs, int n, int C, int H, int W, int n_classes,
+                             int max_batch, char err[DPM_ERRLEN]) {
   if (n < 1) return dpm_err(err, "model has no layers"), NULL;
   if (C < 1 || H < 1 || W < 1) return dpm_err(err, "bad input shape %dx%dx%d", C, H, W), NULL;
   if (n_classes < 2 && n_classes != 0) return dpm_err(err, "need at least 2 classes, got %d", n_classes), NULL;
@@ -320,6 +322,35 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
     l->explicit_ = 1; /* carved in the arena by the kind's plan */
   }
   m->nparams = np;
+  return m;
+fail:
+  dpm_free(m->group_layer);
+  dpm_free(m->L);
+  dpm_free(m);
+  return NULL;
+}
+
+static void model_free_plan(dpm_model *m) {
+  dpm_free(m->group_layer);
+  dpm_free(m->L);
+  dpm_free(m);
+}
+
+int dpm_model_estimate(const dpm_layer_spec *specs, int n, int C, int H, int W, int n_classes, int max_batch,
+                       size_t *params, size_t *arena_bytes, char err[DPM_ERRLEN]) {
+  dpm_model *m = model_plan(specs, n, C, H, W, n_classes, max_batch, err);
+  if (!m) return -1;
+  *params = m->nparams;
+  *arena_bytes = layout(m, NULL);
+  model_free_plan(m);
+  return 0;
+}
+
+dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, int W, int n_classes,
+                            int max_batch, char err[DPM_ERRLEN]) {
+  dpm_model *m = model_plan(specs, n, C, H, W, n_classes, max_batch, err);
+  if (!m) return NULL;
+  const size_t np = m->nparams;
   m->params = dpm_malloc_aligned(np * sizeof(float));
   m->grads = dpm_malloc_aligned(np * sizeof(float));
   memset(m->params, 0, np * sizeof(float));
@@ -327,11 +358,6 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
   m->arena = dpm_malloc_aligned(layout(m, NULL));
   layout(m, m->arena);
   return m;
-fail:
-  dpm_free(m->group_layer);
-  dpm_free(m->L);
-  dpm_free(m);
-  return NULL;
 }
 
 void dpm_model_free(dpm_model *m) {

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -346,8 +347,106 @@ static int train_loop(trainer *tr) {
   return 0;
 }
 
+/* ---- memory check (issue 18): refuse before allocating what cannot fit ---------------------------------- */
+
+/* A number from a text file: the first field after `key` (NULL: the file's first field); -1 if absent or
+ * not a number ("max" in a cgroup file). */
+static double read_number(const char *path, const char *key) {
+  FILE *f = fopen(path, "r");
+  if (!f) return -1;
+  char line[512];
+  double v = -1;
+  while (fgets(line, sizeof line, f)) {
+    const char *p = line;
+    if (key) {
+      if (strncmp(line, key, strlen(key))) continue;
+      p += strlen(key);
+    }
+    char *end;
+    double x = strtod(p, &end);
+    if (end != p) v = x;
+    break;
+  }
+  fclose(f);
+  return v;
+}
+
+/* Bytes the node still has for this job (MemAvailable, and the cgroup's memory.max - memory.current when
+ * set) and this process may still map (RLIMIT_AS - VmSize when set); -1: no limit known. `what` names the
+ * tighter node figure. */
+static void memory_room(double *node, double *proc, const char **what) {
+  *node = read_number("/proc/meminfo", "MemAvailable:");
+  if (*node >= 0) *node *= 1024;
+  *what = "MemAvailable in /proc/meminfo";
+  char line[4096] = "", path[4200];
+  FILE *f = fopen("/proc/self/cgroup", "r");
+  if (f) {
+    while (fgets(line, sizeof line, f) && strncmp(line, "0::", 3)) line[0] = '\0';
+    fclose(f);
+  }
+  line[strcspn(line, "\n")] = '\0';
+  if (!strncmp(line, "0::", 3)) {
+    snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.max", line + 3);
+    const double max = read_number(path, NULL);
+    snprintf(path, sizeof path, "/sys/fs/cgroup%s/memory.current", line + 3);
+    const double cur = read_number(path, NULL);
+    if (max > 0 && cur >= 0 && (*node < 0 || max - cur < *node)) *node = max - cur, *what = "the cgroup's memory.max";
+  }
+  *proc = -1;
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) {
+    const double vm = read_number("/proc/self/status", "VmSize:");
+    *proc = (double)rl.rlim_cur - (vm > 0 ? vm * 1024 : 0);
+  }
+}
+
+/* Collective: refuse (status 2 on every rank, one line) when the bytes this rank is about to hold cannot fit:
+ * the ranks of a node share its memory; a process also has its own address-space limit. */
+static void check_memory(trainer *tr, const char *what, double bytes, const char *parts) {
+  MPI_Comm node;
+  DPM_MPI_CHECK(MPI_Comm_split_type(tr->comm, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node));
+  double sum = bytes;
+  int local = 1;
+  DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_DOUBLE, MPI_SUM, node));
+  DPM_MPI_CHECK(MPI_Comm_size(node, &local));
+  DPM_MPI_CHECK(MPI_Comm_free(&node));
+  double room, proc;
+  const char *src;
+  memory_room(&room, &proc, &src);
+  char err[DPM_ERRLEN] = "";
+  const double G = 1e9;
+  int failed = 0;
+  if (room >= 0 && sum > room)
+    failed = 1, dpm_err(err, "%s: %s need an estimated %.3g GB per rank (%s), %.3g GB for the %d rank%s on this node; "
+                        "available: %.3g GB (%s)", tr->cfg.path, what, bytes / G, parts, sum / G, local,
+                        local > 1 ? "s" : "", room / G, src);
+  else if (proc >= 0 && bytes > proc)
+    failed = 1, dpm_err(err, "%s: %s need an estimated %.3g GB per rank (%s); available: %.3g GB (the address-space "
+                        "limit, ulimit -v)", tr->cfg.path, what, bytes / G, parts, proc / G);
+  dpm_exit_if_error(tr->comm, failed, err);
+}
+
+/* Collective: the memory check of this rank's stage (layers specs[0..n) on inputs C x H x W) at
+ * physical_batch_size, its optimizer state and data shards, with the whole model's build (full_bytes). */
+static void stage_memory_check(trainer *tr, const dpm_layer_spec *specs, int n, int C, int H, int W, int classes,
+                               double full_bytes) {
+  const dpm_config *cfg = &tr->cfg;
+  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN], parts[512];
+  size_t np = 0, arena = 0;
+  int failed = dpm_model_estimate(specs, n, C, H, W, classes, (int)cfg->physical_batch_size, &np, &arena, inner) != 0;
+  if (failed) dpm_err(err, "%s: [model] layers (stage %d): %s", cfg->path, tr->grid.stage, inner);
+  dpm_exit_if_error(tr->comm, failed, err);
+  const double F = sizeof(float), n_state = cfg->optimizer == DPM_OPT_ADAMW ? 2 : 1;
+  const double pg = 2 * F * (double)np, st = n_state * F * (double)np;
+  snprintf(parts, sizeof parts, "parameters and gradients %.3g GB, optimizer state %.3g GB, activations and kept "
+           "per-example rows for micro-batches of %lld %.3g GB, data shards %.3g GB, the whole model's build %.3g GB",
+           pg / 1e9, st / 1e9, (long long)cfg->physical_batch_size, (double)arena / 1e9, tr->data_bytes / 1e9,
+           full_bytes / 1e9);
+  check_memory(tr, "the model and batch buffers", pg + st + (double)arena + tr->data_bytes + full_bytes, parts);
+}
+
 /* The whole model is built once (small batch) to check shapes and cost its layers; this rank keeps its
- * stage's layers only. */
+ * stage's layers only. Each build is preceded by the memory check of what it allocates. */
 /* 1 if the layer list is a GPT (starts with an embed layer); a list that does not parse is not (build_model
  * reports it). */
 static int model_is_gpt(const char *layers) {
@@ -380,9 +479,22 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
   dpm_layer_spec *specs = NULL;
   dpm_model *full = NULL;
   int *first = dpm_malloc(sizeof(int) * (size_t)(S + 1));
-  if (dpm_model_parse(cfg->model_layers, &specs, &n, inner)) {
+  size_t np_full = 0, arena_full = 0;
+  if (dpm_model_parse(cfg->model_layers, &specs, &n, inner) ||
+      dpm_model_estimate(specs, n, hdr->C, hdr->H, hdr->W, hdr->num_classes, 1, &np_full, &arena_full, inner))
     failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
-  } else if (!(full = dpm_model_create(specs, n, hdr->C, hdr->H, hdr->W, hdr->num_classes, 1, inner))) {
+  dpm_exit_if_error(tr->comm, failed, err);
+  /* the whole model at batch 1 lives on every rank while this rank's stage is built: one stage, the peak is
+   * known now; on a pipeline the whole model first, then (after the split) the stage with it */
+  const double full_bytes = 2.0 * sizeof(float) * (double)np_full + (double)arena_full;
+  if (S == 1) {
+    stage_memory_check(tr, specs, n, hdr->C, hdr->H, hdr->W, hdr->num_classes, full_bytes);
+  } else {
+    char parts[160];
+    snprintf(parts, sizeof parts, "the whole model's parameters and gradients, built once on every rank");
+    check_memory(tr, "[model] layers", full_bytes, parts);
+  }
+  if (!(full = dpm_model_create(specs, n, hdr->C, hdr->H, hdr->W, hdr->num_classes, 1, inner))) {
     failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
   } else if (dpm_grid_split_layers(full, n, S, cfg->grid_stage_layers, first, inner)) {
     failed = 1, dpm_err(err, "%s: %s", cfg->path, inner);
@@ -405,6 +517,12 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
   tr->first = first[stage], tr->last = first[stage + 1];
   tr->info = dpm_malloc(sizeof *tr->info * (size_t)n);
   for (int i = 0; i < n; i++) dpm_model_layer_info(full, i, &tr->info[i]);
+  if (S > 1) {
+    int C = hdr->C, H = hdr->H, W = hdr->W;
+    if (first[stage] > 0) C = tr->info[first[stage] - 1].C, H = tr->info[first[stage] - 1].H, W = tr->info[first[stage] - 1].W;
+    stage_memory_check(tr, specs + first[stage], first[stage + 1] - first[stage], C, H, W,
+                       stage == S - 1 ? hdr->num_classes : 0, full_bytes);
+  }
   tr->model = dpm_grid_stage_model(full, specs, first, stage, S, hdr->C, hdr->H, hdr->W, hdr->num_classes,
                                    (int)cfg->physical_batch_size, inner);
   failed = tr->model == NULL;
@@ -585,6 +703,11 @@ static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
   failed = dpm_grid_create(tr->comm, (int)cfg->grid_replicas, (int)cfg->grid_stages, &tr->grid, inner) != 0;
   if (failed) dpm_err(err, "%s: %s", cfg->path, inner);
   dpm_exit_if_error(tr->comm, failed, err);
+  { /* this rank's rows of both splits once loaded (load_shard, token_view): for the memory check */
+    const dpm_grid *g = &tr->grid;
+    const double rows = g->stage == 0 || g->stage == g->stages - 1 ? (double)(tr->N + thdr->n_total) / g->replicas : 0;
+    tr->data_bytes = rows * (tr->tokens ? 4.0 * (3.0 * hdr.T + 1) : 4.0 * ((double)hdr.C * hdr.H * hdr.W + 1));
+  }
   dpm_dataset mhdr = hdr; /* the model's input: k features with DP-PCA */
   if (cfg->pca_components > 0) {
     tr->pca_d = hdr.C * hdr.H * hdr.W;

@@ -76,6 +76,7 @@ typedef struct {
   int any_seeded;         /* 1: some step of this model's history ran seeded, or will */
   uint64_t seed_last;     /* run.seed of the last seeded segment */
   uint64_t data_digest;   /* of the training split (dpm_dataset_digest), the same on every grid */
+  double data_bytes;      /* what this rank's shards of both splits will hold in memory (the memory check) */
 } trainer;
 
 /* The loop's clocks, counters and periods. */

@@ -5,7 +5,8 @@
 #      good checkpoint kept (and resumable), in DP-safe mode too;
 #  (c) run extension: a larger train.steps at a fixed noise multiplier (the new epsilon printed first, the
 #      budget enforced, the ledger the longer run's); refused when sigma was calibrated for the shorter run;
-#  (d) --privacy.enabled=false on a DP job: its privacy keys ignored with one warning line.
+#  (d) --privacy.enabled=false on a DP job: its privacy keys ignored with one warning line;
+#  and a model or batch that cannot fit is refused before allocation with the estimate and the memory available.
 # Usage: bash tests/cli/cli_rough.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=300
 source "$(dirname "$0")/../lib_cli.sh"
@@ -171,5 +172,28 @@ for np in 1 2; do
     "dpmpi: warning: $tmp/job.ini: privacy.enabled = false: ignoring privacy.epsilon, privacy.noise_multiplier (the non-private baseline has no privacy parameters)"
   check "np=$np non-private announced" has "$tmp/out" "privacy: DISABLED"
 done
+
+# ---- memory (issue 18 item 6): refused before allocation, with the estimate and what is available -------------
+wide=$(for i in $(seq 30); do printf 'dense out=40000; tanh; '; done)"dense out=4" # ~1 TB: no machine has it
+for np in 1 2; do
+  t0=$SECONDS
+  expect_usage_error $np "the model and batch buffers need an estimated " train "$tmp/job.ini" --model.layers="$wide"
+  check "np=$np the 1 TB model is refused in seconds" test $((SECONDS - t0)) -lt 30
+  check "np=$np the message gives the parts and the available memory" has_re "$tmp/err" \
+    "\(parameters and gradients [0-9.e+]+ GB, optimizer state [0-9.e+]+ GB, activations .*\), [0-9.e+]+ GB for the $np ranks? on this node; available: [0-9.e+]+ GB \((MemAvailable in /proc/meminfo|the cgroup's memory.max)\)"
+done
+deep=$(for i in $(seq 10); do printf 'dense out=2000; tanh; '; done)"dense out=4" # a micro-batch of 10^6: 10^6 x 2000 x 2 x 4 B per layer
+expect_usage_error 1 "activations and kept per-example rows for micro-batches of 1000000" train "$tmp/job.ini" \
+  --model.layers="$deep" --train.physical_batch_size=1000000
+# a pipeline: the whole model (built once on every rank) is checked before it is built
+expect_usage_error 2 "[model] layers need an estimated " train "$tmp/job.ini" --model.layers="$wide" --grid.stages=2
+# the address-space limit of the process (ulimit -v) counts too: 400 M parameters under 2 GB
+(ulimit -v 2000000; expect_usage_error 1 "available: " train "$tmp/job.ini" --model.layers="dense out=20000; tanh; dense out=20000; tanh; dense out=4")
+check "ulimit -v: named" has "$tmp/err" "(the address-space limit, ulimit -v)"
+# the issue's dense out=2000000000 is beyond a layer's range: its own clear error, as is a layer past 2^31 values
+expect_usage_error 1 "layer 1 (dense): bad value '2000000000' for out (expected an integer in [1, 16777216])" train \
+  "$tmp/job.ini" --model.layers="dense out=2000000000"
+expect_usage_error 1 "layer 2 (dense): output or parameters too large" train "$tmp/job.ini" \
+  --model.layers="dense out=16000000; dense out=16000000"
 
 finish cli_rough

@@ -76,6 +76,12 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
                             int max_batch, char err[DPM_ERRLEN]);
 void dpm_model_free(dpm_model *m);
 
+/* What dpm_model_create would allocate, without allocating it: *params parameters (the slab; the gradient
+ * slab is as large) and *arena_bytes of activations, kept per-example rows and scratch for max_batch.
+ * Returns 0, or -1 with err set as dpm_model_create would. For a check before a model that may not fit. */
+int dpm_model_estimate(const dpm_layer_spec *specs, int n, int C, int H, int W, int n_classes, int max_batch,
+                       size_t *params, size_t *arena_bytes, char err[DPM_ERRLEN]);
+
 /* A one-line-per-layer summary with output shapes and parameter counts, into buf. */
 void dpm_model_describe(const dpm_model *m, char *buf, size_t len);
 
