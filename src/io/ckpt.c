@@ -56,6 +56,27 @@ static int get_ranges(hid_t obj, const char *name, int64_t step, int64_t **r, in
   return rc;
 }
 
+/* clip_thresholds: float64 [n], every value finite and > 0 (absent: n = 0, not adaptive); -1 if damaged. */
+static int get_thresholds(hid_t obj, double **v, int *n) {
+  *v = NULL, *n = 0;
+  if (H5Aexists(obj, "clip_thresholds") <= 0) return 0;
+  hid_t a = H5Aopen(obj, "clip_thresholds", H5P_DEFAULT), sp = a >= 0 ? H5Aget_space(a) : -1;
+  hsize_t dims[1] = {0};
+  int rc = sp >= 0 && H5Sget_simple_extent_ndims(sp) == 1 && H5Sget_simple_extent_dims(sp, dims, NULL) == 1 &&
+           dims[0] >= 1 && dims[0] < (1u << 20) ? 0 : -1;
+  if (!rc) {
+    *v = dpm_malloc(sizeof(double) * (size_t)dims[0]);
+    *n = (int)dims[0];
+    rc = H5Aread(a, H5T_NATIVE_DOUBLE, *v) >= 0 ? 0 : -1;
+    for (int i = 0; !rc && i < *n; i++)
+      if (!(isfinite((*v)[i]) && (*v)[i] > 0)) rc = -1;
+  }
+  if (sp >= 0) H5Sclose(sp);
+  if (a >= 0) H5Aclose(a);
+  if (rc) dpm_free(*v), *v = NULL, *n = 0;
+  return rc;
+}
+
 /* ---- layers ----------------------------------------------------------------------------------- */
 
 /* The datasets of layer i, one per tensor of its dpm_layer_info ("weight" and "bias", groupnorm gamma and beta,
@@ -203,6 +224,15 @@ static int write_meta(hid_t f, const dpm_ckpt_meta *meta, const dpm_ledger *ledg
   rc |= dpm_h5_put_attr(f, "stats_printed", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->stats_printed) |
         dpm_h5_put_attr(f, "rng_stream", H5T_STD_I32LE, H5T_NATIVE_INT32, &stream);
   rc |= dpm_h5_put_str(f, "optimizer", dpm_optimizer_name(meta->optimizer));
+  if (meta->adaptive) {
+    const hsize_t dims[1] = {(hsize_t)meta->n_thresholds};
+    rc |= dpm_h5_put_array_attr(f, "clip_thresholds", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, dims, meta->thresholds) |
+          dpm_h5_put_attr(f, "adaptive_target_quantile", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->target_quantile) |
+          dpm_h5_put_attr(f, "adaptive_lr", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->adaptive_lr) |
+          dpm_h5_put_attr(f, "count_noise_fraction", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->count_noise_fraction);
+  }
+  if (dpm_clip_automatic(meta->clipping))
+    rc |= dpm_h5_put_attr(f, "auto_gamma", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &meta->auto_gamma);
   hid_t og = H5Gopen2(f, "optimizer", H5P_DEFAULT);
   rc |= og < 0 || dpm_h5_put_attr(og, "step", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->optimizer_steps);
   if (og >= 0) H5Gclose(og);
@@ -320,7 +350,7 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
         if (meta->reproducible) miss |= dpm_h5_get_attr(f, "seed", H5T_NATIVE_UINT64, &meta->seed) |
                                         get_ranges(f, "seeded_steps", meta->step, &meta->seeded_steps, &meta->n_seeded);
         if (meta->reproducible != (meta->n_seeded > 0)) miss = 1;
-        if ((unsigned)meta->clipping > DPM_CLIP_PER_DEVICE || (unsigned)meta->accountant > DPM_ACCT_TIGHT) miss = 1;
+        if ((unsigned)meta->clipping >= DPM_CLIP_COUNT || (unsigned)meta->accountant > DPM_ACCT_TIGHT) miss = 1;
         char *id = dpm_h5_get_str(f, "run_id");
         if (!id || strlen(id) != 16 || strspn(id, "0123456789abcdef") != 16) miss = 1;
         else snprintf(meta->run_id, sizeof meta->run_id, "%s", id);
@@ -336,6 +366,13 @@ static int read_meta_serial(const char *path, dpm_ckpt_meta *meta, char *err) {
           if (dpm_optimizer_parse(opt, &meta->optimizer)) miss = 1; /* unknown: damaged, never another rule */
           dpm_free(opt);
         }
+        if (get_thresholds(f, &meta->thresholds, &meta->n_thresholds)) miss = 1;
+        meta->adaptive = meta->n_thresholds > 0;
+        if (meta->adaptive)
+          miss |= dpm_h5_get_attr(f, "adaptive_target_quantile", H5T_NATIVE_DOUBLE, &meta->target_quantile) |
+                  dpm_h5_get_attr(f, "adaptive_lr", H5T_NATIVE_DOUBLE, &meta->adaptive_lr) |
+                  dpm_h5_get_attr(f, "count_noise_fraction", H5T_NATIVE_DOUBLE, &meta->count_noise_fraction);
+        if (H5Aexists(f, "auto_gamma") > 0) miss |= dpm_h5_get_attr(f, "auto_gamma", H5T_NATIVE_DOUBLE, &meta->auto_gamma);
         meta->optimizer_steps = meta->step; /* without the attribute: one update per step */
         hid_t og = H5Lexists(f, "optimizer", H5P_DEFAULT) > 0 ? H5Gopen2(f, "optimizer", H5P_DEFAULT) : -1;
         if (og >= 0 && H5Aexists(og, "step") > 0)
@@ -375,6 +412,9 @@ void dpm_ckpt_meta_free(dpm_ckpt_meta *meta) {
   dpm_free(meta->init_from);
   dpm_free(meta->pca_projection);
   dpm_free(meta->seeded_steps);
+  dpm_free(meta->thresholds);
+  meta->thresholds = NULL;
+  meta->n_thresholds = 0;
   meta->job = meta->layers = meta->init_from = NULL;
   meta->pca_projection = NULL;
   meta->seeded_steps = NULL;

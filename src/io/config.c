@@ -73,10 +73,29 @@ static const key_def KEYS[] = {
   {"privacy", "noise_multiplier", K_POS_NUM, OFF(noise_multiplier), NULL, NULL,
    "Noise standard deviation as a multiple of the total clipping norm (sigma). Give this, epsilon, or both."},
   {"privacy", "clip", K_POS_NUM, OFF(clip), "1.0", NULL, "Total per-example clipping norm C (L2 over the whole model)."},
-  {"privacy", "clipping", K_ENUM, OFF(clipping), "flat", "flat|per-layer|per-device",
+  {"privacy", "clipping", K_ENUM, OFF(clipping), "flat", "flat|per-layer|per-device|automatic|automatic-per-layer",
    "flat: one threshold C over the whole model (pipeline stages exchange per-example squared norms). per-layer: "
    "each layer with parameters clipped to C/sqrt(L). per-device: each pipeline stage clips its own piece to C_s "
-   "(He et al. 2022; no exchange between stages), sum of C_s^2 = C^2. Total sensitivity C in every mode."},
+   "(He et al. 2022; no exchange between stages), sum of C_s^2 = C^2. automatic: every example normalized, "
+   "C g/(||g|| + auto_gamma) over the whole model (Bu et al. 2022); automatic-per-layer: each layer "
+   "(C/sqrt(L)) g_l/(||g_l|| + auto_gamma). Total sensitivity C in every mode."},
+  {"privacy", "auto_gamma", K_POS_NUM, OFF(auto_gamma), "0.01", NULL,
+   "Automatic clipping's stability constant gamma in g/(||g|| + gamma) (Bu et al. 2022 use 0.01)."},
+  {"privacy", "adaptive", K_BOOL, OFF(adaptive), "false", NULL,
+   "true: every clipping threshold (flat: one; per-layer: one per layer; per-device: one per stage; privacy.clip "
+   "gives the initial ones) follows privacy.target_quantile of its per-example norms (Andrew et al. 2021), from a "
+   "noisy count of unclipped examples per threshold, released with the gradient. noise_multiplier (or the one "
+   "calibrated to epsilon) is then the effective noise multiplier of gradient and counts together "
+   "(docs/accountant.md). Not with the automatic modes."},
+  {"privacy", "target_quantile", K_PROB, OFF(target_quantile), "0.5", NULL,
+   "Adaptive thresholds: the fraction of examples each threshold should leave unclipped, in (0, 1)."},
+  {"privacy", "adaptive_lr", K_POS_NUM, OFF(adaptive_lr), "0.2", NULL,
+   "Adaptive thresholds: geometric rate eta, C <- C exp(-eta (b - target_quantile)) with b the noisy unclipped "
+   "fraction (normalized by the expected batch q*N)."},
+  {"privacy", "count_noise_fraction", K_PROB, OFF(count_noise_fraction), "0.01", NULL,
+   "Adaptive thresholds: the share f of the budget spent on the counts, as a fraction of the precision sigma^-2 of "
+   "the combined mechanism: gradient noise multiplier sigma/sqrt(1-f), count noise std sqrt(K) sigma/(2 sqrt(f)) "
+   "for K thresholds (He et al. 2022 use 1%)."},
   {"privacy", "device_split", K_ENUM, OFF(device_split), "even", "even|params",
    "per-device clipping: thresholds C_s = C/sqrt(S) (even) or C*sqrt(P_s/P) by the stage's share of parameters."},
   {"privacy", "accountant", K_ENUM, OFF(accountant), "rdp", "rdp|tight",
@@ -129,6 +148,9 @@ static const key_def KEYS[] = {
 /* K_ENUM stores a choice's index as an int into an enum field */
 _Static_assert(sizeof(dpm_accountant_kind) == sizeof(int) && DPM_ACCT_RDP == 0 && DPM_ACCT_TIGHT == 1,
                "privacy.accountant's choices rdp|tight are dpm_accountant_kind's values");
+_Static_assert(sizeof(dpm_clipping) == sizeof(int) && DPM_CLIP_FLAT == 0 && DPM_CLIP_PER_LAYER == 1 &&
+               DPM_CLIP_PER_DEVICE == 2 && DPM_CLIP_AUTOMATIC == 3 && DPM_CLIP_AUTOMATIC_PER_LAYER == 4 &&
+               DPM_CLIP_COUNT == 5, "privacy.clipping's choices are dpm_clipping's values (and dpm_clipping_name's)");
 _Static_assert(sizeof(dpm_optimizer_kind) == sizeof(int) && DPM_OPT_SGD == 0 && DPM_OPT_ADAMW == 1 && DPM_OPT_COUNT == 2,
                "train.optimizer's choices sgd|adamw are dpm_optimizer_kind's values (and dpm_optimizer_name's)");
 
@@ -347,6 +369,11 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
         *keys[k].v = 0;
       }
   }
+  if (cfg->adaptive && !cfg->privacy_enabled)
+    return dpm_err(err, "%s: [privacy] adaptive = true needs privacy.enabled = true (the thresholds follow noisy counts)", f);
+  if (cfg->adaptive && dpm_clip_automatic(cfg->clipping))
+    return dpm_err(err, "%s: [privacy] adaptive = true with clipping = %s: automatic clipping has no threshold to adapt "
+                        "(use flat, per-layer or per-device)", f, dpm_clipping_name(cfg->clipping));
   /* ---- [pca] ---- */
   if (cfg->pca_components < 0)
     return dpm_err(err, "%s: [pca] components = %lld: expected an integer >= 0 (0 = no PCA)", f,
@@ -449,8 +476,13 @@ void dpm_config_print_keys(FILE *out) {
   }
 }
 
+static const char *const CLIPPING_NAMES[DPM_CLIP_COUNT] = {
+    [DPM_CLIP_FLAT] = "flat", [DPM_CLIP_PER_LAYER] = "per-layer", [DPM_CLIP_PER_DEVICE] = "per-device",
+    [DPM_CLIP_AUTOMATIC] = "automatic", [DPM_CLIP_AUTOMATIC_PER_LAYER] = "automatic-per-layer"};
+
 const char *dpm_clipping_name(dpm_clipping c) {
-  return c == DPM_CLIP_FLAT ? "flat" : c == DPM_CLIP_PER_LAYER ? "per-layer" : "per-device";
+  DPM_ASSERT((unsigned)c < DPM_CLIP_COUNT);
+  return CLIPPING_NAMES[c];
 }
 
 static const char *const OPTIMIZER_NAMES[DPM_OPT_COUNT] = {[DPM_OPT_SGD] = "sgd", [DPM_OPT_ADAMW] = "adamw"};

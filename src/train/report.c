@@ -71,12 +71,23 @@ void trainer_print_header(trainer *tr) {
   printf("optimizer: %s, on the %s gradient\n", opt, tr->dp ? "privatized (noisy clipped sum / q N)" : "mean");
   if (tr->dp) {
     double eps = trainer_epsilon_after_run(tr); /* the ledger (DP-PCA, steps already run) and the steps to come */
-    if (cfg->clipping == DPM_CLIP_FLAT && tr->grid.stages > 1)
+    if (dpm_clip_whole_model(cfg->clipping) && tr->grid.stages > 1)
       printf("note: flat clipping on %d pipeline stages runs every micro-batch twice (per-example norms, then the "
              "clipped sum); privacy.clipping = per-device needs one pass\n", tr->grid.stages);
     if (cfg->clipping == DPM_CLIP_PER_DEVICE)
       printf("per-device clipping: each of the %d stages clips its piece to C_s (%s split), sqrt(sum C_s^2) = C\n",
              tr->grid.stages, cfg->device_split == DPM_SPLIT_EVEN ? "even" : "by parameters");
+    if (cfg->adaptive) {
+      const dpm_step *st = &tr->step;
+      printf("adaptive thresholds: %d (initial C%s), target quantile %g, rate %g; each step releases the gradient "
+             "(noise multiplier %.6g) and %d noisy counts (std %.6g, %g of the budget): one Gaussian mechanism of "
+             "noise multiplier %.6g, the ledger's\n", st->n_thr, st->n_thr > 1 ? "_k, sqrt(sum C_k^2) = C" : " = C",
+             cfg->target_quantile, cfg->adaptive_lr, st->grad_sigma, st->n_thr, st->count_sigma,
+             cfg->count_noise_fraction, tr->sigma);
+    }
+    if (dpm_clip_automatic(cfg->clipping))
+      printf("automatic clipping: every example normalized, C_g g/(||g|| + %g) (Bu et al. 2022), sensitivity C\n",
+             cfg->auto_gamma);
     printf("privacy: DP-SGD, %s clipping C = %g, noise multiplier %.6g%s, delta %g, %s accountant: epsilon %.4f "
            "after the run\n",
            dpm_clipping_name(cfg->clipping), cfg->clip, tr->sigma,
@@ -130,6 +141,17 @@ void trainer_print_header(trainer *tr) {
   fflush(stdout);
 }
 
+/* Adaptive thresholds as a metrics field (post-processing of DP releases: fine to print), or "". */
+static const char *thr_json(const trainer *tr) {
+  static char buf[1 << 16];
+  if (!tr->dp || !tr->cfg.adaptive) return "";
+  size_t len = (size_t)snprintf(buf, sizeof buf, ", \"clip_thresholds\": [");
+  for (int k = 0; k < tr->step.n_thr && len + 32 < sizeof buf; k++)
+    len += (size_t)snprintf(buf + len, sizeof buf - len, "%s%.9g", k ? ", " : "", tr->step.thr[k]);
+  snprintf(buf + len, sizeof buf - len, "]");
+  return buf;
+}
+
 double trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s) {
   double acc, loss;
   trainer_evaluate(tr, &acc, &loss);
@@ -154,11 +176,11 @@ double trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_pe
             "{\"step\": %lld, \"epoch\": %.4f, \"epsilon\": %s, \"delta\": %g, \"accountant\": \"%s\", "
             "\"test_accuracy\": %.6f, \"test_loss\": %s, \"examples_per_second\": %.1f, \"private\": %s, "
             "\"noise_multiplier\": %.6g, \"sampling_rate\": %.8g, \"clip\": %g, \"clipping\": \"%s\", "
-            "\"reproducible\": %s, \"private_stats\": %s, \"test_perplexity\": %s}\n",
+            "\"reproducible\": %s, \"private_stats\": %s, \"test_perplexity\": %s%s}\n",
             (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, lossj, ex_per_s,
             tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
             tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->any_seeded ? "true" : "false",
-            tr->cfg.private_stats ? "true" : "false", pplj);
+            tr->cfg.private_stats ? "true" : "false", pplj, thr_json(tr));
     fflush(tr->metrics);
   }
   return loss;

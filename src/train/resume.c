@@ -56,6 +56,17 @@ void trainer_check_resume(trainer *tr, const dpm_ckpt_meta *meta, const char *pa
   else if (meta->privacy && (meta->clip != cfg->clip || meta->clipping != cfg->clipping))
     dpm_err(err, "%s: clipping %s C = %g, the job says %s C = %g", path, dpm_clipping_name(meta->clipping),
             meta->clip, dpm_clipping_name(cfg->clipping), cfg->clip);
+  else if (meta->privacy && dpm_clip_automatic(cfg->clipping) && meta->auto_gamma != cfg->auto_gamma)
+    dpm_err(err, "%s: automatic clipping with auto_gamma = %g, the job says %g", path, meta->auto_gamma, cfg->auto_gamma);
+  else if (meta->privacy && meta->adaptive != cfg->adaptive)
+    dpm_err(err, "%s: privacy.adaptive was %s, the job says %s", path, meta->adaptive ? "true" : "false",
+            cfg->adaptive ? "true" : "false");
+  else if (meta->privacy && meta->adaptive && (meta->count_noise_fraction != cfg->count_noise_fraction ||
+                                               meta->target_quantile != cfg->target_quantile ||
+                                               meta->adaptive_lr != cfg->adaptive_lr))
+    dpm_err(err, "%s: adaptive thresholds with target_quantile %g, adaptive_lr %g, count_noise_fraction %g; the job "
+            "says %g, %g, %g", path, meta->target_quantile, meta->adaptive_lr, meta->count_noise_fraction,
+            cfg->target_quantile, cfg->adaptive_lr, cfg->count_noise_fraction);
   else if (meta->privacy && cfg->noise_multiplier > 0 && cfg->noise_multiplier != meta->sigma)
     dpm_err(err, "%s: noise multiplier %g, the job says %g", path, meta->sigma, cfg->noise_multiplier);
   else if (meta->privacy && !cfg->rebudget && cfg->delta != meta->delta)

@@ -11,6 +11,7 @@
  * previous sends before it is reused), receives blocking: no cycle of waits can form. */
 #include "dpmpi/train/step.h"
 
+#include <math.h>
 #include <string.h>
 
 #include "dpmpi/core/common.h"
@@ -21,6 +22,32 @@
 #define TAG_GRAD 12
 #define TAG_MOVE_X 13
 #define TAG_MOVE_Y 14
+
+/* The thresholds of the whole model (one per group, stage or model), every rank all of them; the noise
+ * multipliers of gradient and counts. */
+static void init_thresholds(dpm_step *s, int group_offset, int G) {
+  if (dpm_clip_per_group(s->clipping)) {
+    s->n_thr = s->total_groups, s->thr_first = group_offset, s->thr_local = G;
+  } else if (s->clipping == DPM_CLIP_PER_DEVICE) {
+    s->n_thr = s->stages, s->thr_first = s->stage, s->thr_local = 1;
+  } else {
+    s->n_thr = 1, s->thr_first = 0, s->thr_local = s->stage == 0;
+  }
+  s->thr = dpm_malloc(sizeof(double) * (size_t)(s->n_thr ? s->n_thr : 1));
+  s->counts_released = dpm_malloc(sizeof(double) * (size_t)(s->n_thr ? s->n_thr : 1));
+  s->cnt = dpm_malloc(sizeof(double) * (size_t)(s->thr_local ? s->thr_local : 1));
+  for (int k = 0; k < s->n_thr; k++) s->thr[k] = s->threshold, s->counts_released[k] = 0;
+  if (s->clipping == DPM_CLIP_PER_DEVICE && s->stages > 1) /* C_s differs by stage with the parameter split */
+    DPM_MPI_CHECK(MPI_Allgather(&s->threshold, 1, MPI_DOUBLE, s->thr, 1, MPI_DOUBLE, s->pipe));
+  s->grad_sigma = s->sigma, s->count_sigma = 0;
+  if (s->adaptive) {
+    DPM_ASSERT(!dpm_clip_automatic(s->clipping) && s->count_fraction > 0 && s->count_fraction < 1);
+    if (s->sigma > 0) {
+      s->grad_sigma = dpm_adaptive_grad_sigma(s->sigma, s->count_fraction);
+      s->count_sigma = dpm_adaptive_count_sigma(s->sigma, s->count_fraction, s->n_thr);
+    }
+  }
+}
 
 void dpm_step_init(dpm_step *s) {
   dpm_model *m = s->model;
@@ -41,6 +68,7 @@ void dpm_step_init(dpm_step *s) {
   s->time_allreduce = s->time_wait = 0;
   s->threshold = dpm_clip_threshold(s->clipping, s->clip, s->total_groups, s->stages, P, s->total_params,
                                     s->device_split);
+  init_thresholds(s, s->stage ? (int)before[1] : 0, G);
   if (s->stage > 0) dpm_model_set_input_grad(m, 1);
   s->nctx = s->stages - s->stage;
   s->ctx = dpm_malloc(sizeof *s->ctx * (size_t)s->nctx);
@@ -51,7 +79,7 @@ void dpm_step_init(dpm_step *s) {
   const dpm_dataset *d = s->data;
   const size_t shard = (size_t)(d->end - d->begin);
   s->sel = dpm_malloc(sizeof(int64_t) * (shard + 1));
-  s->two_pass = s->dp && s->clipping == DPM_CLIP_FLAT && s->stages > 1;
+  s->two_pass = s->dp && dpm_clip_whole_model(s->clipping) && s->stages > 1;
   s->norms = s->two_pass ? dpm_malloc(sizeof(double) * (shard + 1)) : NULL;
   s->xb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_input_size(m));
   s->doutb = dpm_malloc_aligned(sizeof(float) * PB * dpm_model_output_size(m));
@@ -78,6 +106,9 @@ void dpm_step_free(dpm_step *s) {
   dpm_free(s->yb);
   dpm_free(s->sq);
   dpm_free(s->coef);
+  dpm_free(s->thr);
+  dpm_free(s->counts_released);
+  dpm_free(s->cnt);
   dpm_free(s->counts);
   dpm_free(s->gx);
   dpm_free(s->gy);
@@ -179,12 +210,18 @@ static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
   }
   if (s->two_pass) { /* coefficients from the whole-model norms */
     for (int i = 0; i < B; i++) s->sq[i] = s->norms[off + i];
-    dpm_clip_coefs(s->sq, 1, B, DPM_CLIP_FLAT, s->threshold, s->coef);
+    dpm_clip_coefs_thr(s->sq, 1, B, s->clipping, s->thr, s->auto_gamma, s->coef);
     for (int g = 1; g < G; g++) memcpy(s->coef + (size_t)g * B, s->coef, sizeof(float) * (size_t)B);
   } else {
-    dpm_clip_coefs(s->sq, G, B, s->clipping, s->threshold, s->coef);
+    dpm_clip_coefs_thr(s->sq, G, B, s->clipping, s->thr + s->thr_first, s->auto_gamma, s->coef);
   }
   for (int k2 = 0; k2 < G * B; k2++) s->acc.clipped += s->coef[k2] < 1.0f;
+  /* adaptive: each threshold's centred count of unclipped examples (coefficient 1: norm within the threshold);
+     one threshold per example or stage reads group 0's coefficient, the same for every group */
+  if (s->adaptive)
+    for (int k2 = 0; k2 < s->thr_local; k2++)
+      for (int i = 0; i < B; i++) /* a stage without parameters (G = 0) has norm 0: within its threshold */
+        s->cnt[k2] += G == 0 && !s->two_pass ? 0.5 : s->coef[(size_t)k2 * B + i] >= 1.0f ? 0.5 : -0.5;
   dpm_model_accumulate(m, s->coef);
 }
 
@@ -203,6 +240,24 @@ static void run_pipeline(dpm_step *s, walk *w) {
     }
   }
   DPM_MPI_CHECK(MPI_Waitall(2 * s->nctx, s->req, MPI_STATUSES_IGNORE));
+}
+
+/* Adaptive thresholds, after the gradient's release: this stage's counts get their noise once over the
+ * data-parallel group and are summed over it (doubles: exact, the same on every grid), every stage learns
+ * every count (one allreduce over the pipeline of the slots each stage filled), and every rank moves every
+ * threshold the same way. */
+static void release_counts(dpm_step *s, uint64_t t) {
+  const int K = s->n_thr;
+  if (s->count_sigma > 0)
+    dpm_add_count_noise_slice(&s->noise_key, t, s->count_sigma, s->rank, s->size, (size_t)s->thr_first,
+                              (size_t)s->thr_local, s->cnt);
+  if (s->size > 1 && s->thr_local > 0)
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->cnt, s->thr_local, MPI_DOUBLE, MPI_SUM, s->comm));
+  for (int k = 0; k < K; k++) s->counts_released[k] = 0;
+  for (int k = 0; k < s->thr_local; k++) s->counts_released[s->thr_first + k] = s->cnt[k];
+  if (s->stages > 1) DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, s->counts_released, K, MPI_DOUBLE, MPI_SUM, s->pipe));
+  dpm_adaptive_update(s->thr, K, s->counts_released, s->q * (double)s->data->n_total, s->target_quantile,
+                      s->adaptive_lr);
 }
 
 /* Sum doubles over the whole grid (the stage's data-parallel group, then the pipeline). */
@@ -306,6 +361,7 @@ void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
   rebalance(s);
   s->acc = (dpm_step_stats){0};
   dpm_model_zero_grads(m);
+  for (int k = 0; k < s->thr_local; k++) s->cnt[k] = 0;
   walk w = {.d = d, .rows = s->sel, .n = s->nwalk, .nkeep = s->nkeep, .gx = s->gx, .gy = s->gy,
             .pass = PASS_ACCUMULATE, .train = 1};
   if (s->two_pass) {
@@ -316,8 +372,14 @@ void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
   }
   run_pipeline(s, &w);
   float *grads = dpm_model_grads(m);
-  if (s->dp && s->sigma > 0) {
-    dpm_add_noise_slice(&s->noise_key, t, s->sigma * s->clip, s->rank, s->size, s->param_offset, P, grads);
+  if (s->dp && s->sigma > 0) { /* std sigma C; adaptive: sigma_g sqrt(sum C_k^2), this step's sensitivity */
+    double sens = s->clip;
+    if (s->adaptive) {
+      double c2 = 0;
+      for (int k = 0; k < s->n_thr; k++) c2 += s->thr[k] * s->thr[k];
+      sens = sqrt(c2);
+    }
+    dpm_add_noise_slice(&s->noise_key, t, s->grad_sigma * sens, s->rank, s->size, s->param_offset, P, grads);
   }
   double t0 = dpm_time();
   if (s->measure_wait && s->size > 1) { /* benchmarks: split waiting for the slowest rank from the transfer */
@@ -333,6 +395,7 @@ void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
     }
   }
   s->time_allreduce += dpm_time() - t0;
+  if (s->dp && s->adaptive) release_counts(s, t);
   s->acc.examples = s->stage == 0 ? (double)s->nwalk : 0;
   grid_sum_stats(s, s->acc, 1, stats);
 }

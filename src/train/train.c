@@ -182,6 +182,14 @@ static dpm_ckpt_meta ckpt_meta(trainer *tr, int64_t step) {
   snprintf(meta.run_id, sizeof meta.run_id, "%s", tr->run_id);
   if (n_seeded == 0) meta.seed = 0;
   meta.stats_printed = tr->stats_printed;
+  meta.auto_gamma = cfg->auto_gamma;
+  if (tr->dp && cfg->adaptive) { /* the thresholds the next step applies (post-processing of the releases) */
+    meta.adaptive = 1;
+    meta.n_thresholds = tr->step.n_thr;
+    meta.thresholds = tr->step.thr;
+    meta.target_quantile = cfg->target_quantile, meta.adaptive_lr = cfg->adaptive_lr;
+    meta.count_noise_fraction = cfg->count_noise_fraction;
+  }
   return meta;
 }
 
@@ -829,6 +837,9 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
     tr->data_digest = meta->data_digest; /* compared with the job's data once loaded */
     tr->init_from = meta->init_from; /* a run fine-tuned from initial weights stays so */
     meta->init_from = NULL;
+    tr->resume_thr = meta->thresholds; /* adaptive: where the run's thresholds are */
+    tr->n_resume_thr = meta->n_thresholds;
+    meta->thresholds = NULL, meta->n_thresholds = 0;
     if (tr->rank == 0)
       printf("resumed from %s: step %lld of %lld, written on a %dx%d grid by dpmpi %s%s\n", rp->path,
              (long long)meta->step, (long long)meta->steps_total, meta->replicas, meta->stages, meta->version,
@@ -889,8 +900,22 @@ static void setup_step(trainer *tr) {
   tr->step = (dpm_step){.comm = tr->grid.dp, .pipe = tr->grid.pipe, .model = tr->model, .data = &tr->train,
                         .q = tr->q, .dp = tr->dp, .clip = cfg->clip, .sigma = tr->sigma, .clipping = cfg->clipping,
                         .device_split = cfg->device_split, .physical_batch = (int)cfg->physical_batch_size,
-                        .sample_key = tr->sample_key, .noise_key = tr->noise_key};
+                        .sample_key = tr->sample_key, .noise_key = tr->noise_key, .auto_gamma = cfg->auto_gamma,
+                        .adaptive = tr->dp && cfg->adaptive, .target_quantile = cfg->target_quantile,
+                        .adaptive_lr = cfg->adaptive_lr, .count_fraction = cfg->count_noise_fraction};
   dpm_step_init(&tr->step);
+  if (tr->resume_thr) { /* adaptive: the run's thresholds continue; per-device ones are per stage */
+    char err[DPM_ERRLEN] = "";
+    int failed = tr->n_resume_thr != tr->step.n_thr;
+    if (failed)
+      dpm_err(err, "%s: the checkpoint holds %d adaptive %s clipping thresholds, this grid has %d (per-device "
+              "thresholds are one per pipeline stage: resume on %d stages)", cfg->path, tr->n_resume_thr,
+              dpm_clipping_name(cfg->clipping), tr->step.n_thr, tr->n_resume_thr);
+    dpm_exit_if_error(tr->comm, failed, err);
+    memcpy(tr->step.thr, tr->resume_thr, sizeof(double) * (size_t)tr->n_resume_thr);
+    dpm_free(tr->resume_thr);
+    tr->resume_thr = NULL;
+  }
 }
 
 static void free_trainer(trainer *tr) {
@@ -899,6 +924,7 @@ static void free_trainer(trainer *tr) {
   dpm_free(tr->info);
   dpm_free(tr->pca_V);
   dpm_free(tr->init_from);
+  dpm_free(tr->resume_thr);
   dpm_free(tr->seeded);
   dpm_free(tr->seeded_out);
   if (tr->metrics) fclose(tr->metrics);

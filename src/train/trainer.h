@@ -75,6 +75,9 @@ typedef struct {
   int n_seeded;
   int any_seeded;         /* 1: some step of this model's history ran seeded, or will */
   uint64_t seed_last;     /* run.seed of the last seeded segment */
+  double *resume_thr;     /* --resume of an adaptive run: the checkpoint's thresholds (n_resume_thr), until the step
+                             holds them */
+  int n_resume_thr;
   uint64_t data_digest;   /* of the training split (dpm_dataset_digest), the same on every grid */
   double data_bytes;      /* what this rank's shards of both splits will hold in memory (the memory check) */
 } trainer;

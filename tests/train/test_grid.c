@@ -5,7 +5,8 @@
  *   balanced and explicit layer splits; the same grid twice is bitwise identical; the sampled examples
  *   are rebalanced so that every replica computes floor or ceil of the mean (and some do move);
  * - clipping: one step's clipped sum (q = 1, no noise) equals a brute-force 1-rank reference that takes
- *   each example's gradient alone and clips it by the mode's rule (flat, per-layer, per-device pieces);
+ *   each example's gradient alone and clips it by the mode's rule (flat, per-layer, per-device pieces;
+ *   automatic and automatic per-layer: normalized, C g / (||g|| + gamma));
  * - I1 sensitivity: removing one example moves the pre-noise sum by at most C over the whole model, and
  *   by C (1e-5) for an example whose gradient is large, for every mode, on 1x1 and every grid;
  * - I2 noise once: with every gradient exactly zero (zero inputs, no biases) and examples sampled, the
@@ -30,6 +31,7 @@ static const char *LAYERS =
 static const char *LAYERS_NOBIAS =
     "conv out=2 kernel=3 stride=1 pad=1 bias=0; tanh; maxpool kernel=2; flatten; dense out=5 bias=0; relu; "
     "dense out=3 bias=0";
+#define AUTO_GAMMA 0.01
 static float X[N * D_IN];
 static int32_t Y[N];
 static int rank, size;
@@ -119,7 +121,8 @@ static float *run(MPI_Comm comm, gridspec g, const job *j, size_t *P_out, uint64
                    .x = (float *)j->x + b * D_IN, .y = (int32_t *)j->y + b};
   dpm_step st = {.comm = grid.dp, .pipe = grid.pipe, .model = m, .data = &d, .q = j->q, .dp = 1, .clip = j->clip,
                  .sigma = j->sigma, .clipping = j->mode, .device_split = DPM_SPLIT_PARAMS, .physical_batch = j->pb,
-                 .sample_key = dpm_key_from_seed(2, DPM_STREAM_SAMPLE), .noise_key = dpm_key_from_seed(2, DPM_STREAM_NOISE)};
+                 .sample_key = dpm_key_from_seed(2, DPM_STREAM_SAMPLE), .noise_key = dpm_key_from_seed(2, DPM_STREAM_NOISE),
+                 .auto_gamma = AUTO_GAMMA};
   dpm_step_init(&st);
   CHECK(st.nctx == g.S - grid.stage, "stage %d of %d keeps %d micro-batches in flight, expected %d (1F1B)", grid.stage,
         g.S, st.nctx, g.S - grid.stage);
@@ -280,6 +283,17 @@ static double *brute_clipped_sum(const job *j, int S, const int *first) {
         for (size_t k = a; k < b; k++) s2 += (double)g[k] * g[k];
         for (size_t k = a; k < b; k++) scale[k] = (float)fmin(1.0, j->clip / sqrt((double)G) / sqrt(s2));
       }
+    } else if (j->mode == DPM_CLIP_AUTOMATIC) { /* Bu et al.: C g / (||g|| + gamma), whatever ||g|| */
+      double s2 = 0;
+      for (size_t k = 0; k < P; k++) s2 += (double)g[k] * g[k];
+      for (size_t k = 0; k < P; k++) scale[k] = (float)(j->clip / (sqrt(s2) + AUTO_GAMMA));
+    } else if (j->mode == DPM_CLIP_AUTOMATIC_PER_LAYER) {
+      for (int gr = 0; gr < G; gr++) {
+        size_t a = dpm_model_group_offset(m, gr), b = a + dpm_model_group_size(m, gr);
+        double s2 = 0;
+        for (size_t k = a; k < b; k++) s2 += (double)g[k] * g[k];
+        for (size_t k = a; k < b; k++) scale[k] = (float)(j->clip / sqrt((double)G) / (sqrt(s2) + AUTO_GAMMA));
+      }
     } else {
       for (int s = 0; s < S; s++) {
         double s2 = 0, cs = dpm_clip_threshold(DPM_CLIP_PER_DEVICE, j->clip, G, S, hi[s] - lo[s], P, DPM_SPLIT_PARAMS);
@@ -300,7 +314,7 @@ static void test_clipping_against_brute_force(void) {
   int ng = world_grids_and_1x1(grids);
   /* q = 1 (every example) and q = 0.6 at step 3 (a Poisson sample, rebalanced over the replicas) */
   for (int qi = 0; qi < 2; qi++)
-  for (int mode = 0; mode < 3; mode++)
+  for (int mode = 0; mode < DPM_CLIP_COUNT; mode++)
     for (int gi = 0; gi < ng; gi++) {
       gridspec g = grids[gi];
       if (g.S > 1 && g.D * g.S != size) continue;

@@ -38,7 +38,8 @@ enum {
   DPM_STREAM_INIT = 3,    /* parameter initialization, step = layer number */
   DPM_STREAM_SHUFFLE = 4, /* data order, tests */
   DPM_STREAM_PCA = 5,     /* DP-PCA noise */
-  DPM_STREAM_GENERATE = 6 /* text generation (dpmpi generate): step = token position */
+  DPM_STREAM_GENERATE = 6, /* text generation (dpmpi generate): step = token position */
+  DPM_STREAM_COUNT = 7     /* adaptive clipping's count noise (noise key), index = global threshold index */
 };
 
 /* A key from a user seed (reproducible) — the seed is spread with splitmix64. */

@@ -56,6 +56,13 @@ typedef struct {
                               branches, steps lost in a crash) */
   int n_seeded;            /* seeded_steps: [begin, end) step ranges that ran seeded (reproducible = n_seeded > 0) */
   int64_t *seeded_steps;   /* 2 x n_seeded values (read: allocated) */
+  /* adaptive thresholds (privacy.adaptive): attribute clip_thresholds (float64 [n_thresholds]), the thresholds the
+     next step applies, with adaptive_target_quantile, adaptive_lr, count_noise_fraction; absent: not adaptive */
+  int adaptive;
+  int n_thresholds;
+  double *thresholds;      /* read: allocated, every value finite and > 0 */
+  double target_quantile, adaptive_lr, count_noise_fraction;
+  double auto_gamma;       /* automatic clipping modes: attribute auto_gamma (read: 0 when absent) */
   int rng_stream;          /* the random streams' definition, DPM_RNG_STREAM_VERSION of the writer (dpmpi/core/rng.h);
                               read: 1 when the attribute is missing (dpmpi before version 2 drew with Philox4x64-10) */
 } dpm_ckpt_meta;

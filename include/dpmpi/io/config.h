@@ -49,6 +49,9 @@ typedef struct {
   double clip;
   dpm_clipping clipping;
   dpm_device_split device_split; /* per-device thresholds */
+  double auto_gamma;          /* automatic clipping modes */
+  int adaptive;               /* adaptive thresholds (dpmpi/privacy/dpsgd.h) */
+  double target_quantile, adaptive_lr, count_noise_fraction;
   dpm_accountant_kind accountant;
   int rebudget;               /* --resume: accept an epsilon or delta other than the checkpoint's */
   /* [pca] (dpmpi/parallel/pca.h, docs/pca.md) */

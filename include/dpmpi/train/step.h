@@ -21,7 +21,9 @@
  * After dpm_step_run the model's grads slab holds, on every rank of the stage, this stage's slice of
  *   sum over sampled examples of clip(grad_i) + N(0, sigma^2 C^2 I)
  * (the plain sum when privacy is off), identical to the same slice of a 1 x 1 run. The caller divides by
- * the expected batch size and updates. This is the code path of `dpmpi train`, the privacy-invariant
+ * the expected batch size and updates. Gradient noise std: sigma C, or with adaptive thresholds
+ * grad_sigma sqrt(sum_k C_k^2) (the current thresholds' total sensitivity), and the thresholds then move
+ * (see dpmpi/privacy/dpsgd.h). This is the code path of `dpmpi train`, the privacy-invariant
  * tests (I1, I2) and the benchmarks.
  */
 #ifndef DPMPI_STEP_H
@@ -62,6 +64,13 @@ typedef struct {
   int measure_wait;        /* benchmarks: a barrier before the allreduce, its time in time_wait */
   int keep_shards;         /* 1: every replica computes exactly its own sample; 0 (default): the
                               sampled examples are rebalanced over the replicas (see below) */
+  double auto_gamma;       /* automatic clipping modes: g / (||g|| + auto_gamma), > 0 */
+  /* adaptive thresholds (dpmpi/privacy/dpsgd.h, docs/accountant.md): sigma above is then the effective noise
+     multiplier of gradient and counts together (the ledger's) */
+  int adaptive;            /* 1: every threshold follows target_quantile of its norms */
+  double target_quantile;  /* gamma in (0, 1) */
+  double adaptive_lr;      /* eta: C <- C exp(-eta (b - gamma)) */
+  double count_fraction;   /* f in (0, 1): the counts' share of the precision sigma^-2 */
   /* set by dpm_step_init */
   int two_pass;            /* 1: flat clipping with DP on S > 1 stages: a pass for the per-example norms, then the
                               clipped accumulation (see above) */
@@ -70,7 +79,13 @@ typedef struct {
   size_t param_offset;     /* global index of this stage's first parameter */
   size_t total_params;     /* of the whole model */
   int total_groups;        /* parameter groups of the whole model */
-  double threshold;        /* the clipping threshold this stage applies (dpm_clip_threshold) */
+  double threshold;        /* the clipping threshold this stage starts with (dpm_clip_threshold) */
+  int n_thr;               /* thresholds of the whole model: 1 (flat modes), stages (per-device), groups (per-layer) */
+  double *thr;             /* their current values, the same on every rank (adaptive: updated after every step) */
+  int thr_first, thr_local;/* this stage's thresholds thr[thr_first .. + thr_local) (flat: stage 0 holds the one) */
+  double grad_sigma;       /* the gradient's noise multiplier: sigma, or adaptive sigma / sqrt(1 - f) */
+  double count_sigma;      /* adaptive: the counts' noise std sigma_b (0 otherwise) */
+  double *counts_released; /* adaptive: the last step's noisy centred counts b_k, all n_thr (the same everywhere) */
   double time_allreduce;   /* seconds in the gradient allreduce, summed over steps (benchmarks); with
                               measure_wait, the transfer alone ... */
   double time_wait;        /* ... and here the wait for the slowest rank of comm */
@@ -88,6 +103,7 @@ typedef struct {
   int32_t *sendy;
   MPI_Request *xreq;
   int xreq_cap;
+  double *cnt;             /* adaptive: this stage's centred counts of the step under way, thr_local */
   double *norms;           /* two_pass: per sampled example squared norm (NULL otherwise) */
   float *xb, *doutb, *coef; /* xb: the micro-batch input (gathered rows, or received activations) */
   double *sq;              /* per-example squared norms of the micro-batch, G x B */
