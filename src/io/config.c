@@ -61,6 +61,12 @@ static const key_def KEYS[] = {
   {"train", "lr_step_gamma", K_POS_NUM, OFF(lr_step_gamma), "0.1", NULL, "Factor of the step schedule."},
   {"train", "lr_step_every", K_POS_NUM, OFF(lr_step_every), "10", NULL, "Period of the step schedule in epochs."},
   {"train", "warmup_epochs", K_NONNEG_NUM, OFF(warmup_epochs), "0", NULL, "Linear warm-up of the learning rate over this many epochs."},
+  {"train", "trainable", K_STR, OFF(trainable), NULL, NULL,
+   "Fine-tuning: the tensors that train, as comma- or space-separated glob patterns over the checkpoint names "
+   "(GPT: Hugging Face names such as h.0.attn.c_attn.weight, h.*.mlp.*, ln_f.*, wte.weight; '*' also crosses dots); "
+   "every other tensor is frozen: no clipping norm, no noise (the noise dimension counts trainable parameters), no "
+   "optimizer state, no allreduce, bitwise unchanged. A pattern matching nothing is an error. Default: every tensor "
+   "(with LoRA: only the adapters, plus what this adds). Non-GPT layers freeze whole (weight and bias together)."},
   {"train", "eval_every", K_POS_NUM, OFF(eval_every_epochs), "1", NULL, "Evaluate on the test split every this many epochs (and at the end)."},
   {"privacy", "enabled", K_BOOL, OFF(privacy_enabled), "true", NULL,
    "true: DP-SGD (clipping, noise, accounting). false: non-private baseline on the same code path."},
@@ -422,6 +428,7 @@ void dpm_config_free(dpm_config *cfg) {
   dpm_free(cfg->data_test);
   dpm_free(cfg->model_layers);
   dpm_free(cfg->metrics);
+  dpm_free(cfg->trainable);
   dpm_free(cfg->grid_stage_layers);
   dpm_free(cfg->ckpt_dir);
   dpm_free(cfg->path);

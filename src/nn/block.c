@@ -136,6 +136,8 @@ static void lin_io(const layer *l, const float *x, int j, const float **A, const
 static void lin_norms(dpm_model *m, layer *l, const float *x, int j, double *sq, int B) {
   block_state *k = l->ks;
   const int T = l->C, C = l->W, IC = LIN[j].in * C, OC = LIN[j].out * C;
+  const int fw = dpm_layer_frozen(l, LIN[j].w), fb = dpm_layer_frozen(l, LIN[j].w + 1);
+  if (fw && fb) return; /* a frozen linear's gradient is not released */
   const float *A, *G;
   lin_io(l, x, j, &A, &G);
   memset(k->ill[j], 0, (size_t)B);
@@ -143,10 +145,11 @@ static void lin_norms(dpm_model *m, layer *l, const float *x, int j, double *sq,
     dpm_seq_linear_sqnorms_explicit(k->gsq[j], k->sqb, k->ill[j], A, G, m->scratch + (size_t)B * T * 4 * C, B, T, IC, OC);
   else
     dpm_seq_linear_sqnorms_ghost(k->gsq[j], k->sqb, k->ill[j], A, G, m->ghost, B, T, IC, OC);
-  for (int b = 0; b < B; b++) sq[b] += k->gsq[j][b] + k->sqb[b];
+  for (int b = 0; b < B; b++) sq[b] += (fw ? 0.0 : k->gsq[j][b]) + (fb ? 0.0 : k->sqb[b]);
 }
 
-static void add_rows_sq(double *sq, const float *E, int B, int C, double *tmp) {
+static void add_rows_sq(const layer *l, int t, double *sq, const float *E, int B, int C, double *tmp) {
+  if (dpm_layer_frozen(l, t)) return;
   dpm_rows_sqnorm(tmp, E, B, (size_t)C);
   for (int b = 0; b < B; b++) sq[b] += tmp[b];
 }
@@ -166,7 +169,7 @@ static void block_backward(dpm_model *m, layer *l, const float *x, float *dx, do
   if (sq) lin_norms(m, l, x, L_FC, sq, B);
   memcpy(k->dattn, l->dout, BTC * sizeof(float)); /* d loss / d res2, = attn.c_proj's output gradient */
   dpm_layernorm_backward(k->dattn, k->e_ln2w, k->e_ln2b, tmp, k->res2, k->ln2_mean, k->ln2_rstd, W(LN2_W), B, T, C);
-  if (sq) add_rows_sq(sq, k->e_ln2w, B, C, k->sqb), add_rows_sq(sq, k->e_ln2b, B, C, k->sqb);
+  if (sq) add_rows_sq(l, LN2_W, sq, k->e_ln2w, B, C, k->sqb), add_rows_sq(l, LN2_B, sq, k->e_ln2b, B, C, k->sqb);
   /* attention: res2 = x + c_proj(attention(c_attn(ln_1(x)))) */
   dpm_seq_linear_backward(tmp, k->dattn, W(APROJ_W), B, T, C, C);
   if (sq) lin_norms(m, l, x, L_APROJ, sq, B);
@@ -175,7 +178,7 @@ static void block_backward(dpm_model *m, layer *l, const float *x, float *dx, do
   if (sq) lin_norms(m, l, x, L_ATTN, sq, B);
   memcpy(dres, k->dattn, BTC * sizeof(float));
   dpm_layernorm_backward(dres, k->e_ln1w, k->e_ln1b, tmp, x, k->ln1_mean, k->ln1_rstd, W(LN1_W), B, T, C);
-  if (sq) add_rows_sq(sq, k->e_ln1w, B, C, k->sqb), add_rows_sq(sq, k->e_ln1b, B, C, k->sqb);
+  if (sq) add_rows_sq(l, LN1_W, sq, k->e_ln1w, B, C, k->sqb), add_rows_sq(l, LN1_B, sq, k->e_ln1b, B, C, k->sqb);
   k->norms_ready = sq != NULL;
 }
 
@@ -188,13 +191,16 @@ static void block_accumulate(dpm_model *m, layer *l, const float *x, float *dw, 
     const float *A, *G;
     lin_io(l, x, j, &A, &G);
     const int ready = coef && k->norms_ready;
-    dpm_seq_linear_accumulate(dw + toff(C, LIN[j].w), dw + toff(C, LIN[j].w + 1), A, G, coef, coef,
+    const int fw = dpm_layer_frozen(l, LIN[j].w), fb = dpm_layer_frozen(l, LIN[j].w + 1);
+    if (fw && fb) continue;
+    dpm_seq_linear_accumulate(fw ? NULL : dw + toff(C, LIN[j].w), fb ? NULL : dw + toff(C, LIN[j].w + 1), A, G, coef, coef,
                               ready ? k->gsq[j] : NULL, ready ? k->ill[j] : NULL, m->scratch, m->row, B, T,
                               LIN[j].in * C, LIN[j].out * C);
   }
   const float *rows[4] = {k->e_ln1w, k->e_ln1b, k->e_ln2w, k->e_ln2b};
   const int ts[4] = {LN1_W, LN1_B, LN2_W, LN2_B};
-  for (int r = 0; r < 4; r++) dpm_rows_accumulate(dw + toff(C, ts[r]), rows[r], coef, B, (size_t)C);
+  for (int r = 0; r < 4; r++)
+    if (!dpm_layer_frozen(l, ts[r])) dpm_rows_accumulate(dw + toff(C, ts[r]), rows[r], coef, B, (size_t)C);
 }
 #undef W
 
@@ -227,7 +233,7 @@ static dpm_norm_method block_norm_method(const layer *l) {
 }
 
 const dpm_layer_ops dpm_ops_block = {
-    .name = "block", .keys = "heads", .required = 1, .shape = block_shape, .plan = block_plan, .init = block_init,
+    .name = "block", .keys = "heads", .required = 1, .freezes_tensors = 1, .shape = block_shape, .plan = block_plan, .init = block_init,
     .forward = block_forward, .backward = block_backward, .accumulate = block_accumulate,
     .describe = block_describe, .info = block_info, .explicit_bytes = block_explicit_bytes,
     .set_norm = block_set_norm, .norm_method = block_norm_method};

@@ -148,6 +148,16 @@ static dpm_ckpt_model ckpt_model(trainer *tr) {
                        .n_state = dpm_optimizer_num_state(tr->opt)};
   _Static_assert(DPM_OPTIMIZER_MAX_STATE <= DPM_CKPT_MAX_STATE, "checkpoints hold every optimizer's state buffers");
   for (int k = 0; k < cm.n_state; k++) cm.state[k] = dpm_optimizer_state(tr->opt, k, &cm.state_group[k]);
+  cm.frozen = tr->frozen; /* frozen tensors have no optimizer state in the file */
+  if (tr->ppack) { /* the packed state in the slab's layout (frozen entries 0, not written) */
+    const size_t P = dpm_model_num_params(tr->model);
+    for (int k = 0; k < cm.n_state; k++) {
+      if (!tr->state_full[k]) tr->state_full[k] = dpm_malloc_aligned(sizeof(float) * (P ? P : 1));
+      memset(tr->state_full[k], 0, sizeof(float) * P);
+      dpm_trainable_unpack(&tr->trainable, tr->state_full[k], cm.state[k]);
+      cm.state[k] = tr->state_full[k];
+    }
+  }
   return cm;
 }
 
@@ -276,7 +286,13 @@ static int train_loop(trainer *tr) {
     dpm_step_run(&tr->step, (uint64_t)t, &stats); /* the noisy sum of clipped gradients (the plain sum without DP) */
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
     double scale = tr->dp ? dpm_update_scale(tr->q, tr->N) : 1.0 / (stats.examples > 0 ? stats.examples : 1.0);
-    dpm_optimizer_step(tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr); /* post-processing */
+    if (tr->ppack) { /* fine-tuning: the optimizer sees the trainable parameters only; frozen ones keep their bits */
+      dpm_trainable_pack(&tr->trainable, tr->ppack, dpm_model_params(m));
+      dpm_optimizer_step(tr->opt, tr->ppack, tr->step.gpack, scale, lr);
+      dpm_trainable_unpack(&tr->trainable, dpm_model_params(m), tr->ppack);
+    } else {
+      dpm_optimizer_step(tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr); /* post-processing */
+    }
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     ls.t_train += dpm_time() - t0;
     add_stats(&ls, &stats);
@@ -295,6 +311,31 @@ static int train_loop(trainer *tr) {
   }
   trainer_report_done(tr, &ls);
   return 0;
+}
+
+/* train.trainable and LoRA: the frozen tensors of every layer (the same on every rank: the patterns are matched
+ * against the whole model's names), set on this stage's model, and the stage's trainable runs. */
+static void setup_trainable(trainer *tr) {
+  dpm_config *cfg = &tr->cfg;
+  if (!cfg->trainable) return;
+  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
+  tr->frozen = dpm_malloc(sizeof(uint32_t) * (size_t)tr->n_layers);
+  int failed = dpm_trainable_match(cfg->trainable, NULL, tr->info, tr->n_layers,
+                                   tr->frozen, inner) != 0;
+  if (failed) dpm_err(err, "%s: [train] trainable: %s", cfg->path, inner);
+  for (int i = 0; i < tr->n_layers && !failed; i++) {
+    const int local = i >= tr->first && i < tr->last;
+    if (local && dpm_model_set_frozen(tr->model, i - tr->first, tr->frozen[i])) {
+      failed = 1;
+      dpm_err(err, "%s: [train] trainable: layer %d (%s) freezes only whole: the patterns select part of its "
+              "tensors", cfg->path, i + 1, tr->info[i].tensors[0].name);
+    }
+  }
+  dpm_exit_if_error(tr->comm, failed, err);
+  tr->has_trainable = 1;
+  dpm_trainable_init(&tr->trainable, tr->info, tr->first, tr->last, tr->frozen);
+  if (!dpm_trainable_all(&tr->trainable))
+    tr->ppack = dpm_malloc_aligned(sizeof(float) * (tr->trainable.total ? tr->trainable.total : 1));
 }
 
 /* The whole model is built once (small batch) to check shapes and cost its layers; this rank keeps its
@@ -365,6 +406,7 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
   dpm_model_free(full);
   dpm_free(specs);
   dpm_free(first);
+  setup_trainable(tr);
 }
 
 /* Replica r's shard of a split; the first stage reads the inputs, the last the labels (both read both:
@@ -634,7 +676,7 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
   dpm_config *cfg = &tr->cfg;
   setup_keys(tr);
   dpm_model_init_params(tr->model, &tr->init_key);
-  tr->opt = dpm_optimizer_create(cfg, dpm_model_num_params(tr->model));
+  tr->opt = dpm_optimizer_create(cfg, tr->ppack ? tr->trainable.total : dpm_model_num_params(tr->model));
   if (a->init) load_init(tr, a->init);
   if (a->resume) {
     dpm_ckpt_model cm = ckpt_model(tr);
@@ -642,6 +684,8 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
     char err[DPM_ERRLEN] = "";
     int failed = dpm_ckpt_read(tr->comm, rp->path, &cm, &L, err) != 0;
     dpm_exit_if_error(tr->comm, failed, err);
+    for (int k = 0; tr->ppack && k < cm.n_state; k++)
+      dpm_trainable_pack(&tr->trainable, dpm_optimizer_state(tr->opt, k, NULL), tr->state_full[k]);
     dpm_ledger_free(tr->ledger);
     tr->ledger = L;
     dpm_ckpt_meta *meta = &rp->meta;
@@ -713,7 +757,8 @@ static void setup_step(trainer *tr) {
   tr->step = (dpm_step){.comm = tr->grid.dp, .pipe = tr->grid.pipe, .model = tr->model, .data = &tr->train,
                         .q = tr->q, .dp = tr->dp, .clip = cfg->clip, .sigma = tr->sigma, .clipping = cfg->clipping,
                         .device_split = cfg->device_split, .physical_batch = (int)cfg->physical_batch_size,
-                        .sample_key = tr->sample_key, .noise_key = tr->noise_key};
+                        .sample_key = tr->sample_key, .noise_key = tr->noise_key,
+                        .trainable = tr->has_trainable ? &tr->trainable : NULL};
   dpm_step_init(&tr->step);
 }
 
@@ -721,6 +766,10 @@ static void free_trainer(trainer *tr) {
   dpm_step_free(&tr->step);
   dpm_optimizer_free(tr->opt);
   dpm_free(tr->info);
+  dpm_free(tr->frozen);
+  dpm_trainable_free(&tr->trainable);
+  dpm_free(tr->ppack);
+  for (int k = 0; k < DPM_OPTIMIZER_MAX_STATE; k++) dpm_free(tr->state_full[k]);
   dpm_free(tr->pca_V);
   dpm_free(tr->init_from);
   dpm_free(tr->seeded);

@@ -180,4 +180,14 @@ void dpm_model_token_stats(const dpm_model *m, double *token_loss, double *token
 void dpm_model_set_input_grad(dpm_model *m, int on);
 const float *dpm_model_input_grad(const dpm_model *m);
 
+/* Frozen tensors (fine-tuning: train.trainable, LoRA's frozen base). Bit t of mask freezes tensor t of layer
+ * i's dpm_layer_info: backward leaves it out of the group's per-example squared norm, accumulate adds nothing to
+ * its gradient (which stays 0), and the caller never updates it. The GPT kinds freeze any subset of their
+ * tensors; other kinds all of them or none (-1 otherwise). Layers before the first trainable one get no
+ * backward unless the input gradient is asked for. */
+int dpm_model_set_frozen(dpm_model *m, int i, uint32_t mask);
+uint32_t dpm_model_frozen(const dpm_model *m, int i);
+/* 1 if group g's layer has a trainable tensor (per-layer clipping gives thresholds only to these groups). */
+int dpm_model_group_trainable(const dpm_model *m, int g);
+
 #endif

@@ -20,7 +20,9 @@
  *
  * After dpm_step_run the model's grads slab holds, on every rank of the stage, this stage's slice of
  *   sum over sampled examples of clip(grad_i) + N(0, sigma^2 C^2 I)
- * (the plain sum when privacy is off), identical to the same slice of a 1 x 1 run. The caller divides by
+ * (the plain sum when privacy is off), identical to the same slice of a 1 x 1 run; with a trainable set
+ * (fine-tuning) the same for the trainable entries, packed in gpack and also unpacked into the slab, whose frozen
+ * entries stay 0 (no noise: the released function is the trainable parameters' noisy sum). The caller divides by
  * the expected batch size and updates. This is the code path of `dpmpi train`, the privacy-invariant
  * tests (I1, I2) and the benchmarks.
  */
@@ -33,6 +35,7 @@
 #include "dpmpi/io/data.h"
 #include "dpmpi/nn/model.h"
 #include "dpmpi/core/rng.h"
+#include "dpmpi/train/trainable.h"
 
 /* What a step or an evaluation counted, summed over the grid. The dataset's y holds label_n labels per
  * example (T next-token targets for a model ending with lm_head). */
@@ -62,6 +65,9 @@ typedef struct {
   int measure_wait;        /* benchmarks: a barrier before the allreduce, its time in time_wait */
   int keep_shards;         /* 1: every replica computes exactly its own sample; 0 (default): the
                               sampled examples are rebalanced over the replicas (see below) */
+  const dpm_trainable *trainable; /* the stage's trainable runs (frozen tensors set on the model too), NULL:
+                              every parameter trains. Frozen parameters get no noise and no allreduce: the
+                              noisy sum is packed (gpack), noise addressed by the global trainable index */
   /* set by dpm_step_init */
   int two_pass;            /* 1: flat clipping with DP on S > 1 stages: a pass for the per-example norms, then the
                               clipped accumulation (see above) */
@@ -69,6 +75,10 @@ typedef struct {
   int stage, stages;       /* in pipe */
   size_t param_offset;     /* global index of this stage's first parameter */
   size_t total_params;     /* of the whole model */
+  size_t train_params;     /* trainable parameters of this stage (= its slab without a trainable set) ... */
+  size_t train_offset;     /* ... the global trainable index of its first one ... */
+  size_t total_train;      /* ... and of the whole model: the noise dimension */
+  float *gpack;            /* with a partial trainable set: this stage's noisy sum packed (train_params), else NULL */
   int total_groups;        /* parameter groups of the whole model */
   double threshold;        /* the clipping threshold this stage applies (dpm_clip_threshold) */
   double time_allreduce;   /* seconds in the gradient allreduce, summed over steps (benchmarks); with
