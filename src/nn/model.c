@@ -45,7 +45,8 @@ static const char *kind_keys(dpm_layer_kind k, int *required) {
 }
 
 static const char *const all_keys[] = {"out", "kernel", "stride", "pad", "groups", "bias",
-                                       "vocab", "context", "width", "heads", "tied"};
+                                       "vocab", "context", "width", "heads", "tied",
+                                       "lora", "lora_alpha", "lora_targets"};
 #define N_KEYS ((int)(sizeof all_keys / sizeof all_keys[0]))
 
 static int key_index(const char *key) {
@@ -56,7 +57,8 @@ static int key_index(const char *key) {
 
 static int *spec_field(dpm_layer_spec *s, int k) {
   int *fields[] = {&s->out,   &s->kernel,  &s->stride, &s->pad,   &s->groups, &s->bias,
-                   &s->vocab, &s->context, &s->width,  &s->heads, &s->tied};
+                   &s->vocab, &s->context, &s->width,  &s->heads, &s->tied,
+                   &s->lora,  &s->lora_alpha, &s->lora_targets};
   _Static_assert(sizeof fields / sizeof fields[0] == N_KEYS, "one field per key");
   return fields[k];
 }

@@ -317,10 +317,10 @@ static int train_loop(trainer *tr) {
  * against the whole model's names), set on this stage's model, and the stage's trainable runs. */
 static void setup_trainable(trainer *tr) {
   dpm_config *cfg = &tr->cfg;
-  if (!cfg->trainable) return;
+  if (!cfg->trainable && !tr->lora) return;
   char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
   tr->frozen = dpm_malloc(sizeof(uint32_t) * (size_t)tr->n_layers);
-  int failed = dpm_trainable_match(cfg->trainable, NULL, tr->info, tr->n_layers,
+  int failed = dpm_trainable_match(cfg->trainable, tr->lora ? "*.lora_*" : NULL, tr->info, tr->n_layers,
                                    tr->frozen, inner) != 0;
   if (failed) dpm_err(err, "%s: [train] trainable: %s", cfg->path, inner);
   for (int i = 0; i < tr->n_layers && !failed; i++) {
@@ -517,6 +517,50 @@ static int parse_args(trainer *tr, int argc, char **argv, train_args *a) {
   return 0;
 }
 
+/* train.lora_rank: every block of cfg->model_layers gets " lora=R lora_alpha=A lora_targets=M" (the layer list
+ * checkpoints record, so every reader builds the adapted model). Returns 0, or -1 with err. */
+static int add_lora_keys(dpm_config *cfg, char *err) {
+  static const char *const names[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+  int mask = 0;
+  if (!cfg->lora_targets) mask = 15;
+  for (const char *p = cfg->lora_targets; p && *p;) {
+    while (*p == ',' || *p == ' ' || *p == '\t') p++;
+    const size_t n = strcspn(p, ", \t");
+    if (!n) break;
+    int k = 0;
+    while (k < 4 && !(strlen(names[k]) == n && !strncmp(p, names[k], n))) k++;
+    if (k == 4)
+      return dpm_err(err, "%s: [train] lora_targets: '%.*s' is not a block linear (expected attn.c_attn, attn.c_proj, "
+                     "mlp.c_fc or mlp.c_proj)", cfg->path, (int)n, p);
+    mask |= 1 << k;
+    p += n;
+  }
+  char add[96];
+  snprintf(add, sizeof add, " lora=%lld lora_alpha=%lld lora_targets=%d", (long long)cfg->lora_rank,
+           (long long)cfg->lora_alpha, mask);
+  const char *t = cfg->model_layers;
+  size_t cap = strlen(t) * 2 + 1, used = 0;
+  for (const char *q = t; *q; q++) cap += (*q == ';' || *q == '\n') ? sizeof add : 0;
+  char *out = dpm_malloc(cap + sizeof add);
+  for (const char *q = t;;) { /* one layer: up to ';', newline or the end */
+    const size_t n = strcspn(q, ";\n");
+    const char *w = q;
+    while (w < q + n && (*w == ' ' || *w == '\t')) w++;
+    const int block = (size_t)(q + n - w) >= 5 && !strncmp(w, "block", 5) && (w + 5 == q + n || w[5] == ' ' || w[5] == '\t');
+    size_t e = n;
+    while (e > 0 && (q[e - 1] == ' ' || q[e - 1] == '\t' || q[e - 1] == '\r')) e--;
+    memcpy(out + used, q, e), used += e;
+    if (block) memcpy(out + used, add, strlen(add)), used += strlen(add);
+    if (!q[n]) break;
+    out[used++] = q[n];
+    q += n + 1;
+  }
+  out[used] = '\0';
+  dpm_free(cfg->model_layers);
+  cfg->model_layers = out;
+  return 0;
+}
+
 /* The job file and its overrides; the data's shapes and sizes (identical on every rank; *thdr: the test
  * split's), the sampling rate and the run's length; the grid, the DP-PCA check and this rank's model. */
 static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
@@ -526,6 +570,15 @@ static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
   a->over = NULL;
   dpm_exit_if_error(tr->comm, failed, err);
   dpm_config *cfg = &tr->cfg;
+  failed = cfg->lora_rank > 0 && add_lora_keys(cfg, err);
+  dpm_exit_if_error(tr->comm, failed, err);
+  dpm_layer_spec *ls = NULL;
+  int nls = 0, lora = 0;
+  char perr[DPM_ERRLEN];
+  if (!dpm_model_parse(cfg->model_layers, &ls, &nls, perr))
+    for (int i = 0; i < nls; i++) lora |= ls[i].lora > 0;
+  dpm_free(ls);
+  tr->lora = lora;
   dpm_dataset hdr;
   failed = dpm_dataset_probe(cfg->data_train, "train", &hdr, err) != 0;
   if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", thdr, err) != 0;
@@ -649,6 +702,7 @@ static void load_init(trainer *tr, const char *path) {
     const dpm_layer_info *in = &tr->info[i];
     for (int p = 0; p < in->n_tensors && !failed; p++) {
       const dpm_tensor_info *ti = &in->tensors[p];
+      if (strstr(ti->name, ".lora_")) continue; /* LoRA adapters start from their own initialization */
       int k = 0;
       while (k < n && strcmp(t[k].name, ti->name)) k++;
       if (k == n || (size_t)t[k].numel != ti->size) /* cannot happen once the configs agree */

@@ -46,6 +46,7 @@ typedef struct {
   int n_layers, first, last;  /* this rank's stage: layers [first, last) of n_layers */
   dpm_layer_info *info;       /* every layer of the whole model */
   uint32_t *frozen;           /* per layer of the whole model: its frozen tensors (bit t: tensor t of info), NULL: none */
+  int lora;                   /* 1: some block has LoRA adapters (train.lora_rank or lora= in the layers): base frozen */
   int has_trainable;          /* 1: train.trainable or LoRA: the step and the optimizer work on `trainable` */
   dpm_trainable trainable;    /* this stage's trainable runs */
   float *ppack;               /* the stage's trainable parameters packed (the optimizer's vector), or NULL */
