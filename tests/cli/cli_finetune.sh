@@ -4,7 +4,9 @@
 # touched) of h.1.* and ln_f.* leaves every other tensor bitwise equal to the base on grids 1x1, 2x1 and 1x2,
 # moves every trainable one, stores optimizer state for the trainable tensors only, prints the noise dimension
 # = the trainable tensors' sizes counted from the file, and ends the same on every grid (1e-5); a resumed
-# fine-tuning run ends bitwise equal to the uninterrupted one; a pattern that matches nothing is one error line.
+# fine-tuning run ends as the uninterrupted one; the same for LoRA (train.lora_rank: only the adapters train,
+# the noise dimension is their parameter count, also with per-device clipping on a pipeline); a pattern that
+# matches nothing and an unknown LoRA target are one error line each.
 # Usage: bash tests/cli/cli_finetune.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=600
 source "$(dirname "$0")/../lib_cli.sh"
@@ -43,11 +45,17 @@ import sys, fnmatch, h5py, numpy as np
 a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
 pats = sys.argv[3:]
 n_train = n_frozen = 0
-for lg in a["model"]:
-    for name in a["model"][lg]:
-        x, y = a["model"][lg][name][()], b["model"][lg][name][()]
+for lg in b["model"]:
+    for name in b["model"][lg]:
+        y = b["model"][lg][name][()]
         train = any(fnmatch.fnmatchcase(name, p) for p in pats)
         has_state = name in b["optimizer/exp_avg"][lg] if lg in b["optimizer/exp_avg"] else False
+        if name not in a["model"][lg]:  # a LoRA adapter: trains, B moved away from its zero start
+            assert train and has_state, ("adapter without state", name)
+            assert np.any(y != 0), ("adapter still zero", name)
+            n_train += y.size
+            continue
+        x = a["model"][lg][name][()]
         if train:
             assert np.any(x != y), ("trainable tensor did not move", name)
             assert has_state, ("no optimizer state", name)
@@ -71,9 +79,28 @@ for grid in 1x1 2x1 1x2; do
   check "$grid: frozen tensors bitwise unchanged, trainable ones moved, state for trainable only" test -n "$n"
   check "$grid: noise dimension = trainable parameters ($n)" has_re "$tmp/out-$grid" "noise dimension $n\$"
 done
-# grid invariance of the fine-tuned model
-for grid in 2x1 1x2; do
-  check "$grid = 1x1 within 1e-5" "$py" - "$(ls "$tmp"/ft-1x1/ckpt-*.h5 | tail -1)" "$(ls "$tmp/ft-$grid"/ckpt-*.h5 | tail -1)" <<'PY'
+# LoRA (rank 2, alpha 4) on the attention's c_attn and the MLP's c_fc, flat and per-device clipping (on the
+# pipeline each stage clips its own adapters): the base bitwise unchanged, the adapters trained
+for grid in 1x1 2x1 1x2 1x2pd; do
+  g=${grid%pd} D=${g%x*} S=${g#*x} clip=flat
+  [ "$grid" = 1x2pd ] && clip=per-device
+  run $((D * S)) train "$tmp/job.ini" --init "$base" --grid.replicas=$D --grid.stages=$S --train.steps=6 \
+    --train.lora_rank=2 --train.lora_alpha=4 --train.lora_targets="attn.c_attn mlp.c_fc" --privacy.clipping=$clip \
+    --checkpoint.dir="$tmp/lora-$grid"
+  check "LoRA $grid: exits 0 (status $(rc)): $(head -c 300 "$tmp/err")" test "$(rc)" = 0
+  cp "$tmp/out" "$tmp/out-lora-$grid"
+  n=$(frozen "$base" "$(ls "$tmp/lora-$grid"/ckpt-*.h5 | tail -1)" '*.lora_*')
+  check "LoRA $grid: base bitwise unchanged, adapters trained with state" test -n "$n"
+  # 2 blocks x rank 2 x ((16 + 48) + (16 + 64))
+  check "LoRA $grid: noise dimension = adapter parameters ($n = 576)" test "$n" = 576
+  check "LoRA $grid: header prints it" has_re "$tmp/out-lora-$grid" "noise dimension 576\$"
+  check "LoRA $grid: the layer list records the adapters" has "$tmp/out-lora-$grid" "block heads=2 lora=2 lora_alpha=4 lora_targets=5"
+done
+# grid invariance of the fine-tuned models (full and LoRA)
+for grid in 2x1 1x2 lora-2x1 lora-1x2; do
+  ref=ft-1x1 dir=ft-$grid
+  case $grid in lora-*) ref=lora-1x1 dir=$grid ;; esac
+  check "$grid = 1x1 within 1e-5" "$py" - "$(ls "$tmp/$ref"/ckpt-*.h5 | tail -1)" "$(ls "$tmp/$dir"/ckpt-*.h5 | tail -1)" <<'PY'
 import sys, h5py, numpy as np
 a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
 worst = 0
@@ -100,6 +127,22 @@ for lg in a["model"]:
         x, y = a["model"][lg][n][()], b["model"][lg][n][()]
         assert float(np.max(np.abs(x - y))) <= 1e-5 * max(float(np.max(np.abs(y))), 1e-30), n
 PY
+# LoRA resumed on another grid: the uninterrupted run's parameters (1e-5)
+run 1 train "$tmp/job.ini" --init "$base" --train.steps=6 --train.lora_rank=2 --checkpoint.dir="$tmp/lr" --checkpoint.every=3
+mkdir -p "$tmp/lhalf" && cp "$tmp/lr/ckpt-00000003.h5" "$tmp/lhalf/"
+run 2 train "$tmp/job.ini" --resume "$tmp/lhalf/ckpt-00000003.h5" --grid.replicas=2 --train.steps=6 --train.lora_rank=2 \
+  --checkpoint.dir="$tmp/lr2"
+check "LoRA resume exits 0 (status $(rc)): $(cat "$tmp/err")" test "$(rc)" = 0
+check "LoRA resumed = uninterrupted (1e-5)" "$py" - "$tmp/lr/ckpt-00000006.h5" "$tmp/lr2/ckpt-00000006.h5" <<'PY'
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+for lg in a["model"]:
+    for n in a["model"][lg]:
+        x, y = a["model"][lg][n][()], b["model"][lg][n][()]
+        assert float(np.max(np.abs(x - y))) <= 1e-5 * max(float(np.max(np.abs(y))), 1e-30), n
+PY
+expect_usage_error 1 "[train] lora_targets: 'mlp.c_xx' is not a block linear" train "$tmp/job.ini" --init "$base" \
+  --train.lora_rank=2 --train.lora_targets="attn.c_attn mlp.c_xx"
 expect_usage_error 2 "[train] trainable: pattern 'h.9.*' matches no tensor" train "$tmp/job.ini" --init "$base" \
   --train.trainable="h.0.*, h.9.*"
 echo "cli_finetune: $passed passed, $failed failed"
