@@ -6,7 +6,8 @@
 # = the trainable tensors' sizes counted from the file, and ends the same on every grid (1e-5); a resumed
 # fine-tuning run ends as the uninterrupted one; the same for LoRA (train.lora_rank: only the adapters train,
 # the noise dimension is their parameter count, also with per-device clipping on a pipeline); a pattern that
-# matches nothing and an unknown LoRA target are one error line each.
+# matches nothing and an unknown LoRA target are one error line each; `model export` of a LoRA checkpoint writes
+# the merged model (= base + (alpha/r) A B, checked with numpy) or, --adapters-only, the adapters alone.
 # Usage: bash tests/cli/cli_finetune.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=600
 source "$(dirname "$0")/../lib_cli.sh"
@@ -141,6 +142,52 @@ for lg in a["model"]:
         x, y = a["model"][lg][n][()], b["model"][lg][n][()]
         assert float(np.max(np.abs(x - y))) <= 1e-5 * max(float(np.max(np.abs(y))), 1e-30), n
 PY
+# export of a LoRA checkpoint: merged (every tensor of the file = the checkpoint's base, the adapted weights
+# + (alpha/r) A B computed here in float64 within 1e-6), and --adapters-only (the adapters transposed to
+# [r, in] / [out, r], bitwise; adapter_config.json with r, lora_alpha, scale, target_modules)
+lck=$(ls "$tmp"/lora-1x1/ckpt-*.h5 | tail -1)
+mkdir -p "$tmp/merged" "$tmp/adapters"
+run 1 model export "$lck" --to safetensors "$tmp/merged/model.safetensors"
+check "merged export exits 0 (status $(rc)): $(cat "$tmp/err")" test "$(rc)" = 0
+run 1 model export "$lck" --to safetensors "$tmp/adapters/a.safetensors" --adapters-only
+check "adapters export exits 0 (status $(rc)): $(cat "$tmp/err")" test "$(rc)" = 0
+check "merged = base + (alpha/r) B A, adapters = the checkpoint's" "$py" - "$lck" "$tmp/merged/model.safetensors" \
+  "$tmp/adapters/a.safetensors" "$tmp/adapters/adapter_config.json" <<'PY'
+import sys, json, struct, h5py, numpy as np
+def st(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    hdr = json.loads(raw[8:8 + n])
+    out = {}
+    for k, v in hdr.items():
+        if k == "__metadata__": continue
+        b, e = v["data_offsets"]
+        out[k] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(v["shape"])
+    return out
+f = h5py.File(sys.argv[1], "r")
+ck = {}
+for lg in f["model"]:
+    for n in f["model"][lg]: ck[n] = f["model"][lg][n][()]
+merged, ad, cfg = st(sys.argv[2]), st(sys.argv[3]), json.load(open(sys.argv[4]))
+assert cfg["r"] == 2 and cfg["lora_alpha"] == 4 and cfg["scale"] == 2, cfg
+assert cfg["target_modules"] == ["attn.c_attn", "mlp.c_fc"], cfg
+s = cfg["lora_alpha"] / cfg["r"]
+adapted = 0
+for n, w in merged.items():
+    a = n[:-len(".weight")] + ".lora_A.weight" if n.endswith(".weight") else None
+    if a in ck:
+        want = ck[n].astype(np.float64) + s * (ck[a].astype(np.float64) @ ck[n.replace(".weight", ".lora_B.weight")].astype(np.float64))
+        assert np.max(np.abs(w - want)) <= 1e-6 * max(np.max(np.abs(want)), 1), n
+        assert np.max(np.abs(w - ck[n])) > 0, ("adapter had no effect", n)
+        adapted += 1
+    else:
+        assert w.tobytes() == ck[n].astype("<f4").tobytes(), n
+assert adapted == 4, adapted
+assert sorted(ad) == sorted(k for k in ck if ".lora_" in k), sorted(ad)
+for n, x in ad.items():
+    assert x.tobytes() == np.ascontiguousarray(ck[n].T).astype("<f4").tobytes(), n
+PY
+expect_usage_error 1 "has no LoRA adapters" model export "$base" --to safetensors "$tmp/adapters/b.safetensors" --adapters-only
 expect_usage_error 1 "[train] lora_targets: 'mlp.c_xx' is not a block linear" train "$tmp/job.ini" --init "$base" \
   --train.lora_rank=2 --train.lora_targets="attn.c_attn mlp.c_xx"
 expect_usage_error 2 "[train] trainable: pattern 'h.9.*' matches no tensor" train "$tmp/job.ini" --init "$base" \
