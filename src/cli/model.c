@@ -1,6 +1,7 @@
 /* `dpmpi model import|export|info`: Hugging Face GPT-2 checkpoints in and out of dpmpi.
  *   dpmpi model import --from safetensors --config config.json IN.safetensors --out INIT.h5
- *   dpmpi model export INIT.h5|CKPT.h5 --to safetensors OUT.safetensors   (+ config.json next to OUT)
+ *   dpmpi model export INIT.h5|CKPT.h5 --to safetensors OUT.safetensors [--adapters-only]  (+ config.json or
+ *   adapter_config.json next to OUT)
  *   dpmpi model info INIT.h5
  * Every rank parses the arguments, rank 0 does the work (serial file I/O), and every rank returns the same
  * status: 0, or 2 after one "dpmpi: error: ..." line (dpm_exit_if_error). The checks live in io/safetensors.c
@@ -20,7 +21,7 @@
 
 static const char *USAGE =
     "usage: dpmpi model import --from safetensors --config CONFIG.json IN.safetensors --out INIT.h5\n"
-    "       dpmpi model export INIT.h5|CKPT.h5 --to safetensors OUT.safetensors\n"
+    "       dpmpi model export INIT.h5|CKPT.h5 --to safetensors OUT.safetensors [--adapters-only]\n"
     "       dpmpi model info INIT.h5\n"
     "\n"
     "import  reads a Hugging Face GPT-2 checkpoint (safetensors: F32, F16, BF16 or F64, converted to float32;\n"
@@ -29,7 +30,10 @@ static const char *USAGE =
     "        writes the initial-weights file INIT.h5 (docs/formats.md, \"Initial weights\").\n"
     "export  writes the weights of INIT.h5, or of a GPT's training checkpoint or released model (dpmpi export),\n"
     "        as OUT.safetensors (F32, Hugging Face names) and config.json in\n"
-    "        OUT's directory (replaced if present), loadable with transformers' GPT2LMHeadModel.\n"
+    "        OUT's directory (replaced if present), loadable with transformers' GPT2LMHeadModel. A LoRA checkpoint\n"
+    "        exports merged (W + (alpha/r) A B under the Hugging Face names); with --adapters-only its adapters\n"
+    "        alone (h.L.<linear>.lora_A.weight [r, in], lora_B.weight [out, r]) and adapter_config.json (r,\n"
+    "        lora_alpha, scale, target_modules).\n"
     "info    prints the config and the tensors of INIT.h5.\n";
 
 /* Parsed command line: the subcommand's options and positional arguments. */
@@ -37,6 +41,7 @@ typedef struct {
   const char *from, *to, *config, *out;
   const char *pos[2];
   int npos;
+  int adapters_only; /* export --adapters-only: a LoRA checkpoint's adapters, not the merged model */
 } model_args;
 
 static int parse(int argc, char **argv, model_args *a, char *err) {
@@ -44,6 +49,7 @@ static int parse(int argc, char **argv, model_args *a, char *err) {
                                        {"to", required_argument, NULL, 't'},
                                        {"config", required_argument, NULL, 'c'},
                                        {"out", required_argument, NULL, 'o'},
+                                       {"adapters-only", no_argument, NULL, 'a'},
                                        {"help", no_argument, NULL, 'h'},
                                        {NULL, 0, NULL, 0}};
   memset(a, 0, sizeof *a);
@@ -56,6 +62,7 @@ static int parse(int argc, char **argv, model_args *a, char *err) {
       case 't': a->to = optarg; break;
       case 'c': a->config = optarg; break;
       case 'o': a->out = optarg; break;
+      case 'a': a->adapters_only = 1; break;
       case 'h': return 1;
       case ':': return dpm_err(err, "model %s: option '%s' needs a value (see dpmpi model --help)", argv[0], argv[optind - 1]);
       default: return dpm_err(err, "model %s: unknown option '%s' (see dpmpi model --help)", argv[0], argv[optind - 1]);
@@ -105,6 +112,20 @@ static int export_work(const model_args *a, char *err) {
   dpm_st_tensor *t;
   char *from = NULL;
   const int init = dpm_init_is(a->pos[0]); /* else a training checkpoint or released model of a GPT */
+  if (a->adapters_only) { /* LoRA: the adapters alone, PEFT's orientation, alpha/r in adapter_config.json */
+    if (init) return dpm_err(err, "model export --adapters-only: %s is an initial-weights file (no adapters)", a->pos[0]);
+    dpm_hf_lora lo;
+    if (dpm_hf_gpt2_read_adapters(a->pos[0], &cfg, &n, &t, &lo, err)) return -1;
+    int rc = dpm_hf_gpt2_export_adapters(a->pos[1], n, t, &lo, a->pos[0], err);
+    if (!rc) {
+      char dir[4096];
+      dpm_path_dirname(a->pos[1], dir, sizeof dir);
+      printf("exported the LoRA adapters of %s -> %s (%d tensors, rank %d, alpha %d, scale %g) and "
+             "%s/adapter_config.json\n", a->pos[0], a->pos[1], n, lo.rank, lo.alpha, (double)lo.alpha / lo.rank, dir);
+    }
+    dpm_init_tensors_free(n, t);
+    return rc;
+  }
   if (init ? dpm_init_read(a->pos[0], &cfg, &n, &t, err) : dpm_hf_gpt2_read_ckpt(a->pos[0], &cfg, &n, &t, &from, err))
     return -1;
   int rc = dpm_hf_gpt2_export(a->pos[1], &cfg, n, t, err);

@@ -86,6 +86,7 @@ static void layer_group(char *buf, size_t len, const char *base, int i) { snprin
 /* Create (write = 1) or open the datasets of every layer with parameters under base, and write or read
  * this rank's ones collectively. slab: the stage's slab (NULL: only take part). */
 static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, float *slab, int write, char *err) {
+  const int skip_frozen = strcmp(base, "/model") != 0 && m->frozen; /* optimizer state: trainable tensors only */
   hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
   H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE);
   int rc = 0;
@@ -102,6 +103,7 @@ static int layers_io(hid_t file, const char *base, const dpm_ckpt_model *m, floa
       break;
     }
     for (int part = 0; part < in->n_tensors && rc == 0; part++) {
+      if (skip_frozen && ((m->frozen[i] >> part) & 1u)) continue;
       const dpm_tensor_info *ti = &in->tensors[part]; /* the kind's names: weight/bias, gamma/beta, HF names */
       size_t count = ti->size;
       int r = ti->rank;

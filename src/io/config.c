@@ -61,6 +61,24 @@ static const key_def KEYS[] = {
   {"train", "lr_step_gamma", K_POS_NUM, OFF(lr_step_gamma), "0.1", NULL, "Factor of the step schedule."},
   {"train", "lr_step_every", K_POS_NUM, OFF(lr_step_every), "10", NULL, "Period of the step schedule in epochs."},
   {"train", "warmup_epochs", K_NONNEG_NUM, OFF(warmup_epochs), "0", NULL, "Linear warm-up of the learning rate over this many epochs."},
+  {"train", "trainable", K_STR, OFF(trainable), NULL, NULL,
+   "Fine-tuning: the tensors that train, as comma- or space-separated glob patterns over the checkpoint names "
+   "(GPT: Hugging Face names such as h.0.attn.c_attn.weight, h.*.mlp.*, ln_f.*, wte.weight; '*' also crosses dots); "
+   "every other tensor is frozen: no clipping norm, no noise (the noise dimension counts trainable parameters), no "
+   "optimizer state, no allreduce, bitwise unchanged. A pattern matching nothing is an error. Default: every tensor "
+   "(with LoRA: only the adapters, plus what this adds). Non-GPT layers freeze whole (weight and bias together)."},
+  {"train", "lora_rank", K_INT, OFF(lora_rank), "0", NULL,
+   "LoRA (Hu et al. 2021) rank r (1 .. width) on every block's linears named by train.lora_targets: y = x W + b + (alpha/r) "
+   "(x A^T) B^T with A [r, in] Kaiming-uniform (bound 1/sqrt(in), as Hu et al.'s code and PEFT) and B [out, r] zero, "
+   "so training starts from the base model. With it the base is frozen: only the adapters train (and whatever "
+   "train.trainable adds). The run's layer list gets each block's lora=r lora_alpha=A lora_targets=M keys (what "
+   "checkpoints record). 0 = off."},
+  {"train", "lora_alpha", K_POS_INT, OFF(lora_alpha), "8", NULL,
+   "LoRA scale numerator (an integer): the adapters' product is multiplied by lora_alpha / lora_rank (PEFT's "
+   "default 8)."},
+  {"train", "lora_targets", K_STR, OFF(lora_targets), NULL, NULL,
+   "The block linears that get LoRA adapters, comma or space separated among attn.c_attn, attn.c_proj, mlp.c_fc, "
+   "mlp.c_proj. Default: all four."},
   {"train", "eval_every", K_POS_NUM, OFF(eval_every_epochs), "1", NULL, "Evaluate on the test split every this many epochs (and at the end)."},
   {"privacy", "enabled", K_BOOL, OFF(privacy_enabled), "true", NULL,
    "true: DP-SGD (clipping, noise, accounting). false: non-private baseline on the same code path; the job's "
@@ -352,6 +370,10 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
     return dpm_err(err, "%s: give exactly one of [train] epochs and [train] steps", f);
   if (cfg->momentum >= 1) return dpm_err(err, "%s: [train] momentum = %g: expected a number in [0, 1)", f, cfg->momentum);
   if (cfg->adam_beta1 >= 1) return dpm_err(err, "%s: [train] adam_beta1 = %g: expected a number in [0, 1)", f, cfg->adam_beta1);
+  if (cfg->lora_rank < 0)
+    return dpm_err(err, "%s: [train] lora_rank = %lld: expected an integer >= 0 (0 = no LoRA)", f, (long long)cfg->lora_rank);
+  if (cfg->lora_targets && !cfg->lora_rank)
+    return dpm_err(err, "%s: [train] lora_targets is set but lora_rank is 0: give lora_rank (LoRA is off)", f);
   if (cfg->adam_beta2 >= 1) return dpm_err(err, "%s: [train] adam_beta2 = %g: expected a number in [0, 1)", f, cfg->adam_beta2);
   if (cfg->privacy_enabled) {
     if (cfg->epsilon <= 0 && cfg->noise_multiplier <= 0)
@@ -368,9 +390,11 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
                                 keys[k].name);
         *keys[k].v = 0;
       }
+    if (cfg->adaptive) { /* adaptive thresholds follow noisy counts: nothing to adapt without privacy */
+      snprintf(cfg->privacy_ignored + len, sizeof cfg->privacy_ignored - len, "%sprivacy.adaptive", len ? ", " : "");
+      cfg->adaptive = 0;
+    }
   }
-  if (cfg->adaptive && !cfg->privacy_enabled)
-    return dpm_err(err, "%s: [privacy] adaptive = true needs privacy.enabled = true (the thresholds follow noisy counts)", f);
   if (cfg->adaptive && dpm_clip_automatic(cfg->clipping))
     return dpm_err(err, "%s: [privacy] adaptive = true with clipping = %s: automatic clipping has no threshold to adapt "
                         "(use flat, per-layer or per-device)", f, dpm_clipping_name(cfg->clipping));
@@ -456,6 +480,8 @@ void dpm_config_free(dpm_config *cfg) {
   dpm_free(cfg->data_test);
   dpm_free(cfg->model_layers);
   dpm_free(cfg->metrics);
+  dpm_free(cfg->trainable);
+  dpm_free(cfg->lora_targets);
   dpm_free(cfg->grid_stage_layers);
   dpm_free(cfg->ckpt_dir);
   dpm_free(cfg->path);

@@ -156,6 +156,8 @@ done:
   return rc;
 }
 
+static int write_json(const char *path, cJSON *root, char *err);
+
 int dpm_hf_gpt2_write_config(const char *path, const dpm_hf_gpt2_config *c, char err[DPM_ERRLEN]) {
   cJSON *root = cJSON_CreateObject(), *arch = cJSON_AddArrayToObject(root, "architectures");
   cJSON_AddItemToArray(arch, cJSON_CreateString("GPT2LMHeadModel"));
@@ -169,6 +171,11 @@ int dpm_hf_gpt2_write_config(const char *path, const dpm_hf_gpt2_config *c, char
   cJSON_AddNumberToObject(root, "layer_norm_epsilon", c->layer_norm_epsilon);
   cJSON_AddStringToObject(root, "activation_function", "gelu_new");
   cJSON_AddBoolToObject(root, "tie_word_embeddings", c->tie_word_embeddings);
+  return write_json(path, root, err);
+}
+
+/* root (deleted) as the JSON file path, under PATH.tmp renamed into place */
+static int write_json(const char *path, cJSON *root, char *err) {
   char *text = cJSON_Print(root);
   cJSON_Delete(root);
   char *tmp = dpm_atomic_tmp_name(path);
@@ -546,8 +553,109 @@ int dpm_hf_gpt2_config_of_layers(const char *layers, const char *where, dpm_hf_g
   return rc;
 }
 
+/* --- LoRA adapters of a checkpoint's blocks ------------------------------------------------------------- */
+
+static const char *const LORA_LIN[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+static const int LORA_IN[4] = {1, 1, 1, 4}, LORA_OUT[4] = {3, 1, 4, 1};
+
+/* dataset dset of f, numel floats into out (finite) */
+static int read_floats(hid_t f, const char *path, const char *dset, size_t numel, float *out, char *err) {
+  hid_t d = H5Dopen2(f, dset, H5P_DEFAULT);
+  if (d < 0) return dpm_err(err, "%s: missing dataset %s", path, dset);
+  hid_t sp = H5Dget_space(d);
+  const hssize_t have = H5Sget_simple_extent_npoints(sp);
+  H5Sclose(sp);
+  int rc = 0;
+  if (have != (hssize_t)numel) rc = dpm_err(err, "%s: dataset %s holds %lld values, expected %zu", path, dset, (long long)have, numel);
+  else if (H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
+    rc = dpm_err(err, "%s: cannot read %s (checksum failed: damaged file?)", path, dset);
+  for (size_t i = 0; i < numel && !rc; i++)
+    if (!isfinite(out[i])) rc = dpm_err(err, "%s: %s element %zu is not finite", path, dset, i);
+  H5Dclose(d);
+  return rc;
+}
+
+/* The adapters of every block of layers (a LoRA checkpoint; none: *na = 0): merged into the base tensors t (n, the
+ * canonical order: W += (alpha/r) A B in the Conv1D orientation, A [in, r], B [r, out], in double), or (t NULL)
+ * returned as *na tensors *at in PEFT's orientation (lora_A.weight [r, in], lora_B.weight [out, r]). */
+static int lora_tensors(hid_t f, const char *path, const char *layers, dpm_st_tensor *t, int n, int *na,
+                        dpm_st_tensor **at, dpm_hf_lora *lo, char *err) {
+  dpm_layer_spec *s = NULL;
+  int nl = 0, rc = 0, cap = 0;
+  char inner[DPM_ERRLEN];
+  if (na) *na = 0, *at = NULL;
+  memset(lo, 0, sizeof *lo);
+  if (dpm_model_parse(layers, &s, &nl, inner)) return dpm_err(err, "%s: layers do not parse: %s", path, inner);
+  for (int i = 1; i < nl - 1; i++) cap += s[i].lora ? 8 : 0;
+  if (na && cap) *at = dpm_calloc((size_t)cap, sizeof **at);
+  const int C = nl > 0 ? s[0].width : 0;
+  for (int i = 1; i < nl - 1 && !rc; i++) {
+    const int r = s[i].lora, mask = s[i].lora_targets ? s[i].lora_targets : 15;
+    if (!r) continue;
+    const double scale = (s[i].lora_alpha ? s[i].lora_alpha : r) / (double)r;
+    lo->rank = r, lo->alpha = s[i].lora_alpha ? s[i].lora_alpha : r, lo->targets = mask;
+    for (int j = 0; j < 4 && !rc; j++) {
+      if (!((mask >> j) & 1)) continue;
+      const int I = LORA_IN[j] * C, O = LORA_OUT[j] * C;
+      float *A = dpm_malloc(sizeof(float) * (size_t)I * r), *B = dpm_malloc(sizeof(float) * (size_t)r * O);
+      char da[192], db[192], wname[96];
+      snprintf(da, sizeof da, "/model/layer_%03d/h.%d.%s.lora_A.weight", i + 1, i - 1, LORA_LIN[j]);
+      snprintf(db, sizeof db, "/model/layer_%03d/h.%d.%s.lora_B.weight", i + 1, i - 1, LORA_LIN[j]);
+      snprintf(wname, sizeof wname, "h.%d.%s.weight", i - 1, LORA_LIN[j]);
+      rc = read_floats(f, path, da, (size_t)I * r, A, err);
+      if (!rc) rc = read_floats(f, path, db, (size_t)r * O, B, err);
+      if (!rc && t) { /* merge */
+        int k = 0;
+        while (k < n && strcmp(t[k].name, wname)) k++;
+        if (k == n) rc = dpm_err(err, "%s: no tensor %s to merge the adapter into", path, wname);
+        for (int a = 0; a < I && !rc; a++)
+          for (int o = 0; o < O; o++) {
+            double acc = 0;
+            for (int q = 0; q < r; q++) acc += (double)A[(size_t)a * r + q] * B[(size_t)q * O + o];
+            float *w = &t[k].data[(size_t)a * O + o];
+            *w = (float)((double)*w + scale * acc);
+          }
+      }
+      if (!rc && na) { /* PEFT's orientation: A^T [r, I], B^T [O, r] */
+        for (int w = 0; w < 2; w++) {
+          dpm_st_tensor *x = &(*at)[(*na)++];
+          char nm[96];
+          snprintf(nm, sizeof nm, "h.%d.%s.lora_%c.weight", i - 1, LORA_LIN[j], w ? 'B' : 'A');
+          x->name = dpm_strdup(nm);
+          x->rank = 2;
+          x->shape[0] = w ? O : r, x->shape[1] = w ? r : I;
+          x->numel = (int64_t)r * (w ? O : I);
+          snprintf(x->dtype, sizeof x->dtype, "F32");
+          x->data = dpm_malloc(sizeof(float) * (size_t)x->numel + 1);
+          for (int a = 0; a < (w ? r : I); a++)
+            for (int b = 0; b < (w ? O : r); b++)
+              x->data[(size_t)b * (w ? r : I) + a] = w ? B[(size_t)a * O + b] : A[(size_t)a * r + b];
+        }
+      }
+      dpm_free(A);
+      dpm_free(B);
+    }
+  }
+  dpm_free(s);
+  return rc;
+}
+
+static int read_ckpt(const char *path, dpm_hf_gpt2_config *c, int *n, dpm_st_tensor **t, char **init_from,
+                     int adapters, dpm_hf_lora *lo, char *err);
+
 int dpm_hf_gpt2_read_ckpt(const char *path, dpm_hf_gpt2_config *c, int *n, dpm_st_tensor **t, char **init_from,
                           char err[DPM_ERRLEN]) {
+  dpm_hf_lora lo;
+  return read_ckpt(path, c, n, t, init_from, 0, &lo, err);
+}
+
+int dpm_hf_gpt2_read_adapters(const char *path, dpm_hf_gpt2_config *c, int *n, dpm_st_tensor **t, dpm_hf_lora *lo,
+                              char err[DPM_ERRLEN]) {
+  return read_ckpt(path, c, n, t, NULL, 1, lo, err);
+}
+
+static int read_ckpt(const char *path, dpm_hf_gpt2_config *c, int *n, dpm_st_tensor **t, char **init_from,
+                     int adapters, dpm_hf_lora *lo, char *err) {
   memset(c, 0, sizeof *c);
   *n = 0, *t = NULL;
   if (init_from) *init_from = NULL;
@@ -567,10 +675,14 @@ int dpm_hf_gpt2_read_ckpt(const char *path, dpm_hf_gpt2_config *c, int *n, dpm_s
         rc = dpm_err(err, "%s: no layers attribute (damaged?)", path);
       else
         rc = dpm_hf_gpt2_config_of_layers(layers, path, c, err);
-      if (!rc) {
+      if (!rc && adapters) {
+        rc = lora_tensors(f, path, layers, NULL, 0, n, t, lo, err);
+        if (!rc && *n == 0) rc = dpm_err(err, "%s: has no LoRA adapters (its layers: %s)", path, layers);
+      } else if (!rc) {
         *n = dpm_hf_gpt2_num_tensors(c);
         *t = dpm_calloc((size_t)*n, sizeof **t);
         rc = read_tensors(path, f, c, *n, *t, 1, err);
+        if (!rc) rc = lora_tensors(f, path, layers, *t, *n, NULL, NULL, lo, err); /* merged into the base */
       }
       if (!rc && init_from && H5Aexists(f, "init_from") > 0) *init_from = dpm_h5_get_str(f, "init_from");
       dpm_free(layers);
@@ -583,4 +695,24 @@ int dpm_hf_gpt2_read_ckpt(const char *path, dpm_hf_gpt2_config *c, int *n, dpm_s
     *n = 0, *t = NULL;
   }
   return rc;
+}
+
+int dpm_hf_gpt2_export_adapters(const char *path, int n, const dpm_st_tensor *t, const dpm_hf_lora *lo,
+                                const char *source, char err[DPM_ERRLEN]) {
+  int rc = dpm_st_write(path, n, t, err);
+  if (rc) return rc;
+  char dir[4096], cfg_path[4200];
+  dpm_path_dirname(path, dir, sizeof dir);
+  snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
+  cJSON *root = cJSON_CreateObject(), *tm = cJSON_AddArrayToObject(root, "target_modules");
+  cJSON_AddStringToObject(root, "peft_type", "LORA");
+  cJSON_AddNumberToObject(root, "r", lo->rank);
+  cJSON_AddNumberToObject(root, "lora_alpha", lo->alpha);
+  cJSON_AddNumberToObject(root, "scale", (double)lo->alpha / lo->rank);
+  cJSON_AddBoolToObject(root, "fan_in_fan_out", 0); /* the file's lora_A [r, in], lora_B [out, r] */
+  cJSON_AddStringToObject(root, "bias", "none");
+  cJSON_AddStringToObject(root, "source", source ? source : ""); /* the dpmpi checkpoint */
+  for (int j = 0; j < 4; j++)
+    if ((lo->targets >> j) & 1) cJSON_AddItemToArray(tm, cJSON_CreateString(LORA_LIN[j]));
+  return write_json(cfg_path, root, err);
 }

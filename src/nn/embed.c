@@ -88,6 +88,12 @@ static void embed_backward(dpm_model *m, layer *l, const float *x, float *dx, do
   k->norms_ready = sq != NULL;
   if (!sq) return;
   const float *g = l->dout;
+  const int fte = dpm_layer_frozen(l, 0), fpe = dpm_layer_frozen(l, 1);
+  if (fte) { /* frozen wte: not released, its norm (and the tied head's part of it) not needed */
+    if (!fpe) dpm_embed_sqnorms(NULL, k->sq_wpe, k->tok, g, m->ghost, B, T, C);
+    for (int b = 0; b < B; b++) sq[b] = fpe ? 0.0 : k->sq_wpe[b];
+    return;
+  }
   dpm_embed_sqnorms(k->sq_wte, k->sq_wpe, k->tok, g, m->ghost, B, T, C);
   const layer *hl = tied_head(m);
   const lm_head_state *h = hl ? hl->ks : NULL;
@@ -99,14 +105,18 @@ static void embed_backward(dpm_model *m, layer *l, const float *x, float *dx, do
     }
   }
   dpm_wte_ill(k->ill, k->sq_wte, g, h ? h->lnf : NULL, h ? hl->dout : NULL, B, T, C, V);
-  for (int b = 0; b < B; b++) sq[b] = k->sq_wte[b] + k->sq_wpe[b];
+  for (int b = 0; b < B; b++) sq[b] = k->sq_wte[b] + (fpe ? 0.0 : k->sq_wpe[b]);
 }
 
 static void embed_accumulate(dpm_model *m, layer *l, const float *x, float *dw, float *db, const float *coef, int B) {
   (void)x, (void)db;
   embed_state *k = l->ks;
   const int T = l->W, C = l->s.width, V = l->s.vocab;
-  float *dwte = dw, *dwpe = dw + (size_t)V * C;
+  float *dwte = dw, *dwpe = dpm_layer_frozen(l, 1) ? NULL : dw + (size_t)V * C;
+  if (dpm_layer_frozen(l, 0)) { /* wte frozen: neither use of it is summed */
+    dpm_embed_accumulate(NULL, dwpe, k->tok, l->dout, NULL, coef, B, T, C);
+    return;
+  }
   const layer *hl = tied_head(m);
   const lm_head_state *h = hl ? hl->ks : NULL;
   /* wte's examples whose terms cancel are formed alone and capped after the batch */
@@ -153,6 +163,6 @@ static dpm_norm_method embed_norm_method(const layer *l) {
 }
 
 const dpm_layer_ops dpm_ops_embed = {
-    .name = "embed", .keys = "vocab context width", .required = 3, .shape = embed_shape, .plan = embed_plan,
+    .name = "embed", .keys = "vocab context width", .required = 3, .freezes_tensors = 1, .shape = embed_shape, .plan = embed_plan,
     .init = embed_init, .forward = embed_forward, .backward = embed_backward, .accumulate = embed_accumulate,
     .describe = embed_describe, .info = embed_info, .norm_method = embed_norm_method};

@@ -34,6 +34,8 @@ typedef struct {
   int stride_is_kernel;      /* the stride defaults to the kernel (pooling) rather than 1 */
   int aliases_input;         /* out and dout are the previous layer's (flatten): no buffers, no work */
   int seq_loss;              /* the kind ends a model with the masked sequence cross-entropy (lm_head) */
+  int freezes_tensors;       /* the kind honours l->frozen tensor by tensor (the GPT kinds); others are frozen
+                                whole or not at all (model.c then skips their norms and sums) */
   /* shapes from l->C, H, W and the spec: OC, OH, OW, wsize, bsize (and kind fields); -1 with err on a
      spec that does not fit (num: the layer's number for messages) */
   int (*shape)(layer *l, int max_batch, int num, char *err);
@@ -76,7 +78,10 @@ struct layer {
   int32_t *argmax;    /* maxpool */
   int global;         /* the layer's number in the whole model (0-based): GPT tensor names */
   void *ks;           /* GPT kinds: their buffers (embed.c, block.c, lm_head.c), carved in the arena */
+  uint32_t frozen;    /* bit t: tensor t of the layer's info is frozen (no norm, no sum, never updated) */
 };
+/* tensor t of l is frozen */
+static inline int dpm_layer_frozen(const layer *l, int t) { return (int)((l->frozen >> t) & 1u); }
 
 struct dpm_model {
   int n;
@@ -86,6 +91,7 @@ struct dpm_model {
   float *params, *grads;
   size_t nparams;
   int ngroups, *group_layer, first_param;
+  int first_train;   /* the first layer with a trainable tensor (-1: none): earlier layers need no input gradient */
   void *arena;
   float *x, *dx, *probs, *scratch;
   double *ghost;     /* conv ghost norms: Gram matrices and the example's rows in double */

@@ -71,7 +71,8 @@ static void lm_head_backward(dpm_model *m, layer *l, const float *x, float *dx, 
   const float *w = m->params + l->poff;
   float *dh = m->scratch, *dres = dx ? dx : k->dxs;
   dpm_lm_head_backward(dh, l->dout, dpm_lm_head_weight(m, l), B, T, C, V);
-  if (sq) { /* the head's norm: this group's (untied) or the embed's (tied: embed.c reads k->gsq) */
+  const int fw = dpm_layer_frozen(l, 0), fb = dpm_layer_frozen(l, 1), fh = !l->s.tied && dpm_layer_frozen(l, 2);
+  if (sq && !fh) { /* the head's norm: this group's (untied) or the embed's (tied: embed.c reads k->gsq) */
     memset(k->ill, 0, (size_t)B);
     if (k->explicit_)
       dpm_seq_linear_sqnorms_explicit(k->gsq, NULL, k->ill, k->lnf, l->dout, m->scratch + BTC, B, T, C, V);
@@ -80,21 +81,22 @@ static void lm_head_backward(dpm_model *m, layer *l, const float *x, float *dx, 
   }
   memset(dres, 0, BTC * sizeof(float));
   dpm_layernorm_backward(dres, k->ew, k->eb, dh, x, k->mean, k->rstd, w, B, T, C);
-  if (sq) {
-    dpm_rows_sqnorm(sq, k->ew, B, (size_t)C);
-    dpm_rows_sqnorm(k->tmp, k->eb, B, (size_t)C);
-    for (int b = 0; b < B; b++) sq[b] += k->tmp[b] + (l->s.tied ? 0.0 : k->gsq[b]);
+  if (sq) { /* frozen tensors are left out */
+    memset(sq, 0, (size_t)B * sizeof(double));
+    if (!fw) dpm_rows_sqnorm(sq, k->ew, B, (size_t)C);
+    if (!fb) dpm_rows_sqnorm(k->tmp, k->eb, B, (size_t)C);
+    for (int b = 0; b < B; b++) sq[b] += (fb ? 0.0 : k->tmp[b]) + (l->s.tied || fh ? 0.0 : k->gsq[b]);
   }
-  k->norms_ready = sq != NULL;
+  k->norms_ready = sq != NULL && !fh;
 }
 
 static void lm_head_accumulate(dpm_model *m, layer *l, const float *x, float *dw, float *db, const float *coef, int B) {
   (void)x, (void)db;
   lm_head_state *k = l->ks;
   const int T = l->C, C = l->W, V = l->s.vocab;
-  dpm_rows_accumulate(dw, k->ew, coef, B, (size_t)C);
-  dpm_rows_accumulate(dw + C, k->eb, coef, B, (size_t)C);
-  if (!l->s.tied) {
+  if (!dpm_layer_frozen(l, 0)) dpm_rows_accumulate(dw, k->ew, coef, B, (size_t)C);
+  if (!dpm_layer_frozen(l, 1)) dpm_rows_accumulate(dw + C, k->eb, coef, B, (size_t)C);
+  if (!l->s.tied && !dpm_layer_frozen(l, 2)) {
     const int ready = coef && k->norms_ready;
     dpm_seq_linear_accumulate_t(dw + 2 * C, k->lnf, l->dout, coef, ready ? k->gsq : NULL, ready ? k->ill : NULL,
                                 m->scratch, m->row, B, T, C, V);
@@ -129,7 +131,7 @@ static dpm_norm_method lm_head_norm_method(const layer *l) {
 }
 
 const dpm_layer_ops dpm_ops_lm_head = {
-    .name = "lm_head", .keys = "tied vocab", .required = 0, .seq_loss = 1, .shape = lm_head_shape,
+    .name = "lm_head", .keys = "tied vocab", .required = 0, .seq_loss = 1, .freezes_tensors = 1, .shape = lm_head_shape,
     .plan = lm_head_plan, .init = lm_head_init, .forward = lm_head_forward, .backward = lm_head_backward,
     .accumulate = lm_head_accumulate, .describe = lm_head_describe, .info = lm_head_info,
     .explicit_bytes = lm_head_explicit_bytes, .set_norm = lm_head_set_norm, .norm_method = lm_head_norm_method};

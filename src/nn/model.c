@@ -45,7 +45,8 @@ static const char *kind_keys(dpm_layer_kind k, int *required) {
 }
 
 static const char *const all_keys[] = {"out", "kernel", "stride", "pad", "groups", "bias",
-                                       "vocab", "context", "width", "heads", "tied"};
+                                       "vocab", "context", "width", "heads", "tied",
+                                       "lora", "lora_alpha", "lora_targets"};
 #define N_KEYS ((int)(sizeof all_keys / sizeof all_keys[0]))
 
 static int key_index(const char *key) {
@@ -56,7 +57,8 @@ static int key_index(const char *key) {
 
 static int *spec_field(dpm_layer_spec *s, int k) {
   int *fields[] = {&s->out,   &s->kernel,  &s->stride, &s->pad,   &s->groups, &s->bias,
-                   &s->vocab, &s->context, &s->width,  &s->heads, &s->tied};
+                   &s->vocab, &s->context, &s->width,  &s->heads, &s->tied,
+                   &s->lora,  &s->lora_alpha, &s->lora_targets};
   _Static_assert(sizeof fields / sizeof fields[0] == N_KEYS, "one field per key");
   return fields[k];
 }
@@ -322,6 +324,7 @@ static dpm_model *model_plan(const dpm_layer_spec *specs, int n, int C, int H, i
     l->explicit_ = 1; /* carved in the arena by the kind's plan */
   }
   m->nparams = np;
+  m->first_train = m->first_param;
   return m;
 fail:
   dpm_free(m->group_layer);
@@ -448,6 +451,8 @@ dpm_model *dpm_model_clone_shared(dpm_model *owner) {
   m->grads = owner->grads;
   m->params_owned = 0;
   m->pad_id = owner->pad_id;
+  for (int i = 0; i < owner->n; i++) m->L[i].frozen = owner->L[i].frozen;
+  m->first_train = owner->first_train;
   return m;
 }
 
@@ -489,6 +494,42 @@ void dpm_model_layer_info(const dpm_model *m, int i, dpm_layer_info *info) {
   }
 }
 const float *dpm_model_input_grad(const dpm_model *m) { return m->dx; }
+
+/* ---- frozen tensors --------------------------------------------------------------------------- */
+
+static uint32_t all_tensors(const dpm_model *m, int i) {
+  dpm_layer_info info;
+  dpm_model_layer_info(m, i, &info);
+  return info.n_tensors >= 32 ? 0xffffffffu : (1u << info.n_tensors) - 1u;
+}
+
+static int all_frozen(const dpm_model *m, int i) {
+  const layer *l = &m->L[i];
+  return l->wsize + l->bsize == 0 || (l->frozen & all_tensors(m, i)) == all_tensors(m, i);
+}
+
+int dpm_model_set_frozen(dpm_model *m, int i, uint32_t mask) {
+  DPM_ASSERT(i >= 0 && i < m->n);
+  layer *l = &m->L[i];
+  const uint32_t all = all_tensors(m, i);
+  mask &= all;
+  if (mask && mask != all && !l->ops->freezes_tensors) return -1;
+  l->frozen = mask;
+  m->first_train = -1;
+  for (int k = 0; k < m->n && m->first_train < 0; k++)
+    if (!all_frozen(m, k)) m->first_train = k;
+  return 0;
+}
+
+uint32_t dpm_model_frozen(const dpm_model *m, int i) {
+  DPM_ASSERT(i >= 0 && i < m->n);
+  return m->L[i].frozen;
+}
+
+int dpm_model_group_trainable(const dpm_model *m, int g) {
+  DPM_ASSERT(g >= 0 && g < m->ngroups);
+  return !all_frozen(m, m->group_layer[g]);
+}
 
 /* ---- init ------------------------------------------------------------------------------------- */
 
@@ -616,10 +657,14 @@ static void backward_layers(dpm_model *m, double *sqnorms) {
   for (int i = m->n - 1; i >= 0; i--) {
     layer *l = &m->L[i];
     /* the input gradient is needed if some earlier layer has parameters, or the caller asked */
-    const int need_dx = m->input_grad || (m->first_param >= 0 && m->first_param < i);
+    const int need_dx = m->input_grad || (m->first_train >= 0 && m->first_train < i);
     float *dx = need_dx ? (i ? m->L[i - 1].dout : m->dx) : NULL;
     double *sq = (sqnorms && l->group >= 0) ? sqnorms + (size_t)l->group * B : NULL;
-    l->ops->backward(m, l, i ? m->L[i - 1].out : m->x, dx, sq, B);
+    const int frozen = l->group >= 0 && all_frozen(m, i);
+    if (frozen && sq) memset(sq, 0, (size_t)B * sizeof(double)); /* a frozen layer's gradient is not released */
+    if (frozen && !need_dx) continue; /* nothing before it trains and nobody asked for the input gradient */
+    /* the GPT kinds see frozen tensors themselves (a tied lm_head's norm belongs to the embed's group) */
+    l->ops->backward(m, l, i ? m->L[i - 1].out : m->x, dx, l->ops->freezes_tensors || !frozen ? sq : NULL, B);
   }
   m->backward_done = 1;
 }
@@ -630,6 +675,7 @@ void dpm_model_accumulate(dpm_model *m, const float *coef) {
   for (int g = 0; g < m->ngroups; g++) {
     const int i = m->group_layer[g];
     layer *l = &m->L[i];
+    if (all_frozen(m, i)) continue; /* (a tied lm_head's use of wte is the embed layer's sum) */
     const float *c = coef ? coef + (size_t)g * B : NULL;
     float *dw = m->grads + l->poff, *db = l->bsize ? dw + l->wsize : NULL;
     l->ops->accumulate(m, l, i ? m->L[i - 1].out : m->x, dw, db, c, B);

@@ -62,6 +62,14 @@ void trainer_print_header(trainer *tr) {
   printf("data: %s (%lld training examples, %lld test, %d classes)\n", cfg->data_train, (long long)tr->N,
          (long long)tr->test.n_total, tr->train.num_classes);
   printf("model (%zu parameters):\n%s", tr->total_params, tr->model_desc);
+  if (tr->has_trainable) {
+    int frozen = 0, all = 0;
+    for (int i = 0; i < tr->n_layers; i++)
+      for (int t = 0; t < tr->info[i].n_tensors; t++) frozen += (int)((tr->frozen[i] >> t) & 1u), all++;
+    printf("trainable: %zu of %zu parameters (%d of %d tensors frozen: no norm, noise, optimizer state or "
+           "allreduce); noise dimension %zu\n", tr->step.total_train, tr->total_params, frozen, all,
+           tr->step.total_train);
+  }
   char opt[256];
   dpm_optimizer_describe(tr->opt, opt, sizeof opt);
   printf("training: %lld steps (%.2f epochs), expected batch %lld (q = %.6g, Poisson), micro-batches of <= %lld, "

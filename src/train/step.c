@@ -66,8 +66,26 @@ void dpm_step_init(dpm_step *s) {
   s->total_params = (size_t)total[0];
   s->total_groups = (int)total[1];
   s->time_allreduce = s->time_wait = 0;
-  s->threshold = dpm_clip_threshold(s->clipping, s->clip, s->total_groups, s->stages, P, s->total_params,
-                                    s->device_split);
+  /* fine-tuning: noise, thresholds and the allreduce count trainable parameters and groups only */
+  const int partial = s->trainable && !dpm_trainable_all(s->trainable);
+  int tg = 0;
+  for (int g = 0; g < G; g++) tg += dpm_model_group_trainable(m, g);
+  unsigned long long tmine[3] = {partial ? s->trainable->total : P, (unsigned long long)tg, 0}, tbefore[3] = {0, 0, 0},
+                     ttotal[3];
+  tmine[2] = tmine[0] > 0;
+  DPM_MPI_CHECK(MPI_Exscan(tmine, tbefore, 3, MPI_UNSIGNED_LONG_LONG, MPI_SUM, s->pipe));
+  DPM_MPI_CHECK(MPI_Allreduce(tmine, ttotal, 3, MPI_UNSIGNED_LONG_LONG, MPI_SUM, s->pipe));
+  s->train_params = (size_t)tmine[0];
+  s->train_offset = s->stage ? (size_t)tbefore[0] : 0;
+  s->total_train = (size_t)ttotal[0];
+  s->gpack = partial ? dpm_malloc_aligned(sizeof(float) * (s->train_params ? s->train_params : 1)) : NULL;
+  /* a stage (or group) with nothing to train gets no share of C: the thresholds' squares still sum to C^2 */
+  if (s->trainable)
+    s->threshold = dpm_clip_threshold(s->clipping, s->clip, ttotal[1] ? (int)ttotal[1] : 1,
+                                      ttotal[2] ? (int)ttotal[2] : 1, s->train_params, s->total_train, s->device_split);
+  else
+    s->threshold = dpm_clip_threshold(s->clipping, s->clip, s->total_groups, s->stages, P, s->total_params,
+                                      s->device_split);
   init_thresholds(s, s->stage ? (int)before[1] : 0, G);
   if (s->stage > 0) dpm_model_set_input_grad(m, 1);
   s->nctx = s->stages - s->stage;
@@ -115,6 +133,7 @@ void dpm_step_free(dpm_step *s) {
   dpm_free(s->sendx);
   dpm_free(s->sendy);
   dpm_free(s->xreq);
+  dpm_free(s->gpack);
 }
 
 /* ---- one micro-batch ------------------------------------------------------------------------------ */
@@ -371,15 +390,20 @@ void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
     w.pass = PASS_ACCUMULATE;
   }
   run_pipeline(s, &w);
-  float *grads = dpm_model_grads(m);
-  if (s->dp && s->sigma > 0) { /* std sigma C; adaptive: sigma_g sqrt(sum C_k^2), this step's sensitivity */
+  float *grads = dpm_model_grads(m), *sum = grads;
+  size_t n = P, first = s->param_offset;
+  if (s->gpack) { /* fine-tuning: only the trainable entries are released */
+    dpm_trainable_pack(s->trainable, s->gpack, grads);
+    sum = s->gpack, n = s->train_params, first = s->train_offset;
+  }
+  if (s->dp && s->sigma > 0 && n > 0) { /* std sigma C; adaptive: sigma_g sqrt(sum C_k^2), this step's sensitivity */
     double sens = s->clip;
     if (s->adaptive) {
       double c2 = 0;
       for (int k = 0; k < s->n_thr; k++) c2 += s->thr[k] * s->thr[k];
       sens = sqrt(c2);
     }
-    dpm_add_noise_slice(&s->noise_key, t, s->grad_sigma * sens, s->rank, s->size, s->param_offset, P, grads);
+    dpm_add_noise_slice(&s->noise_key, t, s->grad_sigma * sens, s->rank, s->size, first, n, sum);
   }
   double t0 = dpm_time();
   if (s->measure_wait && s->size > 1) { /* benchmarks: split waiting for the slowest rank from the transfer */
@@ -389,12 +413,13 @@ void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
     t0 = t1;
   }
   if (s->size > 1) {
-    for (size_t off = 0; off < P; off += ALLREDUCE_BUCKET_FLOATS) {
-      size_t len = P - off < ALLREDUCE_BUCKET_FLOATS ? P - off : ALLREDUCE_BUCKET_FLOATS;
-      DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, grads + off, (int)len, MPI_FLOAT, MPI_SUM, s->comm));
+    for (size_t off = 0; off < n; off += ALLREDUCE_BUCKET_FLOATS) {
+      size_t len = n - off < ALLREDUCE_BUCKET_FLOATS ? n - off : ALLREDUCE_BUCKET_FLOATS;
+      DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, sum + off, (int)len, MPI_FLOAT, MPI_SUM, s->comm));
     }
   }
   s->time_allreduce += dpm_time() - t0;
+  if (s->gpack) dpm_trainable_unpack(s->trainable, grads, s->gpack);
   if (s->dp && s->adaptive) release_counts(s, t);
   s->acc.examples = s->stage == 0 ? (double)s->nwalk : 0;
   grid_sum_stats(s, s->acc, 1, stats);

@@ -149,6 +149,16 @@ static dpm_ckpt_model ckpt_model(trainer *tr) {
                        .n_state = dpm_optimizer_num_state(tr->opt)};
   _Static_assert(DPM_OPTIMIZER_MAX_STATE <= DPM_CKPT_MAX_STATE, "checkpoints hold every optimizer's state buffers");
   for (int k = 0; k < cm.n_state; k++) cm.state[k] = dpm_optimizer_state(tr->opt, k, &cm.state_group[k]);
+  cm.frozen = tr->frozen; /* frozen tensors have no optimizer state in the file */
+  if (tr->ppack) { /* the packed state in the slab's layout (frozen entries 0, not written) */
+    const size_t P = dpm_model_num_params(tr->model);
+    for (int k = 0; k < cm.n_state; k++) {
+      if (!tr->state_full[k]) tr->state_full[k] = dpm_malloc_aligned(sizeof(float) * (P ? P : 1));
+      memset(tr->state_full[k], 0, sizeof(float) * P);
+      dpm_trainable_unpack(&tr->trainable, tr->state_full[k], cm.state[k]);
+      cm.state[k] = tr->state_full[k];
+    }
+  }
   return cm;
 }
 
@@ -329,7 +339,13 @@ static int train_loop(trainer *tr) {
     dpm_step_run(&tr->step, (uint64_t)t, &stats); /* the noisy sum of clipped gradients (the plain sum without DP) */
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
     double scale = tr->dp ? dpm_update_scale(tr->q, tr->N) : 1.0 / (stats.examples > 0 ? stats.examples : 1.0);
-    dpm_optimizer_step(tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr); /* post-processing */
+    if (tr->ppack) { /* fine-tuning: the optimizer sees the trainable parameters only; frozen ones keep their bits */
+      dpm_trainable_pack(&tr->trainable, tr->ppack, dpm_model_params(m));
+      dpm_optimizer_step(tr->opt, tr->ppack, tr->step.gpack, scale, lr);
+      dpm_trainable_unpack(&tr->trainable, dpm_model_params(m), tr->ppack);
+    } else {
+      dpm_optimizer_step(tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr); /* post-processing */
+    }
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     ls.t_train += dpm_time() - t0;
     add_stats(&ls, &stats);
@@ -453,6 +469,39 @@ static void stage_memory_check(trainer *tr, const dpm_layer_spec *specs, int n, 
   check_memory(tr, "the model and batch buffers", pg + st + (double)arena + tr->data_bytes + full_bytes, parts);
 }
 
+/* train.trainable and LoRA: the frozen tensors of every layer (the same on every rank: the patterns are matched
+ * against the whole model's names), set on this stage's model, and the stage's trainable runs. */
+static void setup_trainable(trainer *tr) {
+  dpm_config *cfg = &tr->cfg;
+  if (!cfg->trainable && !tr->lora) return;
+  char err[DPM_ERRLEN] = "", inner[DPM_ERRLEN];
+  tr->frozen = dpm_malloc(sizeof(uint32_t) * (size_t)tr->n_layers);
+  int failed = dpm_trainable_match(cfg->trainable, tr->lora ? "*.lora_*" : NULL, tr->info, tr->n_layers,
+                                   tr->frozen, inner) != 0;
+  if (failed) dpm_err(err, "%s: [train] trainable: %s", cfg->path, inner);
+  for (int i = 0; i < tr->n_layers && !failed; i++) {
+    const int local = i >= tr->first && i < tr->last;
+    if (local && dpm_model_set_frozen(tr->model, i - tr->first, tr->frozen[i])) {
+      failed = 1;
+      dpm_err(err, "%s: [train] trainable: layer %d (%s) freezes only whole: the patterns select part of its "
+              "tensors", cfg->path, i + 1, tr->info[i].tensors[0].name);
+    }
+  }
+  dpm_exit_if_error(tr->comm, failed, err);
+  /* adaptive thresholds count every group and stage, frozen ones too: not combined with a frozen set yet */
+  int frozen_any = 0;
+  for (int i = 0; i < tr->n_layers; i++) frozen_any |= tr->frozen[i] != 0;
+  failed = tr->dp && cfg->adaptive && frozen_any;
+  if (failed)
+    dpm_err(err, "%s: [privacy] adaptive = true with frozen tensors (train.trainable or LoRA) is not supported yet: "
+            "use fixed thresholds (privacy.adaptive = false) for fine-tuning", cfg->path);
+  dpm_exit_if_error(tr->comm, failed, err);
+  tr->has_trainable = 1;
+  dpm_trainable_init(&tr->trainable, tr->info, tr->first, tr->last, tr->frozen);
+  if (!dpm_trainable_all(&tr->trainable))
+    tr->ppack = dpm_malloc_aligned(sizeof(float) * (tr->trainable.total ? tr->trainable.total : 1));
+}
+
 /* The whole model is built once (small batch) to check shapes and cost its layers; this rank keeps its
  * stage's layers only. Each build is preceded by the memory check of what it allocates. */
 /* 1 if the layer list is a GPT (starts with an embed layer); a list that does not parse is not (build_model
@@ -540,6 +589,7 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
   dpm_model_free(full);
   dpm_free(specs);
   dpm_free(first);
+  setup_trainable(tr);
 }
 
 /* Replica r's shard of a split; the first stage reads the inputs, the last the labels (both read both:
@@ -650,6 +700,50 @@ static int parse_args(trainer *tr, int argc, char **argv, train_args *a) {
   return 0;
 }
 
+/* train.lora_rank: every block of cfg->model_layers gets " lora=R lora_alpha=A lora_targets=M" (the layer list
+ * checkpoints record, so every reader builds the adapted model). Returns 0, or -1 with err. */
+static int add_lora_keys(dpm_config *cfg, char *err) {
+  static const char *const names[4] = {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"};
+  int mask = 0;
+  if (!cfg->lora_targets) mask = 15;
+  for (const char *p = cfg->lora_targets; p && *p;) {
+    while (*p == ',' || *p == ' ' || *p == '\t') p++;
+    const size_t n = strcspn(p, ", \t");
+    if (!n) break;
+    int k = 0;
+    while (k < 4 && !(strlen(names[k]) == n && !strncmp(p, names[k], n))) k++;
+    if (k == 4)
+      return dpm_err(err, "%s: [train] lora_targets: '%.*s' is not a block linear (expected attn.c_attn, attn.c_proj, "
+                     "mlp.c_fc or mlp.c_proj)", cfg->path, (int)n, p);
+    mask |= 1 << k;
+    p += n;
+  }
+  char add[96];
+  snprintf(add, sizeof add, " lora=%lld lora_alpha=%lld lora_targets=%d", (long long)cfg->lora_rank,
+           (long long)cfg->lora_alpha, mask);
+  const char *t = cfg->model_layers;
+  size_t cap = strlen(t) * 2 + 1, used = 0;
+  for (const char *q = t; *q; q++) cap += (*q == ';' || *q == '\n') ? sizeof add : 0;
+  char *out = dpm_malloc(cap + sizeof add);
+  for (const char *q = t;;) { /* one layer: up to ';', newline or the end */
+    const size_t n = strcspn(q, ";\n");
+    const char *w = q;
+    while (w < q + n && (*w == ' ' || *w == '\t')) w++;
+    const int block = (size_t)(q + n - w) >= 5 && !strncmp(w, "block", 5) && (w + 5 == q + n || w[5] == ' ' || w[5] == '\t');
+    size_t e = n;
+    while (e > 0 && (q[e - 1] == ' ' || q[e - 1] == '\t' || q[e - 1] == '\r')) e--;
+    memcpy(out + used, q, e), used += e;
+    if (block) memcpy(out + used, add, strlen(add)), used += strlen(add);
+    if (!q[n]) break;
+    out[used++] = q[n];
+    q += n + 1;
+  }
+  out[used] = '\0';
+  dpm_free(cfg->model_layers);
+  cfg->model_layers = out;
+  return 0;
+}
+
 /* The job file and its overrides; the data's shapes and sizes (identical on every rank; *thdr: the test
  * split's), the sampling rate and the run's length; the grid, the DP-PCA check and this rank's model. */
 static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
@@ -662,6 +756,15 @@ static void setup_job(trainer *tr, train_args *a, dpm_dataset *thdr) {
   if (cfg->privacy_ignored[0] && tr->rank == 0)
     fprintf(stderr, "dpmpi: warning: %s: privacy.enabled = false: ignoring %s (the non-private baseline has no privacy "
             "parameters)\n", cfg->path, cfg->privacy_ignored);
+  failed = cfg->lora_rank > 0 && add_lora_keys(cfg, err);
+  dpm_exit_if_error(tr->comm, failed, err);
+  dpm_layer_spec *ls = NULL;
+  int nls = 0, lora = 0;
+  char perr[DPM_ERRLEN];
+  if (!dpm_model_parse(cfg->model_layers, &ls, &nls, perr))
+    for (int i = 0; i < nls; i++) lora |= ls[i].lora > 0;
+  dpm_free(ls);
+  tr->lora = lora;
   dpm_dataset hdr;
   failed = dpm_dataset_probe(cfg->data_train, "train", &hdr, err) != 0;
   if (!failed) failed = dpm_dataset_probe(cfg->data_test, "test", thdr, err) != 0;
@@ -790,6 +893,7 @@ static void load_init(trainer *tr, const char *path) {
     const dpm_layer_info *in = &tr->info[i];
     for (int p = 0; p < in->n_tensors && !failed; p++) {
       const dpm_tensor_info *ti = &in->tensors[p];
+      if (strstr(ti->name, ".lora_")) continue; /* LoRA adapters start from their own initialization */
       int k = 0;
       while (k < n && strcmp(t[k].name, ti->name)) k++;
       if (k == n || (size_t)t[k].numel != ti->size) /* cannot happen once the configs agree */
@@ -817,7 +921,7 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
   dpm_config *cfg = &tr->cfg;
   setup_keys(tr);
   dpm_model_init_params(tr->model, &tr->init_key);
-  tr->opt = dpm_optimizer_create(cfg, dpm_model_num_params(tr->model));
+  tr->opt = dpm_optimizer_create(cfg, tr->ppack ? tr->trainable.total : dpm_model_num_params(tr->model));
   if (a->init) load_init(tr, a->init);
   if (a->resume) {
     dpm_ckpt_model cm = ckpt_model(tr);
@@ -825,6 +929,8 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
     char err[DPM_ERRLEN] = "";
     int failed = dpm_ckpt_read(tr->comm, rp->path, &cm, &L, err) != 0;
     dpm_exit_if_error(tr->comm, failed, err);
+    for (int k = 0; tr->ppack && k < cm.n_state; k++)
+      dpm_trainable_pack(&tr->trainable, dpm_optimizer_state(tr->opt, k, NULL), tr->state_full[k]);
     dpm_ledger_free(tr->ledger);
     tr->ledger = L;
     dpm_ckpt_meta *meta = &rp->meta;
@@ -902,7 +1008,8 @@ static void setup_step(trainer *tr) {
                         .device_split = cfg->device_split, .physical_batch = (int)cfg->physical_batch_size,
                         .sample_key = tr->sample_key, .noise_key = tr->noise_key, .auto_gamma = cfg->auto_gamma,
                         .adaptive = tr->dp && cfg->adaptive, .target_quantile = cfg->target_quantile,
-                        .adaptive_lr = cfg->adaptive_lr, .count_fraction = cfg->count_noise_fraction};
+                        .adaptive_lr = cfg->adaptive_lr, .count_fraction = cfg->count_noise_fraction,
+                        .trainable = tr->has_trainable ? &tr->trainable : NULL};
   dpm_step_init(&tr->step);
   if (tr->resume_thr) { /* adaptive: the run's thresholds continue; per-device ones are per stage */
     char err[DPM_ERRLEN] = "";
@@ -922,6 +1029,10 @@ static void free_trainer(trainer *tr) {
   dpm_step_free(&tr->step);
   dpm_optimizer_free(tr->opt);
   dpm_free(tr->info);
+  dpm_free(tr->frozen);
+  dpm_trainable_free(&tr->trainable);
+  dpm_free(tr->ppack);
+  for (int k = 0; k < DPM_OPTIMIZER_MAX_STATE; k++) dpm_free(tr->state_full[k]);
   dpm_free(tr->pca_V);
   dpm_free(tr->init_from);
   dpm_free(tr->resume_thr);

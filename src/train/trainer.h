@@ -26,6 +26,7 @@
 #include "dpmpi/parallel/pca.h"
 #include "dpmpi/core/rng.h"
 #include "dpmpi/train/step.h"
+#include "dpmpi/train/trainable.h"
 
 
 /* SIGTERM / SIGUSR1: finish the step, checkpoint; train_loop and dpm_cmd_train return DPM_EXIT_SIGNALLED, the
@@ -44,6 +45,12 @@ typedef struct {
   dpm_optimizer *opt;     /* train.optimizer, its state in this stage's slab layout */
   int n_layers, first, last;  /* this rank's stage: layers [first, last) of n_layers */
   dpm_layer_info *info;       /* every layer of the whole model */
+  uint32_t *frozen;           /* per layer of the whole model: its frozen tensors (bit t: tensor t of info), NULL: none */
+  int lora;                   /* 1: some block has LoRA adapters (train.lora_rank or lora= in the layers): base frozen */
+  int has_trainable;          /* 1: train.trainable or LoRA: the step and the optimizer work on `trainable` */
+  dpm_trainable trainable;    /* this stage's trainable runs */
+  float *ppack;               /* the stage's trainable parameters packed (the optimizer's vector), or NULL */
+  float *state_full[DPM_OPTIMIZER_MAX_STATE]; /* checkpoints: the packed optimizer state in the slab's layout */
   int64_t start;              /* first step to run (> 0 after --resume) */
   dpm_dataset train, test;
   int64_t N;

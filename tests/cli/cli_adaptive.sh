@@ -121,6 +121,9 @@ done
 
 # ---- user errors ----
 expect_usage_error 1 "automatic clipping has no threshold to adapt" train "$tmp/job.ini" --privacy.clipping=automatic
-expect_usage_error 2 "[privacy] adaptive = true needs privacy.enabled = true" train "$tmp/job_none.ini" --privacy.enabled=false
+# the non-private baseline of an adaptive job ignores the adaptive thresholds with the other privacy keys
+run 2 train "$tmp/job.ini" --privacy.enabled=false --train.steps=2
+check "--privacy.enabled=false on an adaptive job runs (rc $(rc))" test "$(rc)" = 0
+check "its warning names privacy.adaptive" has "$tmp/err" "privacy.adaptive (the non-private baseline has no privacy parameters)"
 expect_usage_error 1 "[privacy] count_noise_fraction = '1'" train "$tmp/job.ini" --privacy.count_noise_fraction=1
 finish cli_adaptive

@@ -78,6 +78,8 @@ typedef struct {
      group state_group[k] (dpm_optimizer_state gives both: "/optimizer" for SGD's momentum) */
   int n_state;
   float *state[DPM_CKPT_MAX_STATE];
+  const uint32_t *frozen;     /* per layer of the whole model: frozen tensors (bit t: tensor t of info), which have
+                                 no optimizer state in the file (NULL: none) */
   const char *state_group[DPM_CKPT_MAX_STATE];
 } dpm_ckpt_model;
 

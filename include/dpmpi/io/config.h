@@ -35,6 +35,10 @@ typedef struct {
   double lr, momentum, weight_decay;
   dpm_optimizer_kind optimizer;
   double adam_beta1, adam_beta2, adam_eps; /* train.optimizer = adamw */
+  char *trainable;            /* tensor-name patterns that train (NULL: every tensor) */
+  int64_t lora_rank;          /* LoRA rank r (0: off) */
+  int64_t lora_alpha;         /* LoRA scale numerator: the scale is alpha / r */
+  char *lora_targets;         /* the block linears with adapters (NULL: all four) */
   dpm_schedule lr_schedule;
   double lr_step_gamma;       /* step schedule: multiply by gamma ... */
   double lr_step_every;       /* ... every this many epochs */

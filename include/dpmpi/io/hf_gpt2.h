@@ -102,4 +102,20 @@ int dpm_hf_gpt2_config_of_layers(const char *layers, const char *where, dpm_hf_g
 int dpm_hf_gpt2_read_ckpt(const char *path, dpm_hf_gpt2_config *cfg, int *n, dpm_st_tensor **t, char **init_from,
                           char err[DPM_ERRLEN]);
 
+/* LoRA adapters of a checkpoint (docs/formats.md, "LoRA adapters"): rank r, scale numerator alpha (the product
+ * is scaled by alpha / r) and the mask of adapted linears (1 attn.c_attn, 2 attn.c_proj, 4 mlp.c_fc, 8 mlp.c_proj).
+ * dpm_hf_gpt2_read_ckpt merges them into the base weights (W + (alpha/r) A B), so every export of a LoRA
+ * checkpoint is the merged model. */
+typedef struct {
+  int rank, alpha, targets;
+} dpm_hf_lora;
+/* The adapters alone: *n tensors h.l.<linear>.lora_A.weight [r, in] and lora_B.weight [out, r] (PEFT's
+ * orientation, y = x W + (alpha/r) x A^T B^T), *lo their parameters. A checkpoint without adapters is an error. */
+int dpm_hf_gpt2_read_adapters(const char *path, dpm_hf_gpt2_config *cfg, int *n, dpm_st_tensor **t, dpm_hf_lora *lo,
+                              char err[DPM_ERRLEN]);
+/* Write them as the safetensors path and adapter_config.json next to it (peft_type LORA, r, lora_alpha, scale,
+ * target_modules, source: the checkpoint they came from). */
+int dpm_hf_gpt2_export_adapters(const char *path, int n, const dpm_st_tensor *t, const dpm_hf_lora *lo,
+                                const char *source, char err[DPM_ERRLEN]);
+
 #endif

@@ -52,6 +52,10 @@ typedef struct {
   int tied;                 /* lm_head: 1 = logits h wte^T with the embed's wte (default), 0 = own weight */
   int blocks;               /* block: blocks in the whole list (set by dpm_model_parse; the residual
                                projections' initialization scale 0.02 / sqrt(2 blocks)) */
+  int lora;                 /* block: LoRA rank r (0: none; r <= width) on the linears of lora_targets */
+  int lora_alpha;           /* block: LoRA scale alpha / r (0: alpha = r, scale 1) */
+  int lora_targets;         /* block: bit j adapts linear j: 1 attn.c_attn, 2 attn.c_proj, 4 mlp.c_fc, 8 mlp.c_proj
+                               (0: all four) */
 } dpm_layer_spec;
 
 typedef struct dpm_model dpm_model;
@@ -62,7 +66,7 @@ const char *dpm_layer_kind_name(dpm_layer_kind kind);
 /* Parse a layer list: layers separated by ';' or newlines, each "NAME key=value ...". Names: dense
  * (out), conv (out, kernel, stride=1, pad=0, bias=1), maxpool and avgpool (kernel, stride=kernel),
  * relu, tanh, groupnorm (groups), flatten; GPT kinds: embed (vocab, context, width), block (heads),
- * lm_head (tied=1, vocab for tied=0). A GPT layer list is `embed; block ...; lm_head`: its input is
+ * lm_head (tied=1, vocab for tied=0); a block takes LoRA adapters with lora=r [lora_alpha=A lora_targets=M]. A GPT layer list is `embed; block ...; lm_head`: its input is
  * C = H = 1, W = T token ids stored as floats (exact below 2^24), its labels T next-token targets per
  * example (dpm_model_label_size). On success *specs is allocated (dpm_free) and 0 returned;
  * on error returns -1 with a message naming the layer number, the word and what was expected. */
@@ -138,7 +142,7 @@ dpm_model *dpm_model_clone_shared(dpm_model *owner);
 /* One parameter tensor of a layer: its name in checkpoints (Hugging Face GPT-2 names for the GPT kinds,
  * with global block numbers: "h.3.attn.c_attn.weight"; "weight"/"bias"/"gamma"/"beta" for the others),
  * its offset within the layer's parameters and its shape. */
-#define DPM_LAYER_MAX_TENSORS 12
+#define DPM_LAYER_MAX_TENSORS 20 /* a block: 12, and two per LoRA adapter */
 typedef struct {
   char name[48];
   size_t off, size;
@@ -185,5 +189,15 @@ void dpm_model_token_stats(const dpm_model *m, double *token_loss, double *token
  * dpm_model_input_grad returns (B x C*H*W, valid until the next forward). Off by default. */
 void dpm_model_set_input_grad(dpm_model *m, int on);
 const float *dpm_model_input_grad(const dpm_model *m);
+
+/* Frozen tensors (fine-tuning: train.trainable, LoRA's frozen base). Bit t of mask freezes tensor t of layer
+ * i's dpm_layer_info: backward leaves it out of the group's per-example squared norm, accumulate adds nothing to
+ * its gradient (which stays 0), and the caller never updates it. The GPT kinds freeze any subset of their
+ * tensors; other kinds all of them or none (-1 otherwise). Layers before the first trainable one get no
+ * backward unless the input gradient is asked for. */
+int dpm_model_set_frozen(dpm_model *m, int i, uint32_t mask);
+uint32_t dpm_model_frozen(const dpm_model *m, int i);
+/* 1 if group g's layer has a trainable tensor (per-layer clipping gives thresholds only to these groups). */
+int dpm_model_group_trainable(const dpm_model *m, int g);
 
 #endif

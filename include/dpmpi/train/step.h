@@ -24,6 +24,10 @@
  * the expected batch size and updates. Gradient noise std: sigma C, or with adaptive thresholds
  * grad_sigma sqrt(sum_k C_k^2) (the current thresholds' total sensitivity), and the thresholds then move
  * (see dpmpi/privacy/dpsgd.h). This is the code path of `dpmpi train`, the privacy-invariant
+ * (the plain sum when privacy is off), identical to the same slice of a 1 x 1 run; with a trainable set
+ * (fine-tuning) the same for the trainable entries, packed in gpack and also unpacked into the slab, whose frozen
+ * entries stay 0 (no noise: the released function is the trainable parameters' noisy sum). The caller divides by
+ * the expected batch size and updates. This is the code path of `dpmpi train`, the privacy-invariant
  * tests (I1, I2) and the benchmarks.
  */
 #ifndef DPMPI_STEP_H
@@ -35,6 +39,7 @@
 #include "dpmpi/io/data.h"
 #include "dpmpi/nn/model.h"
 #include "dpmpi/core/rng.h"
+#include "dpmpi/train/trainable.h"
 
 /* What a step or an evaluation counted, summed over the grid. The dataset's y holds label_n labels per
  * example (T next-token targets for a model ending with lm_head). */
@@ -71,6 +76,9 @@ typedef struct {
   double target_quantile;  /* gamma in (0, 1) */
   double adaptive_lr;      /* eta: C <- C exp(-eta (b - gamma)) */
   double count_fraction;   /* f in (0, 1): the counts' share of the precision sigma^-2 */
+  const dpm_trainable *trainable; /* the stage's trainable runs (frozen tensors set on the model too), NULL:
+                              every parameter trains. Frozen parameters get no noise and no allreduce: the
+                              noisy sum is packed (gpack), noise addressed by the global trainable index */
   /* set by dpm_step_init */
   int two_pass;            /* 1: flat clipping with DP on S > 1 stages: a pass for the per-example norms, then the
                               clipped accumulation (see above) */
@@ -78,6 +86,10 @@ typedef struct {
   int stage, stages;       /* in pipe */
   size_t param_offset;     /* global index of this stage's first parameter */
   size_t total_params;     /* of the whole model */
+  size_t train_params;     /* trainable parameters of this stage (= its slab without a trainable set) ... */
+  size_t train_offset;     /* ... the global trainable index of its first one ... */
+  size_t total_train;      /* ... and of the whole model: the noise dimension */
+  float *gpack;            /* with a partial trainable set: this stage's noisy sum packed (train_params), else NULL */
   int total_groups;        /* parameter groups of the whole model */
   double threshold;        /* the clipping threshold this stage starts with (dpm_clip_threshold) */
   int n_thr;               /* thresholds of the whole model: 1 (flat modes), stages (per-device), groups (per-layer) */
