@@ -6,7 +6,8 @@
 # = the trainable tensors' sizes counted from the file, and ends the same on every grid (1e-5); a resumed
 # fine-tuning run ends as the uninterrupted one; the same for LoRA (train.lora_rank: only the adapters train,
 # the noise dimension is their parameter count, also with per-device clipping on a pipeline); a pattern that
-# matches nothing and an unknown LoRA target are one error line each; `model export` of a LoRA checkpoint writes
+# matches nothing and an unknown LoRA target are one error line each; a pipeline stage with nothing to train
+# (per-device and flat clipping) ends as 1x1; `model export` of a LoRA checkpoint writes
 # the merged model (= base + (alpha/r) A B, checked with numpy) or, --adapters-only, the adapters alone.
 # Usage: bash tests/cli/cli_finetune.sh BUILD_DIR SOURCE_DIR
 # ctest: timeout=600
@@ -128,6 +129,25 @@ for lg in a["model"]:
         x, y = a["model"][lg][n][()], b["model"][lg][n][()]
         assert float(np.max(np.abs(x - y))) <= 1e-5 * max(float(np.max(np.abs(y))), 1e-30), n
 PY
+# a pipeline stage with nothing to train (h.0.* only: stage 1 holds h.1 and the head, all frozen): per-device
+# clipping (params split: that stage gets threshold 0) and flat clipping on 1x2 end as 1x1 (1e-5), because
+# the trainable stage's threshold is all of C
+run 1 train "$tmp/job.ini" --init "$base" --train.steps=3 --train.trainable="h.0.*" --checkpoint.dir="$tmp/st-1x1"
+for clip in per-device flat; do
+  run 2 train "$tmp/job.ini" --init "$base" --train.steps=3 --train.trainable="h.0.*" --grid.stages=2 \
+    --privacy.clipping=$clip --privacy.device_split=params --checkpoint.dir="$tmp/st-$clip"
+  check "1x2 $clip, a stage without trainable tensors: exits 0 (status $(rc))" test "$(rc)" = 0
+  check "1x2 $clip, a stage without trainable tensors = 1x1 (1e-5)" "$py" - "$tmp/st-1x1/ckpt-00000003.h5" \
+    "$tmp/st-$clip/ckpt-00000003.h5" <<'PY'
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+for lg in a["model"]:
+    for n in a["model"][lg]:
+        x, y = a["model"][lg][n][()], b["model"][lg][n][()]
+        assert np.all(np.isfinite(y)), n
+        assert float(np.max(np.abs(x - y))) <= 1e-5 * max(float(np.max(np.abs(x))), 1e-30), n
+PY
+done
 # LoRA resumed on another grid: the uninterrupted run's parameters (1e-5)
 run 1 train "$tmp/job.ini" --init "$base" --train.steps=6 --train.lora_rank=2 --checkpoint.dir="$tmp/lr" --checkpoint.every=3
 mkdir -p "$tmp/lhalf" && cp "$tmp/lr/ckpt-00000003.h5" "$tmp/lhalf/"
