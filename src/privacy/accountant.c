@@ -75,7 +75,7 @@ static double log_a_int(double q, double sigma, int a) {
   }
   double sum = 0;
   for (int k = 2; k <= a; k++)
-    if (t[k] > mx - 60) sum += exp(t[k] - mx);
+    if (t[k] >= mx - 60) sum += exp(t[k] - mx); /* >=: the largest term counts even when mx - 60 rounds to mx */
   if (t != buf_local) dpm_free(t);
   double lam1 = mx + log(sum); /* log(A - 1) */
   return lam1 > 37 ? lam1 + log1p(exp(-lam1)) : log1p(exp(lam1));
@@ -134,9 +134,19 @@ typedef struct {
   double *lphi, *phi, *L, *m; /* log phi(u_k) + log h, phi(u_k) h, log1p(q expm1(w_k)), phi(u_k) h q expm1(w_k) */
 } quad_nodes;
 
+/* More nodes than this (sigma below ~0.003 at order 11: n ~ a / (0.3 sigma^2)) are not built: the fractional
+ * orders' RDP is then reported as +Inf, an upper bound that is always valid (the conversion skips those
+ * orders; the integer orders' exact values remain). Such a sigma gives no meaningful guarantee at any q. */
+#define QUAD_MAX_NODES (1 << 22)
+
 static void quad_build(quad_nodes *Q, double q, double sigma, double amax) {
   double h = fmin(0.5, 0.3 * sigma), lo = -12.0, hi = fmax(12.0, amax / sigma + 12.0);
-  int n = (int)ceil((hi - lo) / h) + 1;
+  const double nodes = ceil((hi - lo) / h) + 1;
+  if (!(nodes <= QUAD_MAX_NODES)) {
+    *Q = (quad_nodes){0};
+    return;
+  }
+  int n = (int)nodes;
   Q->n = n;
   Q->lphi = dpm_malloc(sizeof(double) * 4 * (size_t)n);
   Q->phi = Q->lphi + n;
@@ -155,6 +165,7 @@ static void quad_build(quad_nodes *Q, double q, double sigma, double amax) {
 }
 
 static double quad_log_a(const quad_nodes *Q, double a) {
+  if (Q->n == 0) return INFINITY; /* not built: sigma too small (see QUAD_MAX_NODES) */
   double mx = -INFINITY;
   for (int k = 0; k < Q->n; k++) {
     double aL = a * Q->L[k];
@@ -195,7 +206,7 @@ double dpm_rdp_subsampled_gaussian(double q, double sigma, double order) {
     quad_nodes Q;
     quad_build(&Q, q, sigma, order);
     la = quad_log_a(&Q, order);
-    dpm_free(Q.lphi);
+    if (Q.n) dpm_free(Q.lphi);
   }
   return la / (order - 1.0);
 }
@@ -216,7 +227,7 @@ void dpm_rdp_vector(double q, double sigma, const double *orders, int n, double 
     else if (a == floor(a) && a <= 1e6) rdp[i] = log_a_int(q, sigma, (int)a) / (a - 1);
     else rdp[i] = quad_log_a(&Q, a) / (a - 1);
   }
-  if (amax > 0) dpm_free(Q.lphi);
+  if (Q.n) dpm_free(Q.lphi);
 }
 
 /* The order-dependent constant of the conversion: eps = rdp + conv(a). */
