@@ -25,8 +25,7 @@ wn=/usr/share/wordnet
 
 if [ ! -f "$wn/data.noun" ]; then
   dpm_log "installing wordnet-base (WordNet's database: the corpus)"
-  if [ "$(id -u)" = 0 ]; then apt-get install -y wordnet-base > /dev/null || dpm_die "apt-get install wordnet-base failed"
-  else sudo apt-get install -y wordnet-base > /dev/null || dpm_die "could not install wordnet-base (apt-get install wordnet-base)"; fi
+  DPM_WITH_CORPORA=1 "$DPM_ROOT/scripts/install-deps.sh" || dpm_die "could not install wordnet-base (scripts/install-deps.sh)"
 fi
 
 if [ ! -f "$data" ]; then
