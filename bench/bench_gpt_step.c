@@ -20,8 +20,10 @@
  * (formed for the norm only, not kept).
  *
  * Usage: [mpirun -np R] bench_gpt_step [--models small,large] [--batch B] [--repeats R=5] [--steps S=2]
- *        [--stages 1|2] [--methods] [--csv FILE] [--cpu-time]
- *   --batch B   expected examples per replica of both models (default: 16 small, 4 large)
+ *        [--physical PB] [--stages 1|2] [--methods] [--csv FILE] [--cpu-time]
+ *   --batch B     expected examples per replica of both models (default: 16 small, 4 large)
+ *   --physical PB micro-batch size (default B + 4 sqrt(B) + 8: one micro-batch per step, as bench_step; a
+ *                 smaller one lets more blocks keep their explicit gradients within the model's memory cap)
  *   --csv FILE  append a row per model: model,params,L,C,T,ranks,stages,batch,repeats,steps,nonprivate_ms,
  *               dp_ms,ratio,ratio_paired,nonprivate_tok_s,dp_tok_s,norms_share (norms_share: empty unless
  *               measured, i.e. one stage)
@@ -199,7 +201,7 @@ static void print_methods(dpm_model *m) {
 
 static void usage(void) {
   fprintf(stderr, "usage: [mpirun -np R] bench_gpt_step [--models small,large] [--batch B] [--repeats R=5 (1..%d)] "
-                  "[--steps S=2] [--stages 1|2] [--methods] [--csv FILE] [--cpu-time]\n", MAX_REPEATS);
+                  "[--steps S=2] [--physical PB] [--stages 1|2] [--methods] [--csv FILE] [--cpu-time]\n", MAX_REPEATS);
 }
 
 int main(int argc, char **argv) {
@@ -208,9 +210,9 @@ int main(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   const char *models = "small,large", *csv = NULL;
-  int batch_opt = 0, repeats = 5, steps = 2, stages = 1, methods = 0, cpu_time = 0;
+  int batch_opt = 0, pb_opt = 0, repeats = 5, steps = 2, stages = 1, methods = 0, cpu_time = 0;
   static const struct option opts[] = {{"models", required_argument, 0, 'm'}, {"batch", required_argument, 0, 'b'},
-                                       {"repeats", required_argument, 0, 'r'}, {"steps", required_argument, 0, 's'},
+                                       {"repeats", required_argument, 0, 'r'}, {"steps", required_argument, 0, 's'}, {"physical", required_argument, 0, 'p'},
                                        {"stages", required_argument, 0, 'S'}, {"methods", no_argument, 0, 'M'},
                                        {"csv", required_argument, 0, 'c'}, {"cpu-time", no_argument, 0, 't'},
                                        {0, 0, 0, 0}};
@@ -220,6 +222,7 @@ int main(int argc, char **argv) {
       case 'b': batch_opt = atoi(optarg); break;
       case 'r': repeats = atoi(optarg); break;
       case 's': steps = atoi(optarg); break;
+      case 'p': pb_opt = atoi(optarg); break;
       case 'S': stages = atoi(optarg); break;
       case 'M': methods = 1; break;
       case 'c': csv = optarg; break;
@@ -227,7 +230,7 @@ int main(int argc, char **argv) {
       default: if (rank == 0) usage(); MPI_Finalize(); return 2;
     }
   }
-  if (optind < argc || repeats < 1 || repeats > MAX_REPEATS || steps < 1 || batch_opt < 0 || stages < 1 ||
+  if (optind < argc || repeats < 1 || repeats > MAX_REPEATS || steps < 1 || batch_opt < 0 || pb_opt < 0 || stages < 1 ||
       stages > 2 || size % stages) {
     if (rank == 0) usage();
     MPI_Finalize();
@@ -247,7 +250,7 @@ int main(int argc, char **argv) {
   for (int mi = 0; mi < NMODELS; mi++) {
     const gpt_def *g = &MODELS[mi];
     if (!strstr(models, g->key)) continue;
-    const int batch = batch_opt ? batch_opt : g->batch, pb = batch + (int)(4 * sqrt((double)batch)) + 8, T = g->T;
+    const int batch = batch_opt ? batch_opt : g->batch, pb = pb_opt ? pb_opt : batch + (int)(4 * sqrt((double)batch)) + 8, T = g->T;
     /* this replica's shard of N synthetic rows: ids as floats (inputs), next ids (targets) */
     const int64_t N = N_ROWS, b = N * grid.replica / grid.replicas, e = N * (grid.replica + 1) / grid.replicas;
     const int64_t nd = e - b > pb ? e - b : pb;
@@ -290,12 +293,13 @@ int main(int argc, char **argv) {
     if (stages == 1) {
       if (rank == 0) print_methods(v[1].m);
       double ph[NPH];
-      phases(v[1].m, &d, batch, repeats, ph);
+      const int mb = batch < pb ? batch : pb; /* the micro-batch timed: the expected batch, at most PB */
+      phases(v[1].m, &d, mb, repeats, ph);
       const double np_mb = ph[PH_FWD] + ph[PH_BWD_NP] + ph[PH_ACC_NP],
                    dp_mb = ph[PH_FWD] + ph[PH_BWD_DP] + ph[PH_CLIP] + ph[PH_ACC_DP] + ph[PH_NOISE];
       norms_share = (ph[PH_BWD_DP] - ph[PH_BWD_NP]) / dp_mb;
       if (rank == 0) {
-        printf("  one micro-batch of %d examples on rank 0 (median of %d):", batch, repeats);
+        printf("  one micro-batch of %d examples on rank 0 (median of %d):", mb, repeats);
         for (int k = 0; k < NPH; k++) printf(" %s %.1f ms%s", PHASE[k], 1e3 * ph[k], k < NPH - 1 ? "," : "\n");
         printf("  micro-batch np %.1f ms, dp %.1f ms (%.3f); norms (backward with - without) %.1f ms = %.1f%% of the "
                "dp micro-batch; clipped accumulate - plain %.1f ms, noise %.1f ms\n", 1e3 * np_mb, 1e3 * dp_mb,
@@ -305,10 +309,10 @@ int main(int argc, char **argv) {
       if (methods) { /* every norm forced ghost, then forced explicit, against the default (cost model) */
         const int G = dpm_model_num_groups(v[1].m);
         double tm[3];
-        tm[0] = dp_microbatch(v[1].m, &d, batch, repeats);
+        tm[0] = dp_microbatch(v[1].m, &d, mb, repeats);
         for (int mth = 1; mth <= 2; mth++) {
           for (int gi = 0; gi < G; gi++) dpm_model_set_norm_method(v[1].m, gi, mth == 1 ? DPM_NORM_GHOST : DPM_NORM_EXPLICIT);
-          tm[mth] = dp_microbatch(v[1].m, &d, batch, repeats);
+          tm[mth] = dp_microbatch(v[1].m, &d, mb, repeats);
         }
         if (rank == 0)
           printf("  dp micro-batch (forward, backward + norms, clip, accumulate): default %.1f ms, all ghost %.1f ms, "
