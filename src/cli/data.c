@@ -97,7 +97,9 @@ static const char *usage_info =
     "\n"
     "Validate a dataset file and print its splits, shapes, element types, number of classes,\n"
     "label histogram and normalization attributes; for token data the context, vocabulary, pad\n"
-    "and end-of-text ids, tokenizer and the count of padded targets. Then every rank reads its\n"
+    "and end-of-text ids, tokenizer, the count of padded targets and the unigram baseline (the test\n"
+    "split's cross-entropy and perplexity under the training targets' id frequencies with add-one\n"
+    "smoothing: what a language model must beat). Then every rank reads its\n"
     "shard of each split as dpmpi train does (checking every value) and the digests of the splits\n"
     "are printed: the same on any number of ranks; /train's is the one 'dpmpi ckpt info' shows.\n"
     "\n"
@@ -385,7 +387,8 @@ static int info_shards(const char *path) {
   char err[DPM_ERRLEN] = "";
   uint64_t digest[2] = {0, 0};
   long long pads[2] = {0, 0}, targets[2] = {0, 0};
-  int tokens = 0;
+  long long *freq[2] = {NULL, NULL}; /* token data: per split, how often each id in [0, vocab) is a target */
+  int tokens = 0, vocab = 0;
   for (int s = 0; s < 2; s++) {
     const char *split = s ? "test" : "train";
     dpm_dataset h, d;
@@ -395,6 +398,7 @@ static int info_shards(const char *path) {
       return rank == 0 ? fail(err) : DPM_EXIT_USAGE;
     }
     tokens = h.kind == DPM_DATA_TOKENS;
+    if (tokens && !freq[s]) vocab = h.vocab, freq[s] = dpm_calloc((size_t)vocab, sizeof(long long));
     const int64_t F = tokens ? (int64_t)h.T + 1 : (int64_t)h.C * h.H * h.W;
     const int64_t block = ((int64_t)16 << 20) / F > 0 ? ((int64_t)16 << 20) / F : 1;
     const int64_t b = h.n_total * rank / size, e = h.n_total * (rank + 1) / size;
@@ -402,24 +406,43 @@ static int info_shards(const char *path) {
     DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &blocks, 1, MPI_LONG_LONG, MPI_MAX, MPI_COMM_WORLD));
     for (long long k = 0; k < blocks; k++) {
       const int64_t rb = b + k * block < e ? b + k * block : e, re = rb + block < e ? rb + block : e;
-      if (dpm_dataset_load(MPI_COMM_WORLD, path, split, rb, re, &d, err)) /* the same error on every rank */
+      if (dpm_dataset_load(MPI_COMM_WORLD, path, split, rb, re, &d, err)) { /* the same error on every rank */
+        dpm_free(freq[0]), dpm_free(freq[1]);
         return rank == 0 ? fail(err) : DPM_EXIT_USAGE;
+      }
       digest[s] += dpm_dataset_digest(&d, re - rb);
-      if (tokens && h.pad_id != -1)
-        for (int64_t i = 0; i < (re - rb) * F; i++) pads[s] += i % F != 0 && d.tok[i] == h.pad_id;
+      if (tokens) /* every id is in [0, vocab) or pad_id (checked by the load) */
+        for (int64_t i = 0; i < (re - rb) * F; i++) {
+          if (i % F == 0) continue; /* a row's first id is an input only */
+          if (d.tok[i] == h.pad_id) pads[s]++;
+          else freq[s][d.tok[i]]++;
+        }
       dpm_dataset_free(&d);
     }
     targets[s] = (long long)h.n_total * h.T;
   }
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, digest, 2, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD));
   DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, pads, 2, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD));
+  for (int s = 0; s < 2 && tokens; s++)
+    DPM_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, freq[s], vocab, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD));
   if (rank == 0) {
-    if (tokens)
+    if (tokens) {
       printf("padding (masked out of the loss): /train %lld of %lld targets, /test %lld of %lld\n", pads[0],
              targets[0], pads[1], targets[1]);
+      /* the unigram baseline: p(v) = (count_train(v) + 1) / (n_train + vocab), the test's mean -log p */
+      double ntr = 0, nte = 0, ce = 0;
+      for (int v = 0; v < vocab; v++) ntr += (double)freq[0][v], nte += (double)freq[1][v];
+      for (int v = 0; v < vocab; v++)
+        if (freq[1][v]) ce -= (double)freq[1][v] * log(((double)freq[0][v] + 1) / (ntr + vocab));
+      ce = nte > 0 ? ce / nte : 0;
+      printf("unigram baseline (training target frequencies, add-one smoothing over vocab %d): test cross-entropy "
+             "%.4f nats/token, perplexity %.3f (statistics of the training split, not covered by DP)\n", vocab, ce,
+             exp(ce));
+    }
     printf("digest: /train %016llx, /test %016llx (read as %d shard%s, every value checked)\n",
            (unsigned long long)digest[0], (unsigned long long)digest[1], size, size > 1 ? "s" : "");
   }
+  dpm_free(freq[0]), dpm_free(freq[1]);
   return 0;
 }
 

@@ -3,7 +3,12 @@
  * tensors under the Hugging Face names h.{l}.* (l = the block's number in the whole model), and its ops
  * table. The block is one clipping group: its per-example squared norm is the sum of its tensors' (the four
  * sequence linears by the ghost or the explicit form, chosen per linear by cost; the LayerNorms from their
- * C-sized per-example rows). The kernels are nn/seq.h's, the same as dpm_gpt's (nn/gpt.c, the oracle of
+ * C-sized per-example rows).
+ * Kept explicit gradients: at create, when the model's memory cap for kept per-example gradients allows
+ * (src/nn/model.c, explicit_bytes), the linears for which explicit-and-kept is cheaper than ghost
+ * (dpm_seq_linear_ghost_cheaper with keep = 1) keep every example's dW_b in the arena, and the clipped sum
+ * is a weighted sum of those rows instead of a second GEMM (as dpm_gpt's AUTO). Forcing a method
+ * (dpm_model_set_norm_method) drops the keeping: ghost, or explicit formed for the norm only. The kernels are nn/seq.h's, the same as dpm_gpt's (nn/gpt.c, the oracle of
  * tests/nn/test_gpt_layers.c).
  *
  * LoRA (`block heads=H lora=r [lora_alpha=A lora_targets=M]`, Hu et al. 2021): linear j of the targets gets
@@ -42,7 +47,9 @@ typedef struct {
   float *e_ln1w, *e_ln1b, *e_ln2w, *e_ln2b; /* per-example LayerNorm gradients [B, C] */
   double *gsq[N_LIN], *sqb;                 /* the linears' weight norms (kept for the clipped sum's cap), bias */
   unsigned char *ill[N_LIN];
-  int explicit_[N_LIN];                     /* 1: explicit norms (formed in scratch), 0: ghost */
+  int explicit_[N_LIN];                     /* 1: explicit norms (formed in scratch, or kept), 0: ghost */
+  float *E[N_LIN];                          /* kept explicit gradients [B, in*out] (NULL: not kept) */
+  int keep[N_LIN];                          /* 1: this linear's norms form E, its clipped sum adds E's rows */
   int norms_ready;
   /* LoRA, per adapted linear j: us = s x A_j and dv = s G B_j^T [B, T, r]; A_j's and B_j's norms and flags */
   float *us[N_LIN], *dv[N_LIN];
@@ -111,9 +118,12 @@ static void block_plan(layer *l, dpm_plan *p) {
   k->dxs = F(BTC), k->e_ln1w = F(B * C), k->e_ln1b = F(B * C), k->e_ln2w = F(B * C), k->e_ln2b = F(B * C);
 #undef F
   for (int j = 0; j < N_LIN; j++) {
+    const int in = LIN[j].in * (int)C, out = LIN[j].out * (int)C;
     k->gsq[j] = dpm_plan_carve(p, B * sizeof(double));
     k->ill[j] = dpm_plan_carve(p, B);
-    k->explicit_[j] = !dpm_seq_linear_ghost_cheaper((int)T, LIN[j].in * (int)C, LIN[j].out * (int)C, 0);
+    k->keep[j] = l->explicit_ && !dpm_seq_linear_ghost_cheaper((int)T, in, out, 1);
+    k->E[j] = k->keep[j] ? dpm_plan_carve(p, B * (size_t)in * (size_t)out * sizeof(float)) : NULL;
+    k->explicit_[j] = k->keep[j] || !dpm_seq_linear_ghost_cheaper((int)T, in, out, 0);
   }
   k->sqb = dpm_plan_carve(p, B * sizeof(double));
   for (int j = 0; j < N_LIN; j++) {
@@ -274,7 +284,9 @@ static void lin_norms(dpm_model *m, layer *l, const float *x, int j, double *sq,
   const float *A, *G;
   lin_io(l, x, j, &A, &G);
   memset(k->ill[j], 0, (size_t)B);
-  if (k->explicit_[j])
+  if (k->keep[j] && !fw) /* the norm is that of the float rows the clipped sum adds: no cap, no flags */
+    dpm_seq_linear_grads_explicit(k->E[j], k->gsq[j], k->sqb, A, G, 0, B, T, IC, OC);
+  else if (k->explicit_[j])
     dpm_seq_linear_sqnorms_explicit(k->gsq[j], k->sqb, k->ill[j], A, G, m->scratch + (size_t)B * T * 4 * C, B, T, IC, OC);
   else
     dpm_seq_linear_sqnorms_ghost(k->gsq[j], k->sqb, k->ill[j], A, G, m->ghost, B, T, IC, OC);
@@ -339,6 +351,13 @@ static void block_accumulate(dpm_model *m, layer *l, const float *x, float *dw, 
     const int ready = coef && k->norms_ready;
     const int fw = dpm_layer_frozen(l, LIN[j].w), fb = dpm_layer_frozen(l, LIN[j].w + 1);
     if (fw && fb) continue;
+    if (ready && k->keep[j] && !fw) { /* the weight from the kept rows, the bias by its own sum */
+      dpm_rows_accumulate(dw + toff(C, LIN[j].w), k->E[j], coef, B, (size_t)LIN[j].in * C * LIN[j].out * C);
+      if (!fb)
+        dpm_seq_linear_accumulate(NULL, dw + toff(C, LIN[j].w + 1), A, G, coef, coef, NULL, NULL, m->scratch, m->row,
+                                  B, T, LIN[j].in * C, LIN[j].out * C);
+      continue;
+    }
     dpm_seq_linear_accumulate(fw ? NULL : dw + toff(C, LIN[j].w), fb ? NULL : dw + toff(C, LIN[j].w + 1), A, G, coef, coef,
                               ready ? k->gsq[j] : NULL, ready ? k->ill[j] : NULL, m->scratch, m->row, B, T,
                               LIN[j].in * C, LIN[j].out * C);
@@ -350,12 +369,19 @@ static void block_accumulate(dpm_model *m, layer *l, const float *x, float *dw, 
 }
 #undef W
 
+/* " heads=H [lora=r lora_alpha=A lora_targets=M] [norms c_attn/attn.c_proj/c_fc/mlp.c_proj: M/M/M/M]", M = kept
+   (explicit, kept for the clipped sum), explicit (formed for the norm only) or ghost */
 static void block_describe(const layer *l, char *buf, size_t len) {
-  if (l->s.lora)
-    snprintf(buf, len, " heads=%d lora=%d lora_alpha=%d lora_targets=%d", l->s.heads, l->s.lora,
-             l->s.lora_alpha ? l->s.lora_alpha : l->s.lora, l->s.lora_targets ? l->s.lora_targets : (1 << N_LIN) - 1);
-  else
-    snprintf(buf, len, " heads=%d", l->s.heads);
+  const block_state *k = l->ks;
+  size_t n = (size_t)snprintf(buf, len, " heads=%d", l->s.heads);
+  if (l->s.lora && n < len)
+    n += (size_t)snprintf(buf + n, len - n, " lora=%d lora_alpha=%d lora_targets=%d", l->s.lora,
+                          l->s.lora_alpha ? l->s.lora_alpha : l->s.lora,
+                          l->s.lora_targets ? l->s.lora_targets : (1 << N_LIN) - 1);
+  if (n < len) n += (size_t)snprintf(buf + n, len - n, " [norms c_attn/attn.c_proj/c_fc/mlp.c_proj:");
+  for (int j = 0; j < N_LIN && n < len; j++)
+    n += (size_t)snprintf(buf + n, len - n, "%s%s", j ? "/" : " ", k->keep[j] ? "kept" : k->explicit_[j] ? "explicit" : "ghost");
+  if (n < len) snprintf(buf + n, len - n, "]");
 }
 
 static void block_info(const layer *l, dpm_layer_info *info) {
@@ -385,9 +411,18 @@ static void block_info(const layer *l, dpm_layer_info *info) {
 static void block_set_norm(layer *l, int explicit_, int max_batch) {
   (void)max_batch;
   block_state *k = l->ks;
-  for (int j = 0; j < N_LIN; j++) k->explicit_[j] = k->lexplicit[j][0] = k->lexplicit[j][1] = explicit_;
+  for (int j = 0; j < N_LIN; j++) k->explicit_[j] = k->lexplicit[j][0] = k->lexplicit[j][1] = explicit_, k->keep[j] = 0;
+  k->norms_ready = 0;
 }
-static size_t block_explicit_bytes(const layer *l, int max_batch) { (void)l, (void)max_batch; return 0; }
+/* The bytes of the kept gradients of the linears for which explicit-and-kept is the cheaper (0: none). */
+static size_t block_explicit_bytes(const layer *l, int max_batch) {
+  const int T = l->C, C = l->W;
+  size_t floats = 0;
+  for (int j = 0; j < N_LIN; j++)
+    if (!dpm_seq_linear_ghost_cheaper(T, LIN[j].in * C, LIN[j].out * C, 1))
+      floats += (size_t)LIN[j].in * C * (size_t)LIN[j].out * C;
+  return floats * (size_t)max_batch * sizeof(float);
+}
 static dpm_norm_method block_norm_method(const layer *l) {
   const block_state *k = l->ks;
   return k->explicit_[L_FC] ? DPM_NORM_EXPLICIT : DPM_NORM_GHOST;

@@ -208,7 +208,7 @@ double dpm_rdp_subsampled_gaussian(double q, double sigma, double order) {
     quad_nodes Q;
     quad_build(&Q, q, sigma, order);
     la = quad_log_a(&Q, order);
-    dpm_free(Q.lphi);
+    if (Q.n) dpm_free(Q.lphi);
   }
   return la / (order - 1.0);
 }
@@ -229,7 +229,7 @@ void dpm_rdp_vector(double q, double sigma, const double *orders, int n, double 
     else if (a == floor(a) && a <= 1e6) rdp[i] = log_a_int(q, sigma, (int)a) / (a - 1);
     else rdp[i] = quad_log_a(&Q, a) / (a - 1);
   }
-  if (amax > 0) dpm_free(Q.lphi);
+  if (Q.n) dpm_free(Q.lphi);
 }
 
 /* The order-dependent constant of the conversion: eps = rdp + conv(a). */

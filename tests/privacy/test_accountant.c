@@ -171,6 +171,15 @@ static void test_properties(void) {
   r = dpm_rdp_subsampled_gaussian(0.5, 0.3, 1023.5);
   CHECK(isfinite(r) && r > 0 && r <= 1024 / (2 * 0.09), "sigma 0.3 order 1023.5: %g", r);
   CHECK_CLOSE(dpm_rdp_subsampled_gaussian(1, 0.7, 3.3), 3.3 / (2 * 0.49), 1e-15, 0, "Gaussian RDP");
+  /* a vanishing sigma at q < 1 (tests take one step at sigma 1e-9): fractional orders +Inf (quadrature too
+     fine to build), integer orders still exact and finite or +Inf, epsilon >= the q = 1 Gaussian's... never a crash */
+  CHECK(dpm_rdp_subsampled_gaussian(0.25, 1e-9, 2.5) == INFINITY, "sigma 1e-9, order 2.5: %g",
+        dpm_rdp_subsampled_gaussian(0.25, 1e-9, 2.5));
+  const double tiny_orders[3] = {1.5, 2, 10.5};
+  double tiny[3];
+  dpm_rdp_vector(0.25, 1e-6, tiny_orders, 3, tiny);
+  CHECK(tiny[0] == INFINITY && tiny[2] == INFINITY && tiny[1] > 1e9, "sigma 1e-6 vector: %g %g %g", tiny[0], tiny[1], tiny[2]);
+  CHECK(dpm_rdp_epsilon(0.25, 1e-9, 1, 1e-5, NULL) > 1e6, "sigma 1e-9 epsilon: %g", dpm_rdp_epsilon(0.25, 1e-9, 1, 1e-5, NULL));
   /* fractional orders are continuous with integer ones (quadrature vs binomial sum) */
   for (int i = 0; i < 5; i++)
     for (int j = 0; j < 7; j++) {
