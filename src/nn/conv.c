@@ -187,21 +187,26 @@ void dpm_conv_accumulate(float *dw, float *db, const float *P, const float *G, c
     return;
   }
   /* a micro-batch with an extreme or ill-conditioned example: each example's clipped gradient is formed
-     alone (excluded ones skipped); rescaled or ill-conditioned ones are materialized in `row` and capped
-     at c ||grad|| of their ghost norm, whatever the float32 sum over positions made of them */
+     alone (excluded ones skipped); rescaled or ill-conditioned ones are materialized in `row` (ill-conditioned
+     ones in double, so the positions' cancellation costs no accuracy) and capped at c ||grad|| of their ghost
+     norm, whatever the sum over positions made of them */
   float *E = row + TCK;
   for (int i = 0; i < B; i++) {
     const float c = coef[i], *Pi = P + (size_t)i * TCK;
     float *s = scratch + (size_t)i * TO;
     if (c == 0.0f) continue;
-    int alone = ill && ill[i];
-    if (c < 1.0f && dpm_nn_needs_rescale(s, TO)) Pi = dpm_nn_rescale_rows(s, G + (size_t)i * TO, c, TO, Pi, TCK, row), alone = 1;
+    int alone = ill && ill[i], rescaled = 0;
+    if (c < 1.0f && dpm_nn_needs_rescale(s, TO))
+      Pi = dpm_nn_rescale_rows(s, G + (size_t)i * TO, c, TO, Pi, TCK, row), alone = rescaled = 1;
     if (!alone || !gsq) {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, CK, T, 1.0f, s, O, Pi, CK, 1.0f, dw, CK);
       if (db) dpm_nn_colsum_add(db, s, (size_t)T, O);
       continue;
     }
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, CK, T, 1.0f, s, O, Pi, CK, 0.0f, E, CK);
+    if (!rescaled && T >= 2) /* ill-conditioned: in double from the unscaled G (row's first 2 CK floats as acc) */
+      dpm_nn_outer_sum_exact(E, 1, G + (size_t)i * TO, Pi, c, T, O, CK, (double *)row);
+    else
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, O, CK, T, 1.0f, s, O, Pi, CK, 0.0f, E, CK);
     if (db) {
       memset(E + (size_t)O * CK, 0, (size_t)O * sizeof(float));
       dpm_nn_colsum_add(E + (size_t)O * CK, s, (size_t)T, O);

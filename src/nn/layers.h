@@ -83,6 +83,12 @@ int dpm_nn_needs_rescale(const float *s, size_t n);
 int dpm_nn_scale_row(float *restrict s, const float *restrict g, float c, size_t n);
 /* s = (c 2^e) g and row = 2^-e a with 2^e ~ max |a|; returns row. */
 const float *dpm_nn_rescale_rows(float *s, const float *g, float c, size_t ns, const float *a, size_t na, float *row);
+/* One example's clipped gradient c sum_t g_t^T a_t formed in double (float products are exact in double, one
+ * rounding per term and one at the end): E is O x K (omajor) or K x O, G is T x O, A is T x K; acc holds K
+ * doubles. For the ill-conditioned examples whose positions cancel, where the float32 GEMM's rounding can
+ * exceed the clipping margin. Cost T O K. */
+void dpm_nn_outer_sum_exact(float *E, int omajor, const float *G, const float *A, float c, int T, int O, int K,
+                            double *acc);
 /* db (O) += the column sums of G (rows x O). */
 void dpm_nn_colsum_add(float *db, const float *G, size_t rows, int O);
 

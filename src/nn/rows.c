@@ -95,6 +95,20 @@ const float *dpm_nn_rescale_rows(float *s, const float *g, float c, size_t ns, c
   return row;
 }
 
+void dpm_nn_outer_sum_exact(float *E, int omajor, const float *G, const float *A, float c, int T, int O, int K,
+                            double *acc) {
+  for (int o = 0; o < O; o++) {
+    for (int k = 0; k < K; k++) acc[k] = 0;
+    for (int t = 0; t < T; t++) {
+      const double g = G[(size_t)t * O + o];
+      if (g == 0) continue;
+      const float *a = A + (size_t)t * K;
+      for (int k = 0; k < K; k++) acc[k] += g * a[k];
+    }
+    for (int k = 0; k < K; k++) E[omajor ? (size_t)o * K + k : (size_t)k * O + o] = (float)((double)c * acc[k]);
+  }
+}
+
 void dpm_nn_colsum_add(float *db, const float *G, size_t rows, int O) {
   for (size_t r = 0; r < rows; r++) {
     const float *g = G + r * O;

@@ -99,8 +99,8 @@ int dpm_seq_linear_ghost_cheaper(int T, int C, int OC, int keep) {
 
 /* dw += sum_b cw_b (A_b^T G_b) (trans = 0, dw [C, OC]) or its transpose (trans = 1, dw [OC, C]). With the
    norms gsq and flags ill of this micro-batch (both may be NULL), an extreme (rescaled) or ill-conditioned
-   example's clipped gradient is formed alone in row and scaled down to cw_b sqrt(gsq_b) if the float32 sum
-   over its positions came out larger. */
+   example's clipped gradient is formed alone in row (an ill-conditioned one in double) and scaled down to
+   cw_b sqrt(gsq_b) if the sum over its positions came out larger. */
 static void accumulate_w(float *dw, int trans, const float *A, const float *G, const float *cw, const double *gsq,
                          const unsigned char *ill, float *scratch, float *row, int B, int T, int C, int OC) {
   const size_t TO = (size_t)T * OC, TC = (size_t)T * C, N = (size_t)C * OC;
@@ -124,11 +124,14 @@ static void accumulate_w(float *dw, int trans, const float *A, const float *G, c
   for (int b = 0; b < B; b++) {
     const float c = cw[b], *Ab = A + b * TC, *s = scratch + b * TO;
     if (c == 0.0f) continue; /* its norm was not finite: its rows must not enter a GEMM */
-    int alone = ill && ill[b];
-    if (c < 1.0f && dpm_nn_needs_rescale(s, TO)) Ab = dpm_nn_rescale_rows(scratch + b * TO, G + b * TO, c, TO, Ab, TC, row), alone = 1;
+    int alone = ill && ill[b], rescaled = 0;
+    if (c < 1.0f && dpm_nn_needs_rescale(s, TO))
+      Ab = dpm_nn_rescale_rows(scratch + b * TO, G + b * TO, c, TO, Ab, TC, row), alone = rescaled = 1;
     float *dst = alone && gsq ? E : dw;
     const float beta = alone && gsq ? 0.0f : 1.0f;
-    if (trans)
+    if (dst == E && !rescaled && T >= 2) /* ill-conditioned: in double from the unscaled G (row as acc) */
+      dpm_nn_outer_sum_exact(E, trans, G + b * TO, Ab, c, T, OC, C, (double *)row);
+    else if (trans)
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, T, 1.0f, s, OC, Ab, C, beta, dst, C);
     else
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, C, OC, T, 1.0f, Ab, C, s, OC, beta, dst, OC);
