@@ -38,7 +38,9 @@ enum {
   DPM_STREAM_INIT = 3,    /* parameter initialization, step = layer number */
   DPM_STREAM_SHUFFLE = 4, /* data order, tests */
   DPM_STREAM_PCA = 5,     /* DP-PCA noise */
-  DPM_STREAM_GENERATE = 6 /* text generation (dpmpi generate): step = token position */
+  DPM_STREAM_GENERATE = 6, /* text generation (dpmpi generate): step = token position */
+  DPM_STREAM_CANARY = 7,   /* canary secrets (dpmpi audit canaries): step = canary number */
+  DPM_STREAM_AUDIT = 8     /* sampled exposure candidates (dpmpi audit exposure): step = sample number */
 };
 
 /* A key from a user seed (reproducible) — the seed is spread with splitmix64. */
