@@ -39,7 +39,7 @@ static const char *usage_convert =
     "                          --test-images F --test-labels F --out FILE.h5\n"
     "       dpmpi data convert --from csv --train F --test F --label-column NAME --out FILE.h5\n"
     "       dpmpi data convert --from text --context T (--test F [--test F ...] | --test-fraction X)\n"
-    "                          [--separator LINE] [--per-document] --out FILE.h5 FILE...\n"
+    "                          [--separator LINE] [--per-document] [--canaries FILE] --out FILE.h5 FILE...\n"
     "       dpmpi data convert --from tokens --train F.npy --test F.npy --vocab V [--pad-id P] --out FILE.h5\n"
     "\n"
     "Convert a dataset into dpmpi's HDF5 layout (/train/x, /train/y, /test/x, /test/y, or for text\n"
@@ -83,6 +83,8 @@ static const char *usage_convert =
     "  --per-document        one window per document (longer ones are truncated and counted): the DP\n"
     "                        guarantee then protects whole documents; without it a document of k\n"
     "                        windows is protected only by group privacy (docs/formats.md)\n"
+    "  --canaries FILE       insert the canaries of FILE (dpmpi audit canaries) into the training\n"
+    "                        split: each repetition its own document, after the files' documents\n"
     "\n"
     "Tokens (--from tokens): NumPy .npy files (format 1.0, 2.0 or 3.0) holding a C-order 2-D array\n"
     "N x (T+1) of token ids, dtype <i4, <i8 or <u2, one example per row (inputs row[:-1], targets\n"
@@ -145,7 +147,7 @@ static int int_arg(const char *name, const char *arg, long lo, long hi, int *out
 
 static int cmd_convert(int argc, char **argv) {
   enum { O_FROM = 256, O_TRI, O_TRL, O_TEI, O_TEL, O_TRAIN, O_TEST, O_LABEL, O_OUT, O_MEAN, O_STD, O_FROMDATA, O_PRINTSTATS,
-         O_CONTEXT, O_SEP, O_PERDOC, O_FRACTION, O_VOCAB, O_PAD };
+         O_CONTEXT, O_SEP, O_PERDOC, O_FRACTION, O_VOCAB, O_PAD, O_CANARIES };
   static const struct option opts[] = {
       {"from", required_argument, NULL, O_FROM},          {"train-images", required_argument, NULL, O_TRI},
       {"train-labels", required_argument, NULL, O_TRL},   {"test-images", required_argument, NULL, O_TEI},
@@ -158,9 +160,10 @@ static int cmd_convert(int argc, char **argv) {
       {"context", required_argument, NULL, O_CONTEXT},    {"separator", required_argument, NULL, O_SEP},
       {"per-document", no_argument, NULL, O_PERDOC},      {"test-fraction", required_argument, NULL, O_FRACTION},
       {"vocab", required_argument, NULL, O_VOCAB},        {"pad-id", required_argument, NULL, O_PAD},
+      {"canaries", required_argument, NULL, O_CANARIES},
       {"help", no_argument, NULL, 'h'},                   {NULL, 0, NULL, 0}};
   const char *from = NULL, *tri = NULL, *trl = NULL, *tei = NULL, *tel = NULL, *label = NULL, *out = NULL,
-             *separator = NULL;
+             *separator = NULL, *canaries = NULL;
   /* --train and --test may repeat (text); the other formats take one of each */
   const char **train = dpm_calloc((size_t)argc + 1, sizeof *train), **test = dpm_calloc((size_t)argc + 1, sizeof *test);
   int n_train = 0, n_test = 0;
@@ -214,6 +217,7 @@ static int cmd_convert(int argc, char **argv) {
         have_pad = 1;
         break;
       case O_SEP: separator = optarg; break;
+      case O_CANARIES: canaries = optarg; break;
       case O_PERDOC: per_document = 1; break;
       case O_FROMDATA: pixel_from_data = 1; break;
       case O_PRINTSTATS: print_stats = 1; break;
@@ -238,8 +242,9 @@ static int cmd_convert(int argc, char **argv) {
   }
   /* options of one format given to another */
   const char *stray = NULL, *owner = NULL;
-  if (!is_text && (have_context || separator || per_document || have_fraction))
-    stray = have_context ? "context" : separator ? "separator" : per_document ? "per-document" : "test-fraction",
+  if (!is_text && (have_context || separator || per_document || have_fraction || canaries))
+    stray = have_context ? "context" : separator ? "separator" : per_document ? "per-document"
+            : have_fraction ? "test-fraction" : "canaries",
     owner = "text";
   else if (!is_tokens && (have_vocab || have_pad))
     stray = have_vocab ? "vocab" : "pad-id", owner = "tokens";
@@ -292,10 +297,13 @@ static int cmd_convert(int argc, char **argv) {
                        : n_test ? "--test FILES or --test-fraction X, not both" : "--test FILES or --test-fraction X");
       goto done;
     }
+    dpm_canaries cn = {0};
     dpm_text_opts o = {.train = train, .n_train = n_train, .test = test, .n_test = n_test,
                        .test_fraction = fraction, .separator = separator, .context = context,
-                       .per_document = per_document};
-    failed = dpm_convert_text(&o, out, NULL, err);
+                       .per_document = per_document, .canaries = canaries ? &cn : NULL};
+    failed = canaries && dpm_canaries_read(&cn, canaries, err);
+    if (!failed) failed = dpm_convert_text(&o, out, NULL, err);
+    dpm_canaries_free(&cn);
   } else if (is_tokens) {
     if (!n_train || !n_test || !have_vocab) {
       rc = usage_error("convert", "--from tokens needs --%s", !n_train ? "train F.npy" : !n_test ? "test F.npy"

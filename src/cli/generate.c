@@ -100,9 +100,28 @@ static int parse(int argc, char **argv, gen_args *a, char *err) {
   return 0;
 }
 
-/* The whole model of checkpoint path (file or newest of a directory), its parameters loaded, on this rank
- * alone; *T receives its context. NULL with err for anything that is not a byte-level GPT checkpoint. */
-static dpm_model *load_model(const char *path, int *T, char *found, size_t flen, char *err) {
+/* Copy the parameters of GPT `from` into `to`, the same layers but a context of at most from's: every tensor
+ * whole but wpe.weight, whose first rows (positions 0 .. to's context - 1) are copied. */
+static void copy_truncated(dpm_model *to, const dpm_model *from, int n) {
+  const float *src = dpm_model_params((dpm_model *)from);
+  float *dst = dpm_model_params(to);
+  size_t off_s = 0, off_d = 0;
+  for (int i = 0; i < n; i++) {
+    dpm_layer_info a, b;
+    dpm_model_layer_info(from, i, &a);
+    dpm_model_layer_info(to, i, &b);
+    DPM_ASSERT(a.n_tensors == b.n_tensors);
+    for (int k = 0; k < a.n_tensors; k++) {
+      DPM_ASSERT(b.tensors[k].size == a.tensors[k].size || !strcmp(a.tensors[k].name, "wpe.weight"));
+      DPM_ASSERT(b.tensors[k].size <= a.tensors[k].size);
+      memcpy(dst + off_d + b.tensors[k].off, src + off_s + a.tensors[k].off, sizeof(float) * b.tensors[k].size);
+    }
+    off_s += a.params, off_d += b.params;
+  }
+}
+
+dpm_model *dpm_cli_load_byte_gpt(const char *cmd, const char *path, int context, int max_batch, int *T, char *found,
+                                 size_t flen, char *err) {
   char **list = NULL;
   const int nc = dpm_ckpt_list(path, &list, err);
   if (nc < 0) return NULL;
@@ -124,11 +143,14 @@ static dpm_model *load_model(const char *path, int *T, char *found, size_t flen,
     dpm_err(err, "%s: its model.layers cannot be read: %s", found, meta.layers ? inner : "missing");
   } else if (specs[0].kind != DPM_LAYER_EMBED || specs[n - 1].kind != DPM_LAYER_LM_HEAD) {
     dpm_err(err, "%s: not a GPT checkpoint (its model.layers '%s' do not go 'embed ...; block ...; lm_head'): "
-                 "dpmpi generate needs a language model", found, meta.layers);
+                 "dpmpi %s needs a language model", found, meta.layers, cmd);
   } else if (specs[0].vocab != DPM_BYTES_VOCAB) {
-    dpm_err(err, "%s: a GPT with vocab=%d, expected vocab=%d: dpmpi generate speaks the byte-level tokenizer "
-                 "'%s' only (data convert --from text)", found, specs[0].vocab, DPM_BYTES_VOCAB, DPM_TOKENIZER_BYTES);
-  } else if (!(m = dpm_model_create(specs, n, 1, 1, specs[0].context, specs[0].vocab, 1, inner))) {
+    dpm_err(err, "%s: a GPT with vocab=%d, expected vocab=%d: dpmpi %s speaks the byte-level tokenizer "
+                 "'%s' only (data convert --from text)", found, specs[0].vocab, DPM_BYTES_VOCAB, cmd,
+            DPM_TOKENIZER_BYTES);
+  } else if (context > specs[0].context) {
+    dpm_err(err, "%s: the model's context is %d tokens, dpmpi %s needs %d", found, specs[0].context, cmd, context);
+  } else if (!(m = dpm_model_create(specs, n, 1, 1, specs[0].context, specs[0].vocab, context ? 1 : max_batch, inner))) {
     dpm_err(err, "%s: model.layers: %s", found, inner);
   } else {
     dpm_layer_info *info = dpm_malloc(sizeof *info * (size_t)n);
@@ -143,6 +165,15 @@ static dpm_model *load_model(const char *path, int *T, char *found, size_t flen,
     if (L) dpm_ledger_free(L);
     dpm_free(info);
     *T = specs[0].context;
+    if (m && context) { /* the same model on the first `context` positions */
+      specs[0].context = context;
+      dpm_model *s = dpm_model_create(specs, n, 1, 1, context, specs[0].vocab, max_batch, inner);
+      DPM_ASSERT(s);
+      copy_truncated(s, m, n);
+      dpm_model_free(m);
+      m = s;
+      *T = context;
+    }
   }
   dpm_free(specs);
   dpm_ckpt_meta_free(&meta);
@@ -200,7 +231,7 @@ static int next_token(const float *logits, int V, double temp, double u, double 
 static int generate_work(const gen_args *a, char *err) {
   char found[4096];
   int T = 0;
-  dpm_model *m = load_model(a->ckpt, &T, found, sizeof found, err);
+  dpm_model *m = dpm_cli_load_byte_gpt("generate", a->ckpt, 0, 1, &T, found, sizeof found, err);
   if (!m) return -1;
   const int V = DPM_BYTES_VOCAB;
   DPM_ASSERT(dpm_model_output_size(m) == (size_t)T * V);

@@ -21,6 +21,7 @@ static const char *USAGE =
     "  export CKPT OUT                           the released model: parameters and privacy metadata\n"
     "  model import|export|info ...              Hugging Face GPT-2 safetensors in and out (INIT.h5)\n"
     "  generate CKPT --prompt TEXT --tokens N    continue TEXT with a byte-level GPT checkpoint\n"
+    "  audit canaries|exposure ...               memorization audit: canaries, their exposure under a GPT\n"
     "  version                                   print the version\n"
     "\n"
     "dpmpi COMMAND --help describes each command.\n";
@@ -46,6 +47,8 @@ int main(int argc, char **argv) {
     status = dpm_cmd_model(argc - 1, argv + 1);
   } else if (!strcmp(argv[1], "generate")) {
     status = dpm_cmd_generate(argc - 1, argv + 1);
+  } else if (!strcmp(argv[1], "audit")) {
+    status = dpm_cmd_audit(argc - 1, argv + 1);
   } else if (!strcmp(argv[1], "version") || !strcmp(argv[1], "--version")) {
     if (rank == 0) printf("dpmpi %s\n", DPM_VERSION);
   } else {

@@ -4,7 +4,8 @@
  * separator line), the split of documents into train and test (by file, or by a hash of the document),
  * and cutting each document into windows of T + 1 ids. Two passes over the files: the first validates
  * and counts the rows of each split, the second writes them through io/convert.c's token writer, so
- * memory holds one file and one chunk of rows, never the corpus.
+ * memory holds one file and one chunk of rows, never the corpus. Canaries (dpmpi/io/canaries.h) are
+ * training documents added after the files'.
  */
 #include "dpmpi/io/data.h"
 
@@ -175,6 +176,15 @@ static int text_pass(text_job *j, char *err) {
       dpm_convert_progress("reading %s (file %d of %d)", path, f + 1, nfiles);
     if (add_file(j, path, o->n_test > 0 ? test : -1, err)) return -1;
   }
+  /* canaries: training documents whatever the split rule, each repetition its own document (and window) */
+  char text[DPM_CANARY_MAX_PATTERN + 1];
+  for (int i = 0; o->canaries && i < o->canaries->n; i++) {
+    const int n = dpm_canaries_text(o->canaries, i, text);
+    for (int r = 0; r < o->canaries->c[i].repeats; r++) {
+      add_document(j, 0, (const unsigned char *)text, (size_t)n);
+      j->c[0].canaries++;
+    }
+  }
   return 0;
 }
 
@@ -188,6 +198,9 @@ static int check_opts(const dpm_text_opts *o, char *err) {
     for (int b = 0; b < o->n_test; b++)
       if (strcmp(o->train[a], o->test[b]) == 0)
         return dpm_err(err, "%s is both a training and a test file", o->train[a]);
+  if (o->canaries && (int)strlen(o->canaries->pattern) + 1 > o->context)
+    return dpm_err(err, "--canaries: a canary of %d bytes needs --context >= %d (its text and end-of-text in one "
+                   "window)", (int)strlen(o->canaries->pattern), (int)strlen(o->canaries->pattern) + 1);
   return 0;
 }
 
@@ -249,6 +262,9 @@ int dpm_convert_text(const dpm_text_opts *o, const char *out, dpm_text_counts co
   rc = dpm_out_commit(&of, err);
   if (!rc) {
     for (int s = 0; s < 2; s++) report(o, &j.c[s], split[s]);
+    if (j.c[0].canaries)
+      dpm_convert_progress("train: %lld of its documents are canaries (one window each, docs/formats.md)",
+                           (long long)j.c[0].canaries);
     dpm_convert_progress("wrote %s (byte tokens: vocab %d, end-of-text %d, pad %d)", out, DPM_BYTES_VOCAB,
                          DPM_BYTES_EOT, DPM_BYTES_PAD);
     if (counts) memcpy(counts, j.c, sizeof j.c);

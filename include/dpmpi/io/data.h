@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "dpmpi/core/common.h"
+#include "dpmpi/io/canaries.h"
 
 /* What a dataset file holds; 0 (labelled) is what a zeroed dpm_dataset describes. */
 typedef enum { DPM_DATA_LABELLED = 0, DPM_DATA_TOKENS = 1 } dpm_data_kind;
@@ -112,6 +113,8 @@ typedef struct {
   const char *separator;    /* NULL: one document per file */
   int context;              /* T >= 1: rows of T + 1 ids */
   int per_document;         /* 1: one window per document */
+  const dpm_canaries *canaries; /* NULL, or canaries inserted into the training split after its documents:
+                                   `repeats` documents of each (its text, one window: text + 1 <= T) */
 } dpm_text_opts;
 
 /* What text conversion produced in one split (the counts it prints). */
@@ -125,6 +128,7 @@ typedef struct {
   int64_t truncated;        /* per_document: documents longer than one window */
   int64_t dropped;          /* per_document: targets cut off by truncation */
   int64_t max_windows;      /* most windows of one document (its group size, docs/formats.md) */
+  int64_t canaries;         /* canary documents inserted (training split; included in the counts above) */
 } dpm_text_counts;
 
 /* Convert text files (o) into `out`; counts (may be NULL) gets {train, test}. Fails with file:line:column
