@@ -91,6 +91,12 @@ static int info_work(char **args, char *err) {
            dpm_clipping_name(meta.clipping), meta.clip);
   else
     printf("privacy: none (non-private run)\n");
+  if (meta.privacy && meta.adaptive) { /* the thresholds: post-processing of the releases */
+    printf("adaptive thresholds (target quantile %g, rate %g, %g of the budget on the counts):", meta.target_quantile,
+           meta.adaptive_lr, meta.count_noise_fraction);
+    for (int k = 0; k < meta.n_thresholds; k++) printf(" %.6g", meta.thresholds[k]);
+    printf("\n");
+  }
   if (meta.privacy && meta.epsilon > 0) printf("budget: epsilon %g (privacy.epsilon, held on resume)\n", meta.epsilon);
   if (meta.reproducible) {
     printf("randomness: SEEDED (reproducible; not for a private release): steps");

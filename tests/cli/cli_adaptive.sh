@@ -65,6 +65,10 @@ assert np.max(np.abs(np.log(thr / init))) > 0.05, ("thresholds did not move", th
 assert f.attrs["count_noise_fraction"] == 0.05 and f.attrs["adaptive_target_quantile"] == 0.5
 ' "$tmp/a/ckpt-00000020.h5" "$tmp/a.jsonl"
 
+run 1 ckpt info "$tmp/a/ckpt-00000020.h5"
+has_re "$tmp/out" "^adaptive thresholds \(target quantile 0.5, rate 0.2, 0.05 of the budget on the counts\): [0-9.e-]+ [0-9.e-]+ [0-9.e-]+$" &&
+  ok || bad "ckpt info: the adaptive thresholds line"
+
 # ---- calibration: epsilon 2 calibrates sigma_eff (the ledger's), the gradient gets sigma_eff / sqrt(1 - f) ----
 run 1 train "$tmp/job_eps.ini" --checkpoint.dir="$tmp/c"
 [ "$(rc)" = 0 ] && ok || { bad "calibrated adaptive run failed (rc $(rc))"; cat "$tmp/err" >&2; }
