@@ -9,6 +9,7 @@ pkgs=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libopenblas-de
 [ "${DPM_WITH_BENCH:-0}" = 1 ] && pkgs+=(gnuplot-nox)   # bench/run.sh: PNG plots
 [ "${DPM_WITH_H5PY:-0}" = 1 ] && pkgs+=(python3-h5py openssl)   # tests: h5py reads the files; OpenSSL checks the AES streams
 [ "${DPM_WITH_CORPORA:-0}" = 1 ] && pkgs+=(wordnet-base)   # jobs/gpt-pretrain.sh: WordNet's glosses (the script installs it too)
+[ "${DPM_WITH_FUZZ:-0}" = 1 ] && pkgs+=(clang)   # tests/fuzz: libFuzzer harnesses (CC=clang -DDPM_FUZZ=ON)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

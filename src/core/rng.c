@@ -54,6 +54,15 @@ static pthread_once_t impl_once = PTHREAD_ONCE_INIT;
 
 const char *dpm_rng_impl_name(dpm_rng_impl impl) { return impl < DPM_RNG_IMPLS ? IMPL_NAME[impl] : "?"; }
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+/* VAES: CPUID leaf 7, ECX bit 9 (read directly: clang 14's __builtin_cpu_supports does not know "vaes") */
+static int has_vaes(void) {
+  unsigned a, b, c, d;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((c >> 9) & 1);
+}
+#endif
+
 int dpm_rng_impl_available(dpm_rng_impl impl) {
 #if defined(__x86_64__)
   __builtin_cpu_init();
@@ -63,7 +72,7 @@ int dpm_rng_impl_available(dpm_rng_impl impl) {
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("aes") && __builtin_cpu_supports("fma");
     case DPM_RNG_AVX512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("aes") &&
+             __builtin_cpu_supports("avx512dq") && has_vaes() && __builtin_cpu_supports("aes") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     default: return 0;
   }

@@ -139,9 +139,11 @@ int dpm_model_parse(const char *text, dpm_layer_spec **specs, int *n, char err[D
   if (!text) return dpm_err(err, "no layers given");
   char *buf = dpm_strdup(text);
   /* comments: '#' to end of line */
-  for (char *c = buf; *c; c++)
+  for (char *c = buf; *c; c++) {
     if (*c == '#')
       while (*c && *c != '\n') *c++ = ' ';
+    if (!*c) break; /* a comment at the very end: stop at the terminator (fuzz_layers found the overrun) */
+  }
   int cap = 8, count = 0, rc = 0;
   dpm_layer_spec *out = dpm_malloc(sizeof *out * cap);
   char **words = dpm_malloc(sizeof *words * (strlen(buf) / 2 + 2));
