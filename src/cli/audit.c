@@ -226,6 +226,31 @@ static void score_brute(scorer *s, long long v0, long long v1, double *ll) {
   }
 }
 
+static int cmp_double(const void *a, const void *b) {
+  const double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* In sorted a[0 .. n): the first index whose value is >= x (lower) or > x (upper). */
+static long long lower_bound(const double *a, long long n, double x) {
+  long long lo = 0, hi = n;
+  while (lo < hi) {
+    const long long mid = lo + (hi - lo) / 2;
+    if (a[mid] < x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+static long long upper_bound(const double *a, long long n, double x) {
+  long long lo = 0, hi = n;
+  while (lo < hi) {
+    const long long mid = lo + (hi - lo) / 2;
+    if (a[mid] <= x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 /* ---- the skew-normal tail (Carlini et al. sec. 4.3) ---------------------------------------------- */
 
 typedef struct {
@@ -414,10 +439,12 @@ static int exposure_run(int argc, char **argv, int rank, int nranks) {
       cll[i] = v >= v0 && v < v1 ? ll[v - v0] : -INFINITY;
     }
     MPI_Allreduce(MPI_IN_PLACE, cll, cn.n, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    /* sorted, each canary's counts are two binary searches */
+    const long long n = v1 - v0;
+    qsort(ll, (size_t)n, sizeof *ll, cmp_double);
     for (int i = 0; i < cn.n; i++) {
-      long long g = 0, t = 0;
-      for (long long k = 0; k < v1 - v0; k++) g += ll[k] > cll[i], t += ll[k] == cll[i];
-      cnt[2 * i] = g, cnt[2 * i + 1] = t;
+      const long long above = n - upper_bound(ll, n, cll[i]), from = lower_bound(ll, n, cll[i]);
+      cnt[2 * i] = above, cnt[2 * i + 1] = n - from - above;
     }
     dpm_free(ll);
     MPI_Allreduce(MPI_IN_PLACE, cnt, 2 * cn.n, MPI_LONG_LONG, MPI_SUM, MPI_COMM_WORLD);

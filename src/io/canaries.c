@@ -131,7 +131,7 @@ int dpm_canaries_write(const dpm_canaries *c, const char *path, char err[DPM_ERR
 static int get_int(const cJSON *o, const char *key, long lo, long hi, int *out, const char *path, const char *where,
                    char *err) {
   const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
-  if (!cJSON_IsNumber(j) || j->valuedouble != (double)(long)j->valuedouble || j->valuedouble < lo || j->valuedouble > hi)
+  if (!cJSON_IsNumber(j) || !(j->valuedouble >= lo && j->valuedouble <= hi) || j->valuedouble != (double)(long)j->valuedouble)
     return dpm_err(err, "%s: %s'%s': expected an integer in [%ld, %ld]", path, where, key, lo, hi);
   *out = (int)j->valuedouble;
   return 0;
