@@ -28,7 +28,9 @@ static const key_def KEYS[] = {
    "HDF5 dataset file whose /test group is used for evaluation (may be the same file). Default: data.train."},
   {"model", "layers", K_STR, OFF(model_layers), NULL, NULL,
    "Layer list, ';' or newline separated: dense out=N | conv out=N kernel=K [stride=S pad=P] | "
-   "maxpool kernel=K [stride=S] | avgpool kernel=K [stride=S] | relu | tanh | groupnorm groups=G | flatten. "
+   "maxpool kernel=K [stride=S] | avgpool kernel=K [stride=S] | relu | tanh | groupnorm groups=G | flatten | "
+   "scatter [J=2 L=8] (wavelet scattering transform, no parameters, first layer only: 1 + J L + L^2 J (J-1)/2 "
+   "channels per input channel at 1/2^J resolution; follow it with groupnorm). "
    "The last layer must output one value per class. GPT on token data: embed vocab=V context=T width=C; "
    "block heads=H (repeated); lm_head [tied=1|0] (tied needs one pipeline stage). Required."},
   {"train", "epochs", K_POS_NUM, OFF(epochs), NULL, NULL,

@@ -38,6 +38,7 @@ typedef enum {
   DPM_LAYER_EMBED,   /* GPT token + position embedding (wte, wpe): token ids in, [T, width] out */
   DPM_LAYER_BLOCK,   /* GPT pre-LayerNorm transformer block (ln_1, attn, ln_2, mlp: 12 tensors) */
   DPM_LAYER_LM_HEAD, /* GPT final LayerNorm and LM head (tied to the embed's wte, or its own weight) */
+  DPM_LAYER_SCATTER, /* wavelet scattering transform (no parameters; first layer only) */
   DPM_LAYER_COUNT /* the number of kinds: src/nn/model.c's ops table has one row each */
 } dpm_layer_kind;
 
@@ -52,6 +53,7 @@ typedef struct {
   int tied;                 /* lm_head: 1 = logits h wte^T with the embed's wte (default), 0 = own weight */
   int blocks;               /* block: blocks in the whole list (set by dpm_model_parse; the residual
                                projections' initialization scale 0.02 / sqrt(2 blocks)) */
+  int scat_j, scat_l;       /* scatter: scales J and orientations L (0: the defaults 2 and 8) */
 } dpm_layer_spec;
 
 typedef struct dpm_model dpm_model;
@@ -61,7 +63,7 @@ const char *dpm_layer_kind_name(dpm_layer_kind kind);
 
 /* Parse a layer list: layers separated by ';' or newlines, each "NAME key=value ...". Names: dense
  * (out), conv (out, kernel, stride=1, pad=0, bias=1), maxpool and avgpool (kernel, stride=kernel),
- * relu, tanh, groupnorm (groups), flatten; GPT kinds: embed (vocab, context, width), block (heads),
+ * relu, tanh, groupnorm (groups), flatten, scatter (J=2, L=8; first layer only); GPT kinds: embed (vocab, context, width), block (heads),
  * lm_head (tied=1, vocab for tied=0). A GPT layer list is `embed; block ...; lm_head`: its input is
  * C = H = 1, W = T token ids stored as floats (exact below 2^24), its labels T next-token targets per
  * example (dpm_model_label_size). On success *specs is allocated (dpm_free) and 0 returned;
