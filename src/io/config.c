@@ -27,7 +27,7 @@ static const key_def KEYS[] = {
   {"data", "test", K_STR, OFF(data_test), NULL, NULL,
    "HDF5 dataset file whose /test group is used for evaluation (may be the same file). Default: data.train."},
   {"model", "layers", K_STR, OFF(model_layers), NULL, NULL,
-   "Layer list, ';' or newline separated: dense out=N | conv out=N kernel=K [stride=S pad=P] | "
+   "Layer list, ';' or newline separated: dense out=N | conv out=N kernel=K [stride=S pad=P bias=0|1 ws=0|1] (ws=1: weight standardization, each output channel's weights to mean 0 and std 1 in the forward) | "
    "maxpool kernel=K [stride=S] | avgpool kernel=K [stride=S] | relu | tanh | groupnorm groups=G | flatten | "
    "scatter [J=2 L=8] (wavelet scattering transform, no parameters, first layer only: 1 + J L + L^2 J (J-1)/2 "
    "channels per input channel at 1/2^J resolution; follow it with groupnorm). "

@@ -74,6 +74,8 @@ struct layer {
   unsigned char *ill; /* kept for the clipped sum (dpm_conv_accumulate caps such examples) */
   int gsq_ready;
   float *xhat, *rstd; /* groupnorm */
+  float *what, *wrstd, *wacc; /* conv ws=1: standardized weights (O x CK), 1/std per output channel (O), the
+                                 summed gradient w.r.t. the standardized weights (O x CK) */
   int32_t *argmax;    /* maxpool */
   int global;         /* the layer's number in the whole model (0-based): GPT tensor names */
   void *ks;           /* GPT kinds: their buffers (embed.c, block.c, lm_head.c), carved in the arena */

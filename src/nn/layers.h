@@ -71,6 +71,13 @@ void dpm_conv_accumulate(float *dw, float *db, const float *P, const float *G, c
                          const double *gsq, const unsigned char *ill, float *scratch, float *row, int B, int T,
                          int CK, int O);
 
+/* Weight standardization (Qiao et al. 2019; conv ws=1): for each of the O rows w_o of w (O x n),
+ * what_o = (w_o - mean(w_o)) rstd_o with rstd_o = 1 / sqrt(var(w_o) + eps) (biased variance, in double). */
+void dpm_ws_forward(float *what, float *rstd, const float *w, int O, int n, float eps);
+/* g (O x n, in place) from the gradient w.r.t. what to the gradient w.r.t. w (the standardization's Jacobian
+ * transposed): g_o <- rstd_o (g_o - mean(g_o) - what_o (g_o . what_o) / n). Linear in g. */
+void dpm_ws_backward(float *g, const float *what, const float *rstd, int O, int n);
+
 /* ---- shared row helpers (src/nn/rows.c) ------------------------------------------------------- */
 /* Sum of squares of v in double (finite for any finite float32 input; Inf/NaN entries make it so). */
 double dpm_nn_sumsq(const float *v, size_t n);

@@ -46,7 +46,7 @@ static const char *kind_keys(dpm_layer_kind k, int *required) {
 }
 
 static const char *const all_keys[] = {"out", "kernel", "stride", "pad", "groups", "bias",
-                                       "vocab", "context", "width", "heads", "tied", "J", "L"};
+                                       "vocab", "context", "width", "heads", "tied", "J", "L", "ws"};
 #define N_KEYS ((int)(sizeof all_keys / sizeof all_keys[0]))
 
 static int key_index(const char *key) {
@@ -57,7 +57,7 @@ static int key_index(const char *key) {
 
 static int *spec_field(dpm_layer_spec *s, int k) {
   int *fields[] = {&s->out,   &s->kernel,  &s->stride, &s->pad,   &s->groups, &s->bias,
-                   &s->vocab, &s->context, &s->width,  &s->heads, &s->tied, &s->scat_j, &s->scat_l};
+                   &s->vocab, &s->context, &s->width,  &s->heads, &s->tied, &s->scat_j, &s->scat_l, &s->ws};
   _Static_assert(sizeof fields / sizeof fields[0] == N_KEYS, "one field per key");
   return fields[k];
 }
@@ -110,7 +110,7 @@ static int parse_layer(char **words, int nw, int num, dpm_layer_spec *s, char *e
     seen |= bit;
     char *end = NULL;
     long v = strtol(val, &end, 10);
-    int is_pad = !strcmp(key, "pad"), is_bias = !strcmp(key, "bias") || !strcmp(key, "tied");
+    int is_pad = !strcmp(key, "pad"), is_bias = !strcmp(key, "bias") || !strcmp(key, "tied") || !strcmp(key, "ws");
     int ok = *val && end && *end == '\0' && v <= (1L << 24) &&
              (is_bias ? (v == 0 || v == 1) : is_pad ? v >= 0 : v >= 1);
     if (!ok)

@@ -54,6 +54,7 @@ typedef struct {
   int blocks;               /* block: blocks in the whole list (set by dpm_model_parse; the residual
                                projections' initialization scale 0.02 / sqrt(2 blocks)) */
   int scat_j, scat_l;       /* scatter: scales J and orientations L (0: the defaults 2 and 8) */
+  int ws;                   /* conv: 1 = weight standardization (each output channel's weights to mean 0, std 1) */
 } dpm_layer_spec;
 
 typedef struct dpm_model dpm_model;
@@ -62,7 +63,7 @@ typedef struct dpm_model dpm_model;
 const char *dpm_layer_kind_name(dpm_layer_kind kind);
 
 /* Parse a layer list: layers separated by ';' or newlines, each "NAME key=value ...". Names: dense
- * (out), conv (out, kernel, stride=1, pad=0, bias=1), maxpool and avgpool (kernel, stride=kernel),
+ * (out), conv (out, kernel, stride=1, pad=0, bias=1, ws=0), maxpool and avgpool (kernel, stride=kernel),
  * relu, tanh, groupnorm (groups), flatten, scatter (J=2, L=8; first layer only); GPT kinds: embed (vocab, context, width), block (heads),
  * lm_head (tied=1, vocab for tied=0). A GPT layer list is `embed; block ...; lm_head`: its input is
  * C = H = 1, W = T token ids stored as floats (exact below 2^24), its labels T next-token targets per
