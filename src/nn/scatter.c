@@ -205,7 +205,11 @@ static void emit(dpm_scatter *S, float *out, int r, double n) {
 /* buf[r] = DFT(|buf[r]| / n) (the modulus after an unnormalized inverse DFT). */
 static void modulus_dft(dpm_scatter *S, int r, double n) {
   fftw_complex *b = S->buf[r];
-  for (size_t t = 0; t < S->rsize[r]; t++) b[t] = cabs(b[t]) / n;
+  const double inv = 1.0 / n;
+  for (size_t t = 0; t < S->rsize[r]; t++) { /* sqrt(re^2 + im^2), not cabs (hypot's overflow care is slow) */
+    const double re = creal(b[t]), im = cimag(b[t]);
+    b[t] = sqrt(re * re + im * im) * inv;
+  }
   fftw_execute(S->fwd[r]);
 }
 
