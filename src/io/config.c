@@ -63,6 +63,11 @@ static const key_def KEYS[] = {
   {"train", "lr_step_gamma", K_POS_NUM, OFF(lr_step_gamma), "0.1", NULL, "Factor of the step schedule."},
   {"train", "lr_step_every", K_POS_NUM, OFF(lr_step_every), "10", NULL, "Period of the step schedule in epochs."},
   {"train", "warmup_epochs", K_NONNEG_NUM, OFF(warmup_epochs), "0", NULL, "Linear warm-up of the learning rate over this many epochs."},
+  {"train", "ema_decay", K_NONNEG_NUM, OFF(ema_decay), "0", NULL,
+   "Exponential moving average (Polyak averaging) of the parameters, in [0, 1): after every update ema = d * ema + "
+   "(1 - d) * params, starting from the initial parameters. 0 = off. With it, every evaluation reports the EMA "
+   "model's test accuracy as well, checkpoints store it (/ema) and dpmpi export writes it as the released model. "
+   "Post-processing of the privatized updates: no privacy cost, the ledger is unchanged."},
   {"train", "eval_every", K_POS_NUM, OFF(eval_every_epochs), "1", NULL, "Evaluate on the test split every this many epochs (and at the end)."},
   {"privacy", "enabled", K_BOOL, OFF(privacy_enabled), "true", NULL,
    "true: DP-SGD (clipping, noise, accounting). false: non-private baseline on the same code path."},
@@ -329,6 +334,7 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
   if ((cfg->epochs > 0) == (cfg->steps > 0))
     return dpm_err(err, "%s: give exactly one of [train] epochs and [train] steps", f);
   if (cfg->momentum >= 1) return dpm_err(err, "%s: [train] momentum = %g: expected a number in [0, 1)", f, cfg->momentum);
+  if (cfg->ema_decay >= 1) return dpm_err(err, "%s: [train] ema_decay = %g: expected a number in [0, 1)", f, cfg->ema_decay);
   if (cfg->adam_beta1 >= 1) return dpm_err(err, "%s: [train] adam_beta1 = %g: expected a number in [0, 1)", f, cfg->adam_beta1);
   if (cfg->adam_beta2 >= 1) return dpm_err(err, "%s: [train] adam_beta2 = %g: expected a number in [0, 1)", f, cfg->adam_beta2);
   if (cfg->privacy_enabled) {

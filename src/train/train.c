@@ -148,6 +148,7 @@ static dpm_ckpt_model ckpt_model(trainer *tr) {
                        .n_state = dpm_optimizer_num_state(tr->opt)};
   _Static_assert(DPM_OPTIMIZER_MAX_STATE <= DPM_CKPT_MAX_STATE, "checkpoints hold every optimizer's state buffers");
   for (int k = 0; k < cm.n_state; k++) cm.state[k] = dpm_optimizer_state(tr->opt, k, &cm.state_group[k]);
+  if (tr->ema) cm.state[cm.n_state] = tr->ema, cm.state_group[cm.n_state++] = "/ema"; /* after the optimizer's */
   return cm;
 }
 
@@ -259,6 +260,12 @@ static int stop_requested(trainer *tr) {
 
 
 
+/* ema = d ema + (1 - d) params after every update (train.ema_decay): post-processing of the released updates. */
+static void trainer_ema_update(float *ema, const float *params, size_t n, double decay) {
+  const float d = (float)decay, e = (float)(1.0 - decay);
+  for (size_t k = 0; k < n; k++) ema[k] = d * ema[k] + e * params[k];
+}
+
 /* Steps tr->start .. tr->steps: each step's sample, forward/backward, clipping, noise and allreduce
  * (dpm_step_run), the update, the accounting, then progress, evaluation and checkpoint as they fall due.
  * Returns 0 when the run is complete, or DPM_EXIT_SIGNALLED after SIGTERM or SIGUSR1 (the step in progress
@@ -277,6 +284,7 @@ static int train_loop(trainer *tr) {
     /* DP: divide by the expected batch size q*N (never the realized one); baseline: the realized batch */
     double scale = tr->dp ? dpm_update_scale(tr->q, tr->N) : 1.0 / (stats.examples > 0 ? stats.examples : 1.0);
     dpm_optimizer_step(tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr); /* post-processing */
+    if (tr->ema) trainer_ema_update(tr->ema, dpm_model_params(m), dpm_model_num_params(m), cfg->ema_decay);
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     ls.t_train += dpm_time() - t0;
     add_stats(&ls, &stats);
@@ -636,6 +644,11 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
   dpm_model_init_params(tr->model, &tr->init_key);
   tr->opt = dpm_optimizer_create(cfg, dpm_model_num_params(tr->model));
   if (a->init) load_init(tr, a->init);
+  const size_t np = dpm_model_num_params(tr->model);
+  if (cfg->ema_decay > 0) { /* from the initial parameters; a resume reads the checkpoint's /ema over it */
+    tr->ema = dpm_malloc_aligned((np ? np : 1) * sizeof(float));
+    if (np) memcpy(tr->ema, dpm_model_params(tr->model), np * sizeof(float));
+  }
   if (a->resume) {
     dpm_ckpt_model cm = ckpt_model(tr);
     dpm_ledger *L = NULL;
@@ -720,6 +733,7 @@ static void setup_step(trainer *tr) {
 static void free_trainer(trainer *tr) {
   dpm_step_free(&tr->step);
   dpm_optimizer_free(tr->opt);
+  dpm_free(tr->ema);
   dpm_free(tr->info);
   dpm_free(tr->pca_V);
   dpm_free(tr->init_from);

@@ -33,6 +33,7 @@ typedef struct {
   int64_t batch_size;         /* expected logical batch q*N */
   int64_t physical_batch_size;
   double lr, momentum, weight_decay;
+  double ema_decay;           /* EMA of the parameters for evaluation and export (0: off) */
   dpm_optimizer_kind optimizer;
   double adam_beta1, adam_beta2, adam_eps; /* train.optimizer = adamw */
   dpm_schedule lr_schedule;
