@@ -68,6 +68,17 @@ static const key_def KEYS[] = {
    "(1 - d) * params, starting from the initial parameters. 0 = off. With it, every evaluation reports the EMA "
    "model's test accuracy as well, checkpoints store it (/ema) and dpmpi export writes it as the released model. "
    "Post-processing of the privatized updates: no privacy cost, the ledger is unchanged."},
+  {"train", "aug_multiplicity", K_POS_INT, OFF(aug_multiplicity), "1", NULL,
+   "Augmentation multiplicity K (De et al. 2022): each sampled example's gradient is the mean of the gradients of K "
+   "random views of it (crops of the image padded by train.aug_pad pixels, mirrored when train.aug_flip), averaged "
+   "BEFORE clipping, so each example still contributes at most C and the accounting is unchanged. The views' "
+   "randomness comes from its own stream (the same on every grid). 1 = off. Needs image data, one pipeline stage "
+   "and K <= physical_batch_size; a sampled example's K views run as one micro-batch (sampled examples are not "
+   "rebalanced over replicas). Evaluation uses the images as they are."},
+  {"train", "aug_pad", K_INT, OFF(aug_pad), "2", NULL,
+   "Augmentation multiplicity: the crops' padding in pixels (>= 0; padded pixels are black, the stored 0)."},
+  {"train", "aug_flip", K_BOOL, OFF(aug_flip), "false", NULL,
+   "Augmentation multiplicity: true lets a view be mirrored left-right (right for clothes, wrong for digits or text)."},
   {"train", "eval_every", K_POS_NUM, OFF(eval_every_epochs), "1", NULL, "Evaluate on the test split every this many epochs (and at the end)."},
   {"privacy", "enabled", K_BOOL, OFF(privacy_enabled), "true", NULL,
    "true: DP-SGD (clipping, noise, accounting). false: non-private baseline on the same code path."},
@@ -334,6 +345,10 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
   if ((cfg->epochs > 0) == (cfg->steps > 0))
     return dpm_err(err, "%s: give exactly one of [train] epochs and [train] steps", f);
   if (cfg->momentum >= 1) return dpm_err(err, "%s: [train] momentum = %g: expected a number in [0, 1)", f, cfg->momentum);
+  if (cfg->aug_pad < 0) return dpm_err(err, "%s: [train] aug_pad = %lld: expected an integer >= 0", f, (long long)cfg->aug_pad);
+  if (cfg->aug_multiplicity > cfg->physical_batch_size)
+    return dpm_err(err, "%s: [train] aug_multiplicity = %lld: expected at most physical_batch_size = %lld (an example's views "
+                   "run as one micro-batch)", f, (long long)cfg->aug_multiplicity, (long long)cfg->physical_batch_size);
   if (cfg->ema_decay >= 1) return dpm_err(err, "%s: [train] ema_decay = %g: expected a number in [0, 1)", f, cfg->ema_decay);
   if (cfg->adam_beta1 >= 1) return dpm_err(err, "%s: [train] adam_beta1 = %g: expected a number in [0, 1)", f, cfg->adam_beta1);
   if (cfg->adam_beta2 >= 1) return dpm_err(err, "%s: [train] adam_beta2 = %g: expected a number in [0, 1)", f, cfg->adam_beta2);

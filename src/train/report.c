@@ -84,6 +84,11 @@ void trainer_print_header(trainer *tr) {
          (long long)tr->steps, tr->steps / tr->steps_per_epoch, (long long)cfg->batch_size, tr->q,
          (long long)cfg->physical_batch_size, cfg->lr);
   printf("optimizer: %s, on the %s gradient\n", opt, tr->dp ? "privatized (noisy clipped sum / q N)" : "mean");
+  if (cfg->aug_multiplicity > 1)
+    printf("augmentation multiplicity: %lld views per example (crops padded by %lld pixels%s), their gradients averaged "
+           "before clipping\n", (long long)cfg->aug_multiplicity, (long long)cfg->aug_pad,
+           cfg->aug_flip ? ", left-right flips" : ", no flips");
+  if (tr->ema) printf("parameter averaging: EMA with decay %g, evaluated and exported\n", cfg->ema_decay);
   if (tr->dp) {
     double eps = trainer_epsilon_after_run(tr); /* the ledger (DP-PCA, steps already run) and the steps to come */
     if (cfg->clipping == DPM_CLIP_FLAT && tr->grid.stages > 1)

@@ -345,6 +345,10 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
     failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
   } else if (dpm_grid_split_layers(full, n, S, cfg->grid_stage_layers, first, inner)) {
     failed = 1, dpm_err(err, "%s: %s", cfg->path, inner);
+  } else if (cfg->aug_multiplicity > 1 && (S > 1 || tr->tokens || hdr->H < 2 || hdr->W < 2)) {
+    failed = 1, dpm_err(err, "%s: [train] aug_multiplicity = %lld: needs image data (the data is %dx%dx%d%s) and one "
+                        "pipeline stage (the grid has %d)", cfg->path, (long long)cfg->aug_multiplicity, hdr->C, hdr->H,
+                        hdr->W, tr->tokens ? " tokens" : "", S);
   }
   dpm_exit_if_error(tr->comm, failed, err);
   /* header text: the whole model, then the stages */
@@ -726,7 +730,10 @@ static void setup_step(trainer *tr) {
   tr->step = (dpm_step){.comm = tr->grid.dp, .pipe = tr->grid.pipe, .model = tr->model, .data = &tr->train,
                         .q = tr->q, .dp = tr->dp, .clip = cfg->clip, .sigma = tr->sigma, .clipping = cfg->clipping,
                         .device_split = cfg->device_split, .physical_batch = (int)cfg->physical_batch_size,
-                        .sample_key = tr->sample_key, .noise_key = tr->noise_key};
+                        .sample_key = tr->sample_key, .noise_key = tr->noise_key,
+                        .aug_k = (int)cfg->aug_multiplicity, .aug_pad = (int)cfg->aug_pad, .aug_flip = cfg->aug_flip,
+                        .aug_fill = tr->train.std > 0 ? -tr->train.mean / tr->train.std : 0.0f,
+                        .keep_shards = cfg->aug_multiplicity > 1};
   dpm_step_init(&tr->step);
 }
 

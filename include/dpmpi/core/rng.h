@@ -38,7 +38,8 @@ enum {
   DPM_STREAM_INIT = 3,    /* parameter initialization, step = layer number */
   DPM_STREAM_SHUFFLE = 4, /* data order, tests */
   DPM_STREAM_PCA = 5,     /* DP-PCA noise */
-  DPM_STREAM_GENERATE = 6 /* text generation (dpmpi generate): step = token position */
+  DPM_STREAM_GENERATE = 6, /* text generation (dpmpi generate): step = token position */
+  DPM_STREAM_AUG = 7       /* augmentation views (dpmpi/train/augment.h), under the sampling key: index = example * K + view */
 };
 
 /* A key from a user seed (reproducible) — the seed is spread with splitmix64. */
