@@ -346,6 +346,9 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
     return dpm_err(err, "%s: give exactly one of [train] epochs and [train] steps", f);
   if (cfg->momentum >= 1) return dpm_err(err, "%s: [train] momentum = %g: expected a number in [0, 1)", f, cfg->momentum);
   if (cfg->aug_pad < 0) return dpm_err(err, "%s: [train] aug_pad = %lld: expected an integer >= 0", f, (long long)cfg->aug_pad);
+  if (cfg->aug_multiplicity > 1 && cfg->pca_components > 0)
+    return dpm_err(err, "%s: [train] aug_multiplicity = %lld: not with [pca] components (the views are crops of images, "
+                   "not of projected features)", f, (long long)cfg->aug_multiplicity);
   if (cfg->aug_multiplicity > cfg->physical_batch_size)
     return dpm_err(err, "%s: [train] aug_multiplicity = %lld: expected at most physical_batch_size = %lld (an example's views "
                    "run as one micro-batch)", f, (long long)cfg->aug_multiplicity, (long long)cfg->physical_batch_size);

@@ -70,4 +70,5 @@ expect_usage_error 2 "aug_multiplicity = 4: needs image data" train "$tmp/job.in
 expect_usage_error 2 "aug_multiplicity = 64: expected at most physical_batch_size = 32" train "$tmp/job.ini" --train.aug_multiplicity=64
 expect_usage_error 2 "one pipeline stage (the grid has 2)" train "$tmp/job.ini" --grid.stages=2
 expect_usage_error 1 "aug_pad = -1: expected an integer >= 0" train "$tmp/job.ini" --train.aug_pad=-1
+expect_usage_error 2 "not with [pca] components" train "$tmp/job.ini" --pca.components=8 --pca.noise_multiplier=1 --pca.clip=1
 finish cli_aug
