@@ -600,7 +600,8 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
     H5Pclose(fapl);
     if (src < 0) rc = dpm_err(err, "%s: cannot open", ckpt);
     else if (dst < 0) rc = dpm_err(err, "%s: cannot create", tmp);
-    else if (H5Ocopy(src, "model", dst, "model", H5P_DEFAULT, H5P_DEFAULT) < 0)
+    else if (H5Ocopy(src, H5Lexists(src, "ema", H5P_DEFAULT) > 0 ? "ema" : "model", dst, "model", H5P_DEFAULT,
+                     H5P_DEFAULT) < 0) /* train.ema_decay: the released model is the parameters' moving average */
       rc = dpm_err(err, "%s: cannot copy /model", ckpt);
     else if (H5Lexists(src, "pca", H5P_DEFAULT) > 0 && H5Ocopy(src, "pca", dst, "pca", H5P_DEFAULT, H5P_DEFAULT) < 0)
       rc = dpm_err(err, "%s: cannot copy /pca (the model's input projection)", ckpt);
@@ -613,7 +614,7 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
       }
     }
     if (!rc) {
-      int32_t fmt = 1;
+      int32_t fmt = 1, ema = H5Lexists(src, "ema", H5P_DEFAULT) > 0;
       const char *acct = dpm_accountant_name(meta->accountant);
       const char *cn = dpm_clipping_name(meta->clipping);
       int r = dpm_h5_put_str(dst, "format", "dpmpi-model") |
@@ -621,6 +622,7 @@ int dpm_ckpt_export(const char *ckpt, const char *out, const dpm_ckpt_meta *meta
               dpm_h5_put_str(dst, "library_version", DPM_VERSION) | dpm_h5_put_str(dst, "layers", meta->layers) |
               (meta->init_from ? dpm_h5_put_str(dst, "init_from", meta->init_from) : 0) |
               dpm_h5_put_attr(dst, "private", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->privacy) |
+              dpm_h5_put_attr(dst, "ema", H5T_STD_I32LE, H5T_NATIVE_INT32, &ema) |
               dpm_h5_put_attr(dst, "steps", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->step) |
               dpm_h5_put_attr(dst, "n_train", H5T_STD_I64LE, H5T_NATIVE_INT64, &meta->n_train) |
               dpm_h5_put_attr(dst, "reproducible", H5T_STD_I32LE, H5T_NATIVE_INT, &meta->reproducible) |

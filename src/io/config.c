@@ -27,8 +27,10 @@ static const key_def KEYS[] = {
   {"data", "test", K_STR, OFF(data_test), NULL, NULL,
    "HDF5 dataset file whose /test group is used for evaluation (may be the same file). Default: data.train."},
   {"model", "layers", K_STR, OFF(model_layers), NULL, NULL,
-   "Layer list, ';' or newline separated: dense out=N | conv out=N kernel=K [stride=S pad=P] | "
-   "maxpool kernel=K [stride=S] | avgpool kernel=K [stride=S] | relu | tanh | groupnorm groups=G | flatten. "
+   "Layer list, ';' or newline separated: dense out=N | conv out=N kernel=K [stride=S pad=P bias=0|1 ws=0|1] (ws=1: weight standardization, each output channel's weights to mean 0 and std 1 in the forward) | "
+   "maxpool kernel=K [stride=S] | avgpool kernel=K [stride=S] | relu | tanh | groupnorm groups=G | flatten | "
+   "scatter [J=2 L=8] (wavelet scattering transform, no parameters, first layer only: 1 + J L + L^2 J (J-1)/2 "
+   "channels per input channel at 1/2^J resolution; follow it with groupnorm). "
    "The last layer must output one value per class. GPT on token data: embed vocab=V context=T width=C; "
    "block heads=H (repeated); lm_head [tied=1|0] (tied needs one pipeline stage). Required."},
   {"train", "epochs", K_POS_NUM, OFF(epochs), NULL, NULL,
@@ -79,6 +81,22 @@ static const key_def KEYS[] = {
   {"train", "lora_targets", K_STR, OFF(lora_targets), NULL, NULL,
    "The block linears that get LoRA adapters, comma or space separated among attn.c_attn, attn.c_proj, mlp.c_fc, "
    "mlp.c_proj. Default: all four."},
+  {"train", "ema_decay", K_NONNEG_NUM, OFF(ema_decay), "0", NULL,
+   "Exponential moving average (Polyak averaging) of the parameters, in [0, 1): after every update ema = d * ema + "
+   "(1 - d) * params, starting from the initial parameters. 0 = off. With it, every evaluation reports the EMA "
+   "model's test accuracy as well, checkpoints store it (/ema) and dpmpi export writes it as the released model. "
+   "Post-processing of the privatized updates: no privacy cost, the ledger is unchanged."},
+  {"train", "aug_multiplicity", K_POS_INT, OFF(aug_multiplicity), "1", NULL,
+   "Augmentation multiplicity K (De et al. 2022): each sampled example's gradient is the mean of the gradients of K "
+   "random views of it (crops of the image padded by train.aug_pad pixels, mirrored when train.aug_flip), averaged "
+   "BEFORE clipping, so each example still contributes at most C and the accounting is unchanged. The views' "
+   "randomness comes from its own stream (the same on every grid). 1 = off. Needs image data, one pipeline stage "
+   "and K <= physical_batch_size; a sampled example's K views run as one micro-batch (sampled examples are not "
+   "rebalanced over replicas). Evaluation uses the images as they are."},
+  {"train", "aug_pad", K_INT, OFF(aug_pad), "2", NULL,
+   "Augmentation multiplicity: the crops' padding in pixels (>= 0; padded pixels are black, the stored 0)."},
+  {"train", "aug_flip", K_BOOL, OFF(aug_flip), "false", NULL,
+   "Augmentation multiplicity: true lets a view be mirrored left-right (right for clothes, wrong for digits or text)."},
   {"train", "eval_every", K_POS_NUM, OFF(eval_every_epochs), "1", NULL, "Evaluate on the test split every this many epochs (and at the end)."},
   {"privacy", "enabled", K_BOOL, OFF(privacy_enabled), "true", NULL,
    "true: DP-SGD (clipping, noise, accounting). false: non-private baseline on the same code path; the job's "
@@ -369,6 +387,14 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
   if ((cfg->epochs > 0) == (cfg->steps > 0))
     return dpm_err(err, "%s: give exactly one of [train] epochs and [train] steps", f);
   if (cfg->momentum >= 1) return dpm_err(err, "%s: [train] momentum = %g: expected a number in [0, 1)", f, cfg->momentum);
+  if (cfg->aug_pad < 0) return dpm_err(err, "%s: [train] aug_pad = %lld: expected an integer >= 0", f, (long long)cfg->aug_pad);
+  if (cfg->aug_multiplicity > 1 && cfg->pca_components > 0)
+    return dpm_err(err, "%s: [train] aug_multiplicity = %lld: not with [pca] components (the views are crops of images, "
+                   "not of projected features)", f, (long long)cfg->aug_multiplicity);
+  if (cfg->aug_multiplicity > cfg->physical_batch_size)
+    return dpm_err(err, "%s: [train] aug_multiplicity = %lld: expected at most physical_batch_size = %lld (an example's views "
+                   "run as one micro-batch)", f, (long long)cfg->aug_multiplicity, (long long)cfg->physical_batch_size);
+  if (cfg->ema_decay >= 1) return dpm_err(err, "%s: [train] ema_decay = %g: expected a number in [0, 1)", f, cfg->ema_decay);
   if (cfg->adam_beta1 >= 1) return dpm_err(err, "%s: [train] adam_beta1 = %g: expected a number in [0, 1)", f, cfg->adam_beta1);
   if (cfg->lora_rank < 0)
     return dpm_err(err, "%s: [train] lora_rank = %lld: expected an integer >= 0 (0 = no LoRA)", f, (long long)cfg->lora_rank);
@@ -398,6 +424,13 @@ static int check_combinations(dpm_config *cfg, char err[DPM_ERRLEN]) {
   if (cfg->adaptive && dpm_clip_automatic(cfg->clipping))
     return dpm_err(err, "%s: [privacy] adaptive = true with clipping = %s: automatic clipping has no threshold to adapt "
                         "(use flat, per-layer or per-device)", f, dpm_clipping_name(cfg->clipping));
+  if (cfg->aug_multiplicity > 1 && cfg->adaptive)
+    return dpm_err(err, "%s: [train] aug_multiplicity = %lld with [privacy] adaptive = true is not supported yet (the "
+                        "views' clipping does not count for the thresholds): use fixed thresholds", f,
+                   (long long)cfg->aug_multiplicity);
+  if (cfg->aug_multiplicity > 1 && (cfg->lora_rank > 0 || (cfg->trainable && *cfg->trainable)))
+    return dpm_err(err, "%s: [train] aug_multiplicity = %lld with frozen tensors (train.trainable or lora_rank) is not "
+                        "supported yet", f, (long long)cfg->aug_multiplicity);
   /* ---- [pca] ---- */
   if (cfg->pca_components < 0)
     return dpm_err(err, "%s: [pca] components = %lld: expected an integer >= 0 (0 = no PCA)", f,

@@ -1,5 +1,12 @@
 /* The 2-D convolution (im2col + sgemm): kernels (ghost norms in double with the ill-conditioning flag,
- * explicit per-example gradients, clipped sums with their safeguards) and its ops table. */
+ * explicit per-example gradients, clipped sums with their safeguards), weight standardization and its ops table.
+ *
+ * Weight standardization (ws=1): the forward uses what = WS(w) (dpm_ws_forward), so example i's gradient
+ * w.r.t. the parameter w is J^T g_i with g_i its gradient w.r.t. what and J the standardization's Jacobian
+ * (the same for every example). Per-example norms are then taken of the explicit rows J^T g_i (a ws layer
+ * always keeps explicit per-example gradients: the Jacobian mixes each row's entries, which the ghost form
+ * does not see); the clipped or plain sum sum_i c_i J^T g_i = J^T sum_i c_i g_i is formed in what-space and
+ * transformed once. The bias is not standardized. */
 #include "nn/layer.h"
 
 #include <cblas.h>
@@ -222,7 +229,33 @@ void dpm_conv_accumulate(float *dw, float *db, const float *P, const float *G, c
 }
 
 
+void dpm_ws_forward(float *what, float *rstd, const float *w, int O, int n, float eps) {
+  for (int o = 0; o < O; o++) {
+    const float *wo = w + (size_t)o * n;
+    double s = 0, s2 = 0;
+    for (int k = 0; k < n; k++) s += wo[k];
+    const double mean = s / n;
+    for (int k = 0; k < n; k++) s2 += (wo[k] - mean) * (wo[k] - mean);
+    const double r = 1.0 / sqrt(s2 / n + eps);
+    rstd[o] = (float)r;
+    for (int k = 0; k < n; k++) what[(size_t)o * n + k] = (float)((wo[k] - mean) * r);
+  }
+}
+
+void dpm_ws_backward(float *g, const float *what, const float *rstd, int O, int n) {
+  for (int o = 0; o < O; o++) {
+    float *go = g + (size_t)o * n;
+    const float *ho = what + (size_t)o * n;
+    double s = 0, sh = 0;
+    for (int k = 0; k < n; k++) s += go[k], sh += (double)go[k] * ho[k];
+    const double a = s / n, b = sh / n, r = rstd[o];
+    for (int k = 0; k < n; k++) go[k] = (float)(r * (go[k] - a - ho[k] * b));
+  }
+}
+
 /* ---- ops ---------------------------------------------------------------------------------------- */
+
+#define WS_EPS 1e-5f
 
 /* Shapes of conv and pooling windows (pooling: pad 0); -1 with err. */
 int dpm_window_shape(layer *l, int pad, int num, char *err) {
@@ -250,6 +283,8 @@ static int conv_shape(layer *l, int max_batch, int num, char *err) {
   if ((double)max_batch * l->T * ((double)l->CK + s->out) > (double)INT_MAX)
     return dpm_err(err, "layer %d (conv): batch %d x %d positions x %d patch values is too large", num, max_batch, l->T,
                    l->CK);
+  if (s->ws && l->CK < 2) return dpm_err(err, "layer %d (conv): ws=1 needs at least 2 weights per output channel", num);
+  if (s->ws) l->explicit_ = 1; /* always explicit per-example gradients (see the top of the file) */
   return 0;
 }
 
@@ -266,6 +301,11 @@ static void conv_plan(layer *l, dpm_plan *p) {
   l->gsq = dpm_plan_carve(p, p->B * sizeof(double));
   l->ill = dpm_plan_carve(p, p->B);
   if (l->explicit_ && !l->E_owned) l->E = dpm_plan_carve(p, p->B * (l->wsize + l->bsize) * F);
+  if (l->s.ws) {
+    l->what = dpm_plan_carve(p, l->wsize * F);
+    l->wacc = dpm_plan_carve(p, l->wsize * F);
+    l->wrstd = dpm_plan_carve(p, (size_t)l->s.out * F);
+  }
 }
 
 static void conv_init(const layer *l, float *params, const dpm_key *key, int layer_num) {
@@ -275,6 +315,10 @@ static void conv_init(const layer *l, float *params, const dpm_key *key, int lay
 static void conv_forward(dpm_model *m, layer *l, const float *in, int B) {
   const dpm_layer_spec *s = &l->s;
   const float *w = m->params + l->poff, *b = l->bsize ? w + l->wsize : NULL;
+  if (s->ws) {
+    dpm_ws_forward(l->what, l->wrstd, w, s->out, l->CK, WS_EPS);
+    w = l->what;
+  }
   dpm_conv_forward(l->out, l->P, m->scratch, in, w, b, B, l->C, l->H, l->W, s->out, s->kernel, s->stride, s->pad, l->OH,
                    l->OW);
 }
@@ -286,9 +330,15 @@ static void conv_backward(dpm_model *m, layer *l, const float *in, float *dx, do
   /* G (the transposed output gradient) serves the input gradient, the ghost norms and the weighted GEMM;
      explicit rows are formed from dout itself, so a first layer with explicit norms skips it */
   if (dx || !explicit_now)
-    dpm_conv_backward(dx, l->G, m->scratch, l->dout, m->params + l->poff, B, l->C, l->H, l->W, s->out, s->kernel,
-                      s->stride, s->pad, l->OH, l->OW);
-  if (explicit_now) {
+    dpm_conv_backward(dx, l->G, m->scratch, l->dout, s->ws ? l->what : m->params + l->poff, B, l->C, l->H, l->W, s->out,
+                      s->kernel, s->stride, s->pad, l->OH, l->OW);
+  if (explicit_now && s->ws) { /* rows w.r.t. what, then through the Jacobian, then their norms */
+    dpm_conv_grads_explicit(l->E, NULL, l->P, l->dout, s->bias, B, l->T, l->CK, s->out);
+    const size_t N = l->wsize + l->bsize;
+    for (int i = 0; i < B; i++) dpm_ws_backward(l->E + (size_t)i * N, l->what, l->wrstd, s->out, l->CK);
+    dpm_rows_sqnorm(sq, l->E, B, N);
+    l->E_ready = 1;
+  } else if (explicit_now) {
     dpm_conv_grads_explicit(l->E, sq, l->P, l->dout, s->bias, B, l->T, l->CK, s->out);
     l->E_ready = 1;
   } else if (sq) {
@@ -300,17 +350,23 @@ static void conv_backward(dpm_model *m, layer *l, const float *in, float *dx, do
 
 static void conv_accumulate(dpm_model *m, layer *l, const float *in, float *dw, float *db, const float *coef, int B) {
   (void)in;
-  if (l->E_ready)
+  if (l->E_ready) {
     dpm_rows_accumulate(dw, l->E, coef, B, l->wsize + l->bsize);
-  else
+  } else if (l->s.ws) { /* sum in what-space, one Jacobian product, added to dw */
+    memset(l->wacc, 0, l->wsize * sizeof(float));
+    dpm_conv_accumulate(l->wacc, db, l->P, l->G, coef, NULL, NULL, m->scratch, m->row, B, l->T, l->CK, l->s.out);
+    dpm_ws_backward(l->wacc, l->what, l->wrstd, l->s.out, l->CK);
+    for (size_t k = 0; k < l->wsize; k++) dw[k] += l->wacc[k];
+  } else {
     dpm_conv_accumulate(dw, db, l->P, l->G, coef, l->gsq_ready ? l->gsq : NULL, l->gsq_ready ? l->ill : NULL,
                         m->scratch, m->row, B, l->T, l->CK, l->s.out);
+  }
 }
 
 static void conv_describe(const layer *l, char *buf, size_t len) {
   const dpm_layer_spec *s = &l->s;
-  snprintf(buf, len, " out=%d kernel=%d stride=%d pad=%d%s [%s norms]", s->out, s->kernel, s->stride, s->pad,
-           s->bias ? "" : " bias=0", l->explicit_ ? "explicit" : "ghost");
+  snprintf(buf, len, " out=%d kernel=%d stride=%d pad=%d%s%s [%s norms]", s->out, s->kernel, s->stride, s->pad,
+           s->bias ? "" : " bias=0", s->ws ? " ws=1" : "", l->explicit_ ? "explicit" : "ghost");
 }
 
 static void conv_info(const layer *l, dpm_layer_info *info) {
@@ -325,10 +381,11 @@ static size_t conv_explicit_bytes(const layer *l, int max_batch) {
   double T = l->T, CK = l->CK, O = l->s.out;
   double ghost = 2 * T * T * (CK + O + 1) + T * O * CK;
   double expl = T * O * CK + 8.0 * (O * CK + O);
-  return expl <= ghost ? (size_t)max_batch * (l->wsize + l->bsize) * sizeof(float) : 0;
+  return expl <= ghost || l->s.ws ? (size_t)max_batch * (l->wsize + l->bsize) * sizeof(float) : 0;
 }
 
 static void conv_set_norm(layer *l, int explicit_, int max_batch) {
+  if (l->s.ws) explicit_ = 1; /* ws=1 has no ghost form */
   if (explicit_ && !l->E) {
     l->E = dpm_malloc_aligned((size_t)max_batch * (l->wsize + l->bsize) * sizeof(float));
     l->E_owned = 1;
@@ -340,7 +397,7 @@ static void conv_set_norm(layer *l, int explicit_, int max_batch) {
 static dpm_norm_method conv_norm_method(const layer *l) { return l->explicit_ ? DPM_NORM_EXPLICIT : DPM_NORM_GHOST; }
 
 const dpm_layer_ops dpm_ops_conv = {
-    .name = "conv", .keys = "out kernel stride pad bias", .required = 2, .shape = conv_shape, .plan = conv_plan,
+    .name = "conv", .keys = "out kernel stride pad bias ws", .required = 2, .shape = conv_shape, .plan = conv_plan,
     .init = conv_init, .forward = conv_forward, .backward = conv_backward, .accumulate = conv_accumulate,
     .describe = conv_describe, .info = conv_info, .explicit_bytes = conv_explicit_bytes, .set_norm = conv_set_norm,
     .norm_method = conv_norm_method};

@@ -1,7 +1,7 @@
 /* dpmpi nn/layer (internal): what a layer kind implements, and the model internals the kinds share.
  *
  * A layer kind is one file of src/nn/ (dense.c, conv.c, pool.c, activation.c, groupnorm.c, flatten.c, and
- * the GPT kinds embed.c, block.c, lm_head.c over the sequence kernels of nn/seq.h)
+ * scatter.c, the GPT kinds embed.c, block.c, lm_head.c over the sequence kernels of nn/seq.h)
  * holding its kernels and one dpm_layer_ops table; model.c dispatches through the table and knows no
  * kind. Adding a kind: a new file, its enum value in dpmpi/nn/model.h and its row in model.c's table
  * (a static assertion fails until the table has as many rows as the enum has kinds).
@@ -54,6 +54,7 @@ typedef struct {
   size_t (*explicit_bytes)(const layer *l, int max_batch);
   void (*set_norm)(layer *l, int explicit_, int max_batch);
   dpm_norm_method (*norm_method)(const layer *l);
+  void (*release)(layer *l);   /* frees what plan() allocated outside the arena (scatter's FFTW plans); may be NULL */
 } dpm_layer_ops;
 
 struct layer {
@@ -75,6 +76,8 @@ struct layer {
   unsigned char *ill; /* kept for the clipped sum (dpm_conv_accumulate caps such examples) */
   int gsq_ready;
   float *xhat, *rstd; /* groupnorm */
+  float *what, *wrstd, *wacc; /* conv ws=1: standardized weights (O x CK), 1/std per output channel (O), the
+                                 summed gradient w.r.t. the standardized weights (O x CK) */
   int32_t *argmax;    /* maxpool */
   int global;         /* the layer's number in the whole model (0-based): GPT tensor names */
   void *ks;           /* GPT kinds: their buffers (embed.c, block.c, lm_head.c), carved in the arena */
@@ -108,7 +111,7 @@ struct dpm_model {
 };
 
 extern const dpm_layer_ops dpm_ops_dense, dpm_ops_conv, dpm_ops_maxpool, dpm_ops_avgpool, dpm_ops_relu,
-    dpm_ops_tanh, dpm_ops_groupnorm, dpm_ops_flatten, dpm_ops_embed, dpm_ops_block, dpm_ops_lm_head;
+    dpm_ops_tanh, dpm_ops_groupnorm, dpm_ops_flatten, dpm_ops_embed, dpm_ops_block, dpm_ops_lm_head, dpm_ops_scatter;
 
 /* Shared pieces of the kinds (model.c). */
 /* PyTorch's default: weights and biases uniform +-1/sqrt(fan_in), deterministic in (key, layer_num). */

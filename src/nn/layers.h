@@ -71,6 +71,13 @@ void dpm_conv_accumulate(float *dw, float *db, const float *P, const float *G, c
                          const double *gsq, const unsigned char *ill, float *scratch, float *row, int B, int T,
                          int CK, int O);
 
+/* Weight standardization (Qiao et al. 2019; conv ws=1): for each of the O rows w_o of w (O x n),
+ * what_o = (w_o - mean(w_o)) rstd_o with rstd_o = 1 / sqrt(var(w_o) + eps) (biased variance, in double). */
+void dpm_ws_forward(float *what, float *rstd, const float *w, int O, int n, float eps);
+/* g (O x n, in place) from the gradient w.r.t. what to the gradient w.r.t. w (the standardization's Jacobian
+ * transposed): g_o <- rstd_o (g_o - mean(g_o) - what_o (g_o . what_o) / n). Linear in g. */
+void dpm_ws_backward(float *g, const float *what, const float *rstd, int O, int n);
+
 /* ---- shared row helpers (src/nn/rows.c) ------------------------------------------------------- */
 /* Sum of squares of v in double (finite for any finite float32 input; Inf/NaN entries make it so). */
 double dpm_nn_sumsq(const float *v, size_t n);
@@ -126,6 +133,26 @@ void dpm_groupnorm_forward(float *out, float *xhat, float *rstd, const float *x,
 /* E (B x 2C): example i's [dgamma (C), dbeta (C)]; dx (may be NULL) the input gradient. */
 void dpm_groupnorm_backward(float *dx, float *E, const float *dout, const float *xhat, const float *rstd,
                             const float *gamma, int B, int C, int HW, int G);
+
+/* ---- wavelet scattering transform (src/nn/scatter.c; the formulas are at the top of that file) ---- */
+/* Unlike the other kernels it owns state: its Fourier filters and FFTW plans, built once by create (which
+ * allocates; forward does not). Not safe to use one object from two threads at once. */
+typedef struct dpm_scatter dpm_scatter;
+/* Output channels per input channel: 1 + J L + L^2 J (J-1) / 2. */
+int dpm_scatter_channels(int J, int L);
+/* The padded side Mp for an input side H and its first padded row top (kymatio's convention). */
+void dpm_scatter_padding(int H, int J, int *Mp, int *top);
+/* 0 if an H x W input fits J, L; else -1 with err (no layer prefix). */
+int dpm_scatter_check(int H, int W, int J, int L, char *err);
+dpm_scatter *dpm_scatter_create(int H, int W, int J, int L);
+void dpm_scatter_free(dpm_scatter *S);
+/* The real Fourier filters at resolution r (grid (Mp >> r) x (Np >> r), row-major), r < J. */
+const double *dpm_scatter_psi_hat(const dpm_scatter *S, int j, int l, int r);
+const double *dpm_scatter_phi_hat(const dpm_scatter *S, int r);
+/* K channels per input channel, OH x OW = floor(H / 2^J) x floor(W / 2^J). */
+void dpm_scatter_shape(const dpm_scatter *S, int *K, int *OH, int *OW);
+/* out (B x C*K x OH x OW) = the scattering coefficients of x (B x C x H x W). */
+void dpm_scatter_forward(dpm_scatter *S, float *out, const float *x, int B, int C);
 
 /* ---- softmax cross-entropy -------------------------------------------------------------------- */
 /* probs (B x O) = softmax(logits); returns sum_i -log probs[i, y_i] computed stably (log-sum-exp).

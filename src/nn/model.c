@@ -26,7 +26,8 @@ static const dpm_layer_ops *const OPS[] = {
     [DPM_LAYER_DENSE] = &dpm_ops_dense,       [DPM_LAYER_CONV2D] = &dpm_ops_conv,  [DPM_LAYER_MAXPOOL] = &dpm_ops_maxpool,
     [DPM_LAYER_AVGPOOL] = &dpm_ops_avgpool,   [DPM_LAYER_RELU] = &dpm_ops_relu,    [DPM_LAYER_TANH] = &dpm_ops_tanh,
     [DPM_LAYER_GROUPNORM] = &dpm_ops_groupnorm, [DPM_LAYER_FLATTEN] = &dpm_ops_flatten,
-    [DPM_LAYER_EMBED] = &dpm_ops_embed,       [DPM_LAYER_BLOCK] = &dpm_ops_block,  [DPM_LAYER_LM_HEAD] = &dpm_ops_lm_head};
+    [DPM_LAYER_EMBED] = &dpm_ops_embed,       [DPM_LAYER_BLOCK] = &dpm_ops_block,  [DPM_LAYER_LM_HEAD] = &dpm_ops_lm_head,
+    [DPM_LAYER_SCATTER] = &dpm_ops_scatter};
 _Static_assert(sizeof OPS / sizeof OPS[0] == DPM_LAYER_COUNT, "every layer kind needs its row in OPS");
 
 /* ---- parsing ---------------------------------------------------------------------------------- */
@@ -46,7 +47,7 @@ static const char *kind_keys(dpm_layer_kind k, int *required) {
 
 static const char *const all_keys[] = {"out", "kernel", "stride", "pad", "groups", "bias",
                                        "vocab", "context", "width", "heads", "tied",
-                                       "lora", "lora_alpha", "lora_targets"};
+                                       "lora", "lora_alpha", "lora_targets", "J", "L", "ws"};
 #define N_KEYS ((int)(sizeof all_keys / sizeof all_keys[0]))
 
 static int key_index(const char *key) {
@@ -58,7 +59,7 @@ static int key_index(const char *key) {
 static int *spec_field(dpm_layer_spec *s, int k) {
   int *fields[] = {&s->out,   &s->kernel,  &s->stride, &s->pad,   &s->groups, &s->bias,
                    &s->vocab, &s->context, &s->width,  &s->heads, &s->tied,
-                   &s->lora,  &s->lora_alpha, &s->lora_targets};
+                   &s->lora,  &s->lora_alpha, &s->lora_targets, &s->scat_j, &s->scat_l, &s->ws};
   _Static_assert(sizeof fields / sizeof fields[0] == N_KEYS, "one field per key");
   return fields[k];
 }
@@ -111,7 +112,7 @@ static int parse_layer(char **words, int nw, int num, dpm_layer_spec *s, char *e
     seen |= bit;
     char *end = NULL;
     long v = strtol(val, &end, 10);
-    int is_pad = !strcmp(key, "pad"), is_bias = !strcmp(key, "bias") || !strcmp(key, "tied");
+    int is_pad = !strcmp(key, "pad"), is_bias = !strcmp(key, "bias") || !strcmp(key, "tied") || !strcmp(key, "ws");
     int ok = *val && end && *end == '\0' && v <= (1L << 24) &&
              (is_bias ? (v == 0 || v == 1) : is_pad ? v >= 0 : v >= 1);
     if (!ok)
@@ -174,6 +175,8 @@ int dpm_model_parse(const char *text, dpm_layer_spec **specs, int *n, char err[D
     const dpm_layer_kind k = out[i].kind;
     blocks += k == DPM_LAYER_BLOCK;
     if (k == DPM_LAYER_EMBED && i != 0) rc = dpm_err(err, "layer %d (embed): must be the first layer", i + 1);
+    if (k == DPM_LAYER_SCATTER && i != 0)
+      rc = dpm_err(err, "layer %d (scatter): must be the first layer (the transform is fixed and has no backward)", i + 1);
     if (k == DPM_LAYER_EMBED) embed = i;
     if (k == DPM_LAYER_LM_HEAD && i != count - 1) rc = dpm_err(err, "layer %d (lm_head): must be the last layer", i + 1);
     if (k == DPM_LAYER_BLOCK && embed < 0) rc = dpm_err(err, "layer %d (block): needs an embed layer before it", i + 1);
@@ -367,8 +370,10 @@ dpm_model *dpm_model_create(const dpm_layer_spec *specs, int n, int C, int H, in
 
 void dpm_model_free(dpm_model *m) {
   if (!m) return;
-  for (int i = 0; i < m->n; i++)
+  for (int i = 0; i < m->n; i++) {
     if (m->L[i].E_owned) dpm_free(m->L[i].E);
+    if (m->L[i].ops->release) m->L[i].ops->release(&m->L[i]);
+  }
   dpm_free(m->arena);
   if (m->params_owned) {
     dpm_free(m->params);

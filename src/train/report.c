@@ -53,6 +53,21 @@ void trainer_evaluate(trainer *tr, double *accuracy, double *loss) {
   *accuracy = sums.correct / n;
 }
 
+static void swap_ema(trainer *tr) {
+  float *p = dpm_model_params(tr->model), *e = tr->ema;
+  for (size_t k = 0, n = dpm_model_num_params(tr->model); k < n; k++) {
+    const float t = p[k];
+    p[k] = e[k], e[k] = t;
+  }
+}
+
+void trainer_evaluate_ema(trainer *tr, double *accuracy, double *loss) {
+  DPM_ASSERT(tr->ema);
+  swap_ema(tr);
+  trainer_evaluate(tr, accuracy, loss);
+  swap_ema(tr);
+}
+
 void trainer_print_header(trainer *tr) {
   if (tr->rank != 0) return;
   dpm_config *cfg = &tr->cfg;
@@ -77,6 +92,11 @@ void trainer_print_header(trainer *tr) {
          (long long)tr->steps, tr->steps / tr->steps_per_epoch, (long long)cfg->batch_size, tr->q,
          (long long)cfg->physical_batch_size, cfg->lr);
   printf("optimizer: %s, on the %s gradient\n", opt, tr->dp ? "privatized (noisy clipped sum / q N)" : "mean");
+  if (cfg->aug_multiplicity > 1)
+    printf("augmentation multiplicity: %lld views per example (crops padded by %lld pixels%s), their gradients averaged "
+           "before clipping\n", (long long)cfg->aug_multiplicity, (long long)cfg->aug_pad,
+           cfg->aug_flip ? ", left-right flips" : ", no flips");
+  if (tr->ema) printf("parameter averaging: EMA with decay %g, evaluated and exported\n", cfg->ema_decay);
   if (tr->dp) {
     double eps = trainer_epsilon_after_run(tr); /* the ledger (DP-PCA, steps already run) and the steps to come */
     if (dpm_clip_whole_model(cfg->clipping) && tr->grid.stages > 1)
@@ -161,21 +181,27 @@ static const char *thr_json(const trainer *tr) {
 }
 
 double trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s) {
-  double acc, loss;
+  double acc, loss, ema_acc = 0, ema_loss = 0;
   trainer_evaluate(tr, &acc, &loss);
+  if (tr->ema) trainer_evaluate_ema(tr, &ema_acc, &ema_loss);
   double eps = trainer_epsilon_now(tr);
   if (tr->rank != 0) return loss;
+  char ema[96] = "", emaj[96] = "";
+  if (tr->ema) {
+    snprintf(ema, sizeof ema, "  EMA test accuracy %.2f%%  EMA test loss %.4f", 100 * ema_acc, ema_loss);
+    snprintf(emaj, sizeof emaj, ", \"ema_test_accuracy\": %.6f, \"ema_test_loss\": %.6f", ema_acc, ema_loss);
+  }
   const char *acct = dpm_accountant_name(tr->acct);
   char ppl[48] = "", pplj[32] = "null", lossj[32] = "null"; /* JSON: null for a non-finite loss */
   if (isfinite(loss)) snprintf(lossj, sizeof lossj, "%.6f", loss);
   if (tr->tokens) snprintf(ppl, sizeof ppl, "  test perplexity %.3f", exp(loss));
   if (tr->tokens && isfinite(exp(loss))) snprintf(pplj, sizeof pplj, "%.6f", exp(loss));
   if (tr->dp)
-    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f%s  epsilon %.4f (delta %g, %s)%s\n",
-           (long long)step, epoch, 100 * acc, loss, ppl, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
+    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f%s%s  epsilon %.4f (delta %g, %s)%s\n",
+           (long long)step, epoch, 100 * acc, loss, ppl, ema, eps, tr->cfg.delta, acct, tr->any_seeded ? "  [seeded]" : "");
   else
-    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f%s  (non-private)\n", (long long)step,
-           epoch, 100 * acc, loss, ppl);
+    printf("eval  step %lld  epoch %.2f  test accuracy %.2f%%  test loss %.4f%s%s  (non-private)\n", (long long)step,
+           epoch, 100 * acc, loss, ppl, ema);
   fflush(stdout);
   if (tr->metrics) {
     char epsbuf[32];
@@ -184,11 +210,11 @@ double trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_pe
             "{\"step\": %lld, \"epoch\": %.4f, \"epsilon\": %s, \"delta\": %g, \"accountant\": \"%s\", "
             "\"test_accuracy\": %.6f, \"test_loss\": %s, \"examples_per_second\": %.1f, \"private\": %s, "
             "\"noise_multiplier\": %.6g, \"sampling_rate\": %.8g, \"clip\": %g, \"clipping\": \"%s\", "
-            "\"reproducible\": %s, \"private_stats\": %s, \"test_perplexity\": %s%s}\n",
+            "\"reproducible\": %s, \"private_stats\": %s, \"test_perplexity\": %s%s%s}\n",
             (long long)step, epoch, epsbuf, tr->dp ? tr->cfg.delta : 0.0, acct, acc, lossj, ex_per_s,
             tr->dp ? "true" : "false", tr->sigma, tr->q, tr->dp ? tr->cfg.clip : 0.0,
             tr->dp ? dpm_clipping_name(tr->cfg.clipping) : "none", tr->any_seeded ? "true" : "false",
-            tr->cfg.private_stats ? "true" : "false", pplj, thr_json(tr));
+            tr->cfg.private_stats ? "true" : "false", pplj, thr_json(tr), emaj);
     fflush(tr->metrics);
   }
   return loss;

@@ -16,6 +16,7 @@
 
 #include "dpmpi/core/common.h"
 #include "dpmpi/privacy/dpsgd.h"
+#include "dpmpi/train/augment.h"
 
 #define ALLREDUCE_BUCKET_FLOATS (1 << 20) /* 4 MiB buckets: the sweet spot of MPI_Allreduce here */
 #define TAG_ACT 11
@@ -111,6 +112,11 @@ void dpm_step_init(dpm_step *s) {
   s->xreq_cap = 0;
   s->sq = dpm_malloc(sizeof(double) * (size_t)(G ? G : 1) * PB);
   s->coef = dpm_malloc(sizeof(float) * (size_t)(G ? G : 1) * PB);
+  s->gbak = NULL;
+  if (s->aug_k > 1) {
+    DPM_ASSERT(s->stages == 1 && s->keep_shards && s->aug_k <= s->physical_batch && s->label_n == 1);
+    s->gbak = dpm_malloc_aligned(sizeof(float) * (P ? P : 1));
+  }
 }
 
 void dpm_step_free(dpm_step *s) {
@@ -119,6 +125,7 @@ void dpm_step_free(dpm_step *s) {
   dpm_free(s->req);
   dpm_free(s->sel);
   dpm_free(s->norms);
+  dpm_free(s->gbak);
   dpm_free(s->xb);
   dpm_free(s->doutb);
   dpm_free(s->yb);
@@ -154,6 +161,7 @@ typedef struct {
   int64_t M;            /* micro-batches: ceil(n / physical batch), of sizes differing by at most one */
   walk_pass pass;
   int train;            /* 0: evaluation (forward only) */
+  uint64_t t;           /* the step (augmentation views) */
 } walk;
 
 /* Micro-batch k covers examples [n k / M, n (k+1) / M) of the walk: equal sizes rather than full ones
@@ -244,8 +252,60 @@ static void backward_mb(dpm_step *s, const walk *w, int64_t k) {
   dpm_model_accumulate(m, s->coef);
 }
 
+/* Augmentation multiplicity (one stage, keep_shards): example j's K views run as one micro-batch whose plain
+ * gradient sum lands in the grads slab (the clipped sum of the examples before waits in gbak); the mean over
+ * the views is the example's gradient, clipped once (dpm_clip_coefs_thr on its exact squared norms) and added
+ * to the sum. An example whose coefficient is 0 (non-finite norm) adds nothing. */
+static void walk_views(dpm_step *s, const walk *w) {
+  dpm_model *m = s->model;
+  const dpm_dataset *d = w->d;
+  const int K = s->aug_k, G = dpm_model_num_groups(m);
+  const size_t in_n = dpm_model_input_size(m), P = dpm_model_num_params(m);
+  float *grads = dpm_model_grads(m);
+  const float inv = 1.0f / (float)K;
+  for (int64_t j = 0; j < w->n; j++) {
+    const int64_t gi = w->rows ? w->rows[j] : d->begin + j;
+    const float *x = ex_x(w, j, in_n);
+    for (int v = 0; v < K; v++) {
+      dpm_augment_view(s->xb + (size_t)v * in_n, x, d->C, d->H, d->W, s->aug_pad, s->aug_flip, s->aug_fill,
+                       &s->sample_key, w->t, (uint64_t)gi * (uint64_t)K + (uint64_t)v);
+      s->yb[v] = *ex_y(w, j, 1);
+    }
+    memcpy(s->gbak, grads, sizeof(float) * P);
+    dpm_model_zero_grads(m);
+    int correct = 0;
+    double tl, nt, loss = dpm_model_forward(m, s->xb, s->yb, K, &correct);
+    dpm_model_token_stats(m, &tl, &nt);
+    s->acc.loss += loss / K, s->acc.correct += (double)correct / K, s->acc.token_loss += tl / K, s->acc.tokens += nt / K;
+    dpm_model_backward(m, NULL);
+    dpm_model_accumulate(m, NULL); /* grads = the sum of the K views' gradients */
+    for (size_t k = 0; k < P; k++) grads[k] *= inv; /* their mean: the example's gradient */
+    if (!s->dp) {
+      for (size_t k = 0; k < P; k++) grads[k] += s->gbak[k];
+      continue;
+    }
+    for (int g = 0; g < G; g++) {
+      const float *gg = grads + dpm_model_group_offset(m, g);
+      double t2 = 0;
+      for (size_t k = 0, n = dpm_model_group_size(m, g); k < n; k++) t2 += (double)gg[k] * gg[k];
+      s->sq[g] = t2;
+    }
+    dpm_clip_coefs_thr(s->sq, G, 1, s->clipping, s->thr + s->thr_first, s->auto_gamma, s->coef); /* fixed thresholds */
+    for (int g = 0; g < G; g++) {
+      const size_t off = dpm_model_group_offset(m, g), n = dpm_model_group_size(m, g);
+      const float c = s->coef[g];
+      s->acc.clipped += c < 1.0f;
+      for (size_t k = off; k < off + n; k++) grads[k] = c == 0.0f ? s->gbak[k] : s->gbak[k] + c * grads[k];
+    }
+  }
+}
+
 /* All micro-batches of w through the pipeline, 1F1B. */
 static void run_pipeline(dpm_step *s, walk *w) {
+  if (w->train && s->aug_k > 1) {
+    walk_views(s, w);
+    return;
+  }
   const int64_t M = w->M = (w->n + s->physical_batch - 1) / s->physical_batch;
   if (!w->train) {
     for (int64_t k = 0; k < M; k++) forward_mb(s, w, k);
@@ -382,7 +442,7 @@ void dpm_step_run(dpm_step *s, uint64_t t, dpm_step_stats *stats) {
   dpm_model_zero_grads(m);
   for (int k = 0; k < s->thr_local; k++) s->cnt[k] = 0;
   walk w = {.d = d, .rows = s->sel, .n = s->nwalk, .nkeep = s->nkeep, .gx = s->gx, .gy = s->gy,
-            .pass = PASS_ACCUMULATE, .train = 1};
+            .pass = PASS_ACCUMULATE, .train = 1, .t = t};
   if (s->two_pass) {
     w.pass = PASS_NORMS;
     run_pipeline(s, &w);

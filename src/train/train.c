@@ -159,6 +159,7 @@ static dpm_ckpt_model ckpt_model(trainer *tr) {
       cm.state[k] = tr->state_full[k];
     }
   }
+  if (tr->ema) cm.state[cm.n_state] = tr->ema, cm.state_group[cm.n_state++] = "/ema"; /* after the optimizer's */
   return cm;
 }
 
@@ -322,6 +323,12 @@ static int stop_requested(trainer *tr) {
 
 
 
+/* ema = d ema + (1 - d) params after every update (train.ema_decay): post-processing of the released updates. */
+static void trainer_ema_update(float *ema, const float *params, size_t n, double decay) {
+  const float d = (float)decay, e = (float)(1.0 - decay);
+  for (size_t k = 0; k < n; k++) ema[k] = d * ema[k] + e * params[k];
+}
+
 /* Steps tr->start .. tr->steps: each step's sample, forward/backward, clipping, noise and allreduce
  * (dpm_step_run), the update, the accounting, then progress, evaluation and checkpoint as they fall due.
  * Returns 0 when the run is complete, or DPM_EXIT_SIGNALLED after SIGTERM or SIGUSR1 (the step in progress
@@ -346,6 +353,7 @@ static int train_loop(trainer *tr) {
     } else {
       dpm_optimizer_step(tr->opt, dpm_model_params(m), dpm_model_grads(m), scale, lr); /* post-processing */
     }
+    if (tr->ema) trainer_ema_update(tr->ema, dpm_model_params(m), dpm_model_num_params(m), cfg->ema_decay);
     if (tr->dp) dpm_ledger_add_sgm(tr->ledger, tr->q, tr->sigma, 1);
     ls.t_train += dpm_time() - t0;
     add_stats(&ls, &stats);
@@ -555,6 +563,10 @@ static void build_model(trainer *tr, const dpm_dataset *hdr) {
     failed = 1, dpm_err(err, "%s: [model] layers: %s", cfg->path, inner);
   } else if (dpm_grid_split_layers(full, n, S, cfg->grid_stage_layers, first, inner)) {
     failed = 1, dpm_err(err, "%s: %s", cfg->path, inner);
+  } else if (cfg->aug_multiplicity > 1 && (S > 1 || tr->tokens || hdr->H < 2 || hdr->W < 2)) {
+    failed = 1, dpm_err(err, "%s: [train] aug_multiplicity = %lld: needs image data (the data is %dx%dx%d%s) and one "
+                        "pipeline stage (the grid has %d)", cfg->path, (long long)cfg->aug_multiplicity, hdr->C, hdr->H,
+                        hdr->W, tr->tokens ? " tokens" : "", S);
   }
   dpm_exit_if_error(tr->comm, failed, err);
   /* header text: the whole model, then the stages */
@@ -923,6 +935,11 @@ static void setup_state(trainer *tr, const train_args *a, resume_point *rp) {
   dpm_model_init_params(tr->model, &tr->init_key);
   tr->opt = dpm_optimizer_create(cfg, tr->ppack ? tr->trainable.total : dpm_model_num_params(tr->model));
   if (a->init) load_init(tr, a->init);
+  const size_t np = dpm_model_num_params(tr->model);
+  if (cfg->ema_decay > 0) { /* from the initial parameters; a resume reads the checkpoint's /ema over it */
+    tr->ema = dpm_malloc_aligned((np ? np : 1) * sizeof(float));
+    if (np) memcpy(tr->ema, dpm_model_params(tr->model), np * sizeof(float));
+  }
   if (a->resume) {
     dpm_ckpt_model cm = ckpt_model(tr);
     dpm_ledger *L = NULL;
@@ -1009,7 +1026,10 @@ static void setup_step(trainer *tr) {
                         .sample_key = tr->sample_key, .noise_key = tr->noise_key, .auto_gamma = cfg->auto_gamma,
                         .adaptive = tr->dp && cfg->adaptive, .target_quantile = cfg->target_quantile,
                         .adaptive_lr = cfg->adaptive_lr, .count_fraction = cfg->count_noise_fraction,
-                        .trainable = tr->has_trainable ? &tr->trainable : NULL};
+                        .trainable = tr->has_trainable ? &tr->trainable : NULL,
+                        .aug_k = (int)cfg->aug_multiplicity, .aug_pad = (int)cfg->aug_pad, .aug_flip = cfg->aug_flip,
+                        .aug_fill = tr->train.std > 0 ? -tr->train.mean / tr->train.std : 0.0f,
+                        .keep_shards = cfg->aug_multiplicity > 1};
   dpm_step_init(&tr->step);
   if (tr->resume_thr) { /* adaptive: the run's thresholds continue; per-device ones are per stage */
     char err[DPM_ERRLEN] = "";
@@ -1028,6 +1048,7 @@ static void setup_step(trainer *tr) {
 static void free_trainer(trainer *tr) {
   dpm_step_free(&tr->step);
   dpm_optimizer_free(tr->opt);
+  dpm_free(tr->ema);
   dpm_free(tr->info);
   dpm_free(tr->frozen);
   dpm_trainable_free(&tr->trainable);

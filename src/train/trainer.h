@@ -43,6 +43,7 @@ typedef struct {
   size_t total_params;
   dpm_step step;
   dpm_optimizer *opt;     /* train.optimizer, its state in this stage's slab layout */
+  float *ema;             /* train.ema_decay > 0: the parameters' moving average (this stage's slab layout), else NULL */
   int n_layers, first, last;  /* this rank's stage: layers [first, last) of n_layers */
   dpm_layer_info *info;       /* every layer of the whole model */
   uint32_t *frozen;           /* per layer of the whole model: its frozen tensors (bit t: tensor t of info), NULL: none */
@@ -116,6 +117,8 @@ void trainer_fmt_duration(double s, char *buf, size_t len);
 double trainer_epsilon_now(trainer *tr);
 double trainer_epsilon_after_run(trainer *tr);
 void trainer_evaluate(trainer *tr, double *accuracy, double *loss);
+/* Collective: the same of the EMA parameters (tr->ema must be set): swapped into the model, evaluated, swapped back. */
+void trainer_evaluate_ema(trainer *tr, double *accuracy, double *loss);
 void trainer_print_header(trainer *tr);
 double trainer_report_eval(trainer *tr, int64_t step, double epoch, double ex_per_s); /* returns the test loss */
 double trainer_expected_per_s(const trainer *tr, int64_t done, double t_train);

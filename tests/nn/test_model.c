@@ -97,7 +97,7 @@ static void create_fails(const char *text, int C, int H, int W, int K, const cha
 static void test_kind_table(void) {
   static const char *keys[DPM_LAYER_COUNT] = {[DPM_LAYER_DENSE] = " out=2", [DPM_LAYER_CONV2D] = " out=2 kernel=2",
                                               [DPM_LAYER_MAXPOOL] = " kernel=2", [DPM_LAYER_AVGPOOL] = " kernel=2",
-                                              [DPM_LAYER_GROUPNORM] = " groups=1"};
+                                              [DPM_LAYER_GROUPNORM] = " groups=1", [DPM_LAYER_SCATTER] = " J=1 L=2"};
   char err[DPM_ERRLEN], text[128];
   for (int k = 0; k < DPM_LAYER_COUNT; k++) {
     const char *name = dpm_layer_kind_name((dpm_layer_kind)k);

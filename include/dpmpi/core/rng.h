@@ -41,7 +41,8 @@ enum {
   DPM_STREAM_GENERATE = 6, /* text generation (dpmpi generate): step = token position */
   DPM_STREAM_COUNT = 7,    /* adaptive clipping's count noise (noise key), index = global threshold index */
   DPM_STREAM_CANARY = 8,   /* canary secrets (dpmpi audit canaries): step = canary number */
-  DPM_STREAM_AUDIT = 9     /* sampled exposure candidates (dpmpi audit exposure): step = sample number */
+  DPM_STREAM_AUDIT = 9,    /* sampled exposure candidates (dpmpi audit exposure): step = sample number */
+  DPM_STREAM_AUG = 10      /* augmentation views (dpmpi/train/augment.h), under the sampling key: index = example * K + view */
 };
 
 /* A key from a user seed (reproducible) — the seed is spread with splitmix64. */

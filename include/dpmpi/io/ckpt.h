@@ -20,7 +20,7 @@
 #include "dpmpi/nn/model.h"
 
 #define DPM_CKPT_FORMAT 2
-#define DPM_CKPT_MAX_STATE 2 /* optimizer state buffers per parameter */
+#define DPM_CKPT_MAX_STATE 3 /* state buffers per parameter: the optimizer's (up to 2) and the EMA (/ema) */
 
 typedef struct {
   int64_t step;          /* logical steps done */

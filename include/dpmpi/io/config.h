@@ -33,6 +33,10 @@ typedef struct {
   int64_t batch_size;         /* expected logical batch q*N */
   int64_t physical_batch_size;
   double lr, momentum, weight_decay;
+  double ema_decay;           /* EMA of the parameters for evaluation and export (0: off) */
+  int64_t aug_multiplicity;   /* K views per example, gradients averaged before clipping (1: off) */
+  int64_t aug_pad;            /* the views' crop padding */
+  int aug_flip;               /* 1: the views may be mirrored horizontally */
   dpm_optimizer_kind optimizer;
   double adam_beta1, adam_beta2, adam_eps; /* train.optimizer = adamw */
   char *trainable;            /* tensor-name patterns that train (NULL: every tensor) */

@@ -38,6 +38,7 @@ typedef enum {
   DPM_LAYER_EMBED,   /* GPT token + position embedding (wte, wpe): token ids in, [T, width] out */
   DPM_LAYER_BLOCK,   /* GPT pre-LayerNorm transformer block (ln_1, attn, ln_2, mlp: 12 tensors) */
   DPM_LAYER_LM_HEAD, /* GPT final LayerNorm and LM head (tied to the embed's wte, or its own weight) */
+  DPM_LAYER_SCATTER, /* wavelet scattering transform (no parameters; first layer only) */
   DPM_LAYER_COUNT /* the number of kinds: src/nn/model.c's ops table has one row each */
 } dpm_layer_kind;
 
@@ -56,6 +57,8 @@ typedef struct {
   int lora_alpha;           /* block: LoRA scale alpha / r (0: alpha = r, scale 1) */
   int lora_targets;         /* block: bit j adapts linear j: 1 attn.c_attn, 2 attn.c_proj, 4 mlp.c_fc, 8 mlp.c_proj
                                (0: all four) */
+  int scat_j, scat_l;       /* scatter: scales J and orientations L (0: the defaults 2 and 8) */
+  int ws;                   /* conv: 1 = weight standardization (each output channel's weights to mean 0, std 1) */
 } dpm_layer_spec;
 
 typedef struct dpm_model dpm_model;
@@ -64,8 +67,8 @@ typedef struct dpm_model dpm_model;
 const char *dpm_layer_kind_name(dpm_layer_kind kind);
 
 /* Parse a layer list: layers separated by ';' or newlines, each "NAME key=value ...". Names: dense
- * (out), conv (out, kernel, stride=1, pad=0, bias=1), maxpool and avgpool (kernel, stride=kernel),
- * relu, tanh, groupnorm (groups), flatten; GPT kinds: embed (vocab, context, width), block (heads),
+ * (out), conv (out, kernel, stride=1, pad=0, bias=1, ws=0), maxpool and avgpool (kernel, stride=kernel),
+ * relu, tanh, groupnorm (groups), flatten, scatter (J=2, L=8; first layer only); GPT kinds: embed (vocab, context, width), block (heads),
  * lm_head (tied=1, vocab for tied=0); a block takes LoRA adapters with lora=r [lora_alpha=A lora_targets=M]. A GPT layer list is `embed; block ...; lm_head`: its input is
  * C = H = 1, W = T token ids stored as floats (exact below 2^24), its labels T next-token targets per
  * example (dpm_model_label_size). On success *specs is allocated (dpm_free) and 0 returned;

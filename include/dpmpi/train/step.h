@@ -79,6 +79,12 @@ typedef struct {
   const dpm_trainable *trainable; /* the stage's trainable runs (frozen tensors set on the model too), NULL:
                               every parameter trains. Frozen parameters get no noise and no allreduce: the
                               noisy sum is packed (gpack), noise addressed by the global trainable index */
+  int aug_k;               /* augmentation multiplicity K (0, 1: off). K > 1 needs one pipeline stage, keep_shards
+                              and K <= physical_batch: each example's K views (dpmpi/train/augment.h, randomness
+                              under sample_key) run as one micro-batch, the mean of their gradients is clipped
+                              once and added (De et al. 2022), so the sensitivity stays C */
+  int aug_pad, aug_flip;   /* the views' crop padding and horizontal flips (1: allowed) */
+  float aug_fill;          /* the value of padded pixels */
   /* set by dpm_step_init */
   int two_pass;            /* 1: flat clipping with DP on S > 1 stages: a pass for the per-example norms, then the
                               clipped accumulation (see above) */
@@ -117,6 +123,7 @@ typedef struct {
   int xreq_cap;
   double *cnt;             /* adaptive: this stage's centred counts of the step under way, thr_local */
   double *norms;           /* two_pass: per sampled example squared norm (NULL otherwise) */
+  float *gbak;             /* aug_k > 1: the clipped sum while an example's views are summed in the grads slab */
   float *xb, *doutb, *coef; /* xb: the micro-batch input (gathered rows, or received activations) */
   double *sq;              /* per-example squared norms of the micro-batch, G x B */
   int32_t *yb;             /* the micro-batch's labels, label_n each */
