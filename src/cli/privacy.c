@@ -14,12 +14,15 @@
 
 #include "cli/commands.h"
 #include "dpmpi/privacy/accountant.h"
+#include "dpmpi/privacy/tuning.h"
+#include <sys/random.h>
 #include "dpmpi/io/ckpt.h"
 
 static const char *usage =
     "usage: dpmpi privacy --sampling-rate Q --noise-multiplier S --steps T --delta D [options]\n"
     "       dpmpi privacy --target-epsilon E --sampling-rate Q --steps T --delta D [options]\n"
     "       dpmpi privacy --ledger FILE [--delta D] [options]\n"
+    "       dpmpi privacy --tuning-runs M [--tuning-eta H] --draw-runs\n"
     "Epsilon of T steps of DP-SGD (Poisson sampling with rate Q, Gaussian noise multiplier S, add/remove-one\n"
     "adjacency), or the smallest noise multiplier whose epsilon is at most E, or the epsilon of every event in\n"
     "the privacy ledger of a checkpoint or of a released model (dpmpi export), DP-PCA included.\n"
@@ -31,6 +34,12 @@ static const char *usage =
     "  -l, --ledger FILE          a checkpoint (file or directory: its newest) or an export; --delta and\n"
     "                             --accountant default to the file's own\n"
     "  -a, --accountant A         rdp (default), tight, or all\n"
+    "      --tuning-runs M        private hyper-parameter selection (Papernot and Steinke 2022): epsilon of\n"
+    "                             releasing the best of K runs, K random with mean M > 1 (truncated negative\n"
+    "                             binomial), each run T steps with its hyper-parameters drawn at random from a\n"
+    "                             fixed candidate set; RDP accountant only\n"
+    "      --tuning-eta H         the law of K: H > -1; 1 (default) geometric, 0 logarithmic\n"
+    "      --draw-runs            print one secret draw of K (from getrandom) for --tuning-runs, and exit\n"
     "      --json                 one JSON object per accountant per line\n"
     "  -h, --help                 this text\n"
     "RDP prints the optimal order. tight prints its certified upper bound as epsilon, then the discretization\n"
@@ -66,6 +75,8 @@ typedef struct {
   double q, sigma, delta, target;
   int64_t steps;
   int has_q, has_sigma, has_delta, has_target, has_steps, json, help, acct_mask, has_acct;
+  double tuning_runs, tuning_eta, tuning_gamma; /* tuning_runs > 0: Papernot-Steinke selection */
+  int draw_runs;
   const char *ledger; /* --ledger FILE, or NULL */
 } privacy_args;
 
@@ -78,10 +89,15 @@ static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
                                        {"accountant", required_argument, 0, 'a'},
                                        {"ledger", required_argument, 0, 'l'},
                                        {"json", no_argument, 0, 'j'},
+                                       {"tuning-runs", required_argument, 0, 'M'},
+                                       {"tuning-eta", required_argument, 0, 'H'},
+                                       {"draw-runs", no_argument, 0, 'D'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   memset(a, 0, sizeof *a);
   a->acct_mask = 1;
+  a->tuning_eta = 1;
+  int has_eta = 0;
   optind = 0; /* full reset of getopt's state (glibc), argv[0] is "privacy" */
   opterr = 0;
   int c;
@@ -101,6 +117,9 @@ static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
       break;
     case 'l': a->ledger = optarg; break;
     case 'j': a->json = 1; break;
+    case 'M': if (parse_double(optarg, "tuning-runs", &a->tuning_runs, err)) return -1; break;
+    case 'H': if (parse_double(optarg, "tuning-eta", &a->tuning_eta, err)) return -1; has_eta = 1; break;
+    case 'D': a->draw_runs = 1; break;
     case 'h': a->help = 1; return 0;
     default:
       if (optopt) return dpm_err(err, "privacy: option -%c is unknown or lacks its value (see --help)", optopt);
@@ -108,6 +127,24 @@ static int parse_args(int argc, char **argv, privacy_args *a, char *err) {
     }
   }
   if (optind < argc) return dpm_err(err, "privacy: unexpected argument '%s' (see --help)", argv[optind]);
+  if (a->tuning_runs != 0 || has_eta || a->draw_runs) {
+    if (!(a->tuning_runs > 1 && a->tuning_runs <= 1e9))
+      return dpm_err(err, "--tuning-runs %g: expected the mean number of runs, a number in (1, 1e9]%s", a->tuning_runs,
+                     a->tuning_runs == 0 ? " (--tuning-eta and --draw-runs need it)" : "");
+    if (!(a->tuning_eta > -1 && a->tuning_eta <= 1e3))
+      return dpm_err(err, "--tuning-eta %g: expected a number in (-1, 1000]", a->tuning_eta);
+    a->tuning_gamma = dpm_tuning_gamma_for_mean(a->tuning_eta, a->tuning_runs);
+    if (!(a->tuning_gamma > 0 && a->tuning_gamma < 1))
+      return dpm_err(err, "--tuning-runs %g --tuning-eta %g: no law with that mean", a->tuning_runs, a->tuning_eta);
+    if (a->draw_runs) {
+      if (a->has_q || a->has_sigma || a->has_steps || a->has_target || a->ledger || a->has_delta)
+        return dpm_err(err, "privacy: --draw-runs takes only --tuning-runs and --tuning-eta");
+      return 0;
+    }
+    if (a->ledger) return dpm_err(err, "privacy: --tuning-runs is for one run's parameters, not with --ledger");
+    if (a->has_acct && a->acct_mask != 1)
+      return dpm_err(err, "privacy: --tuning-runs is a Renyi DP bound: use --accountant rdp");
+  }
   if (a->ledger) {
     if (a->has_q || a->has_sigma || a->has_steps || a->has_target)
       return dpm_err(err, "privacy: --ledger takes the events from the file: drop --%s", a->has_q ? "sampling-rate"
@@ -131,6 +168,7 @@ typedef struct {
   dpm_accountant_kind kind;
   double eps;      /* the headline: RDP's epsilon, or the tight accountant's certified upper bound */
   double sigma, order, upper, estimate, error, grid; /* tight: upper = eps (kept apart for the JSON field) */
+  double one_run;  /* --tuning-runs: the epsilon of one run alone at the same sigma */
 } privacy_line;
 
 /* The file of --ledger and what it says (read on every rank). */
@@ -176,6 +214,11 @@ static void print_line(const privacy_args *a, const ledger_file *lf, const priva
              (long long)a->steps);
     }
     if (a->has_target) printf(", \"target_epsilon\": %.17g", a->target);
+    if (a->tuning_runs > 0) {
+      printf(", \"tuning_runs_mean\": %.17g, \"tuning_eta\": %.17g, \"tuning_gamma\": %.17g", a->tuning_runs,
+             a->tuning_eta, a->tuning_gamma);
+      json_num("epsilon_one_run", l->one_run);
+    }
     if (l->kind == DPM_ACCT_RDP && !lf) json_num("order", l->order);
     if (l->kind == DPM_ACCT_TIGHT) {
       json_num("epsilon_upper", l->upper);
@@ -201,6 +244,9 @@ static void print_line(const privacy_args *a, const ledger_file *lf, const priva
            l->grid, l->estimate);
   else if (!lf)
     printf(", optimal order %g", l->order);
+  if (a->tuning_runs > 0)
+    printf("; the best of K runs, K truncated negative binomial with eta %g and mean %g (gamma %.6g), Papernot and "
+           "Steinke 2022; one run alone: epsilon %.6g", a->tuning_eta, a->tuning_runs, a->tuning_gamma, l->one_run);
   printf(")\n");
 }
 
@@ -231,6 +277,15 @@ static int compute(const privacy_args *a, const ledger_file *lf, dpm_accountant_
   if (lf) {
     if (kind == DPM_ACCT_RDP) return dpm_ledger_epsilon(lf->L, a->delta, kind, &l->eps, err);
     if (dpm_ledger_pld(lf->L, a->delta, &r, err)) return -1;
+  } else if (a->tuning_runs > 0) { /* RDP only (parse_args) */
+    if (a->has_target &&
+        dpm_tuning_calibrate_sigma(a->target, a->delta, a->q, a->steps, a->tuning_eta, a->tuning_gamma, &l->sigma))
+      return dpm_err(err, "--target-epsilon %g: no noise multiplier up to 1e6 reaches it for the best of %g runs (the "
+                     "selection alone costs more at this delta; allow fewer runs or a larger epsilon)", a->target,
+                     a->tuning_runs);
+    l->eps = dpm_tuning_epsilon(a->q, l->sigma, a->steps, a->delta, a->tuning_eta, a->tuning_gamma, &l->order);
+    l->one_run = dpm_rdp_epsilon(a->q, l->sigma, a->steps, a->delta, NULL);
+    return 0;
   } else {
     if (a->has_target && dpm_calibrate_sigma(a->target, a->delta, a->q, a->steps, kind, &l->sigma, err)) return -1;
     if (kind == DPM_ACCT_RDP) {
@@ -287,6 +342,19 @@ int dpm_cmd_privacy(int argc, char **argv) {
   dpm_exit_if_error(MPI_COMM_WORLD, failed, err);
   if (a.help) {
     if (rank == 0) fputs(usage, stdout);
+    return 0;
+  }
+  if (a.draw_runs) { /* a secret uniform in (0, 1): 53 random bits + 1/2 ulp */
+    uint64_t w = 0;
+    failed = getrandom(&w, sizeof w, 0) != (ssize_t)sizeof w;
+    if (failed) dpm_err(err, "privacy: --draw-runs: getrandom failed: no secret random source");
+    dpm_exit_if_error(MPI_COMM_WORLD, failed, err);
+    double u = ((double)(w >> 11) + 0.5) * 0x1p-53;
+    if (rank == 0) {
+      if (a.json) printf("{\"runs\": %lld}\n", (long long)dpm_tuning_draw(a.tuning_eta, a.tuning_gamma, u));
+      else printf("%lld\n", (long long)dpm_tuning_draw(a.tuning_eta, a.tuning_gamma, u));
+      fflush(stdout);
+    }
     return 0;
   }
   ledger_file lf_store, *lf = NULL;

@@ -74,4 +74,23 @@ if [[ -n "${DPM_MPIEXEC:-}" ]]; then
   "$DPM_MPIEXEC" -n 2 --oversubscribe "$BIN" privacy -q 0 -s 4 -T 10 -d 1e-5 >/dev/null 2>&1; rc=$?
   check "2 ranks: bad input exits non-zero" '[[ $rc -ne 0 ]]'
 fi
+
+# private hyper-parameter selection (Papernot and Steinke 2022; the bound is tested in tests/privacy/test_tuning.c)
+out=$(run -q 0.01 -s 4 -T 10000 -d 1e-5 --tuning-runs 10 --json)
+one=$(num epsilon_one_run "$out"); sel=$(num epsilon "$out")
+check "tuning: one run's epsilon is the plain one (1.0355)" 'awk -v e="$one" "BEGIN{exit !(e > 1.0354 && e < 1.0356)}"'
+check "tuning: the best of ~10 runs costs more ($sel)" 'awk -v e="$sel" -v o="$one" "BEGIN{exit !(e > o)}"'
+check "tuning json names the law" '[[ $out == *"\"tuning_runs_mean\": 10"* && $out == *"\"tuning_eta\": 1"* ]]'
+out=$(run --target-epsilon 3 -q 0.01 -T 10000 -d 1e-5 --tuning-runs 10 --json)
+sig=$(num noise_multiplier "$out")
+again=$(run -q 0.01 -s "$sig" -T 10000 -d 1e-5 --tuning-runs 10 --json)
+check "tuning calibration: its sigma spends at most 3" 'awk -v e="$(num epsilon "$again")" "BEGIN{exit !(e <= 3 && e > 2.99)}"'
+k=$(run --tuning-runs 5 --draw-runs)
+check "draw-runs prints a positive integer ($k)" '[[ $k =~ ^[1-9][0-9]*$ ]]'
+for bad in "--tuning-runs 1 -q 0.01 -s 4 -T 10 -d 1e-5" "--tuning-runs 10 --tuning-eta -1 -q 0.01 -s 4 -T 10 -d 1e-5" \
+           "--tuning-runs 10 -a tight -q 0.01 -s 4 -T 10 -d 1e-5" "--draw-runs" "--tuning-runs 5 --draw-runs -q 0.1"; do
+  msg=$(run $bad 2>&1 >/dev/null); rc=$?
+  check "tuning: '$bad' is one error line, status 2" '[[ $rc -eq 2 && $msg == "dpmpi: error: "* && $(wc -l <<<"$msg") -eq 1 ]]'
+done
+
 exit $fail
