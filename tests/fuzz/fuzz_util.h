@@ -23,7 +23,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
 }
 
 /* The input as a file /tmp/dpm_fuzz_PID_TAG (overwritten each run); returns its path. */
-static const char *fz_file(const char *tag, const uint8_t *data, size_t size) {
+static inline const char *fz_file(const char *tag, const uint8_t *data, size_t size) {
   static char path[2][128];
   static int k = 0;
   k ^= 1;
@@ -36,7 +36,7 @@ static const char *fz_file(const char *tag, const uint8_t *data, size_t size) {
 }
 
 /* A NUL-terminated copy of the input (dpm_free). */
-static char *fz_string(const uint8_t *data, size_t size) {
+static inline char *fz_string(const uint8_t *data, size_t size) {
   char *s = dpm_malloc(size + 1);
   memcpy(s, data, size);
   s[size] = '\0';
@@ -44,7 +44,7 @@ static char *fz_string(const uint8_t *data, size_t size) {
 }
 
 /* The output path of a converter (removed after each run). */
-static const char *fz_out(void) {
+static inline const char *fz_out(void) {
   static char path[128];
   snprintf(path, sizeof path, "/tmp/dpm_fuzz_%d_out.h5", (int)getpid());
   return path;
