@@ -25,13 +25,6 @@ double dpm_tuning_gamma_for_mean(double eta, double mean) {
   return 0.5 * (lo + hi);
 }
 
-/* log P(K = 1) */
-static double log_p1(double eta, double gamma) {
-  if (eta == 0) return log1p(-gamma) - log(log(1 / gamma));
-  /* (1 - gamma) eta / (gamma^-eta - 1) */
-  return log1p(-gamma) + log(fabs(eta)) - log(fabs(expm1(-eta * log(gamma))));
-}
-
 double dpm_tuning_pmf(double eta, double gamma, int64_t k) {
   if (k < 1 || !(eta > -1) || !(gamma > 0 && gamma < 1)) return 0;
   const double kk = (double)k;
@@ -43,12 +36,11 @@ double dpm_tuning_pmf(double eta, double gamma, int64_t k) {
 }
 
 int64_t dpm_tuning_draw(double eta, double gamma, double u) {
-  double lp = log_p1(eta, gamma), cdf = 0;
-  for (int64_t k = 1;; k++) {
-    cdf += exp(lp);
-    if (u < cdf || k >= ((int64_t)1 << 40)) return k;
-    lp += log1p(-gamma) + log((k + eta) / (k + 1));
-    if (!(exp(lp) > 0) && cdf > 0) return k + 1; /* the tail below double precision: u is in it */
+  double cdf = 0;
+  for (int64_t k = 1;; k++) { /* the pmf tested against the definition; past its underflow u is in the tail */
+    double p = dpm_tuning_pmf(eta, gamma, k);
+    cdf += p;
+    if (u < cdf || (p == 0 && k > 1) || k >= ((int64_t)1 << 40)) return k;
   }
 }
 
